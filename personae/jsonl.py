@@ -1,0 +1,149 @@
+"""JSON Lines I/O that never leaves a torn line and reports bad records by file and line.
+
+Appends go through one ``os.write`` per batch on an ``O_APPEND`` descriptor under an
+exclusive ``flock``, so concurrent writers (threads or processes) never interleave.
+A write cut short by a kill leaves at most a partial last line with no newline;
+readers skip it (with a warning) and the next append truncates it first.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from personae.errors import ConfigError
+from personae.validation import describe_validation_error
+
+__all__ = ["append_jsonl", "write_jsonl", "read_jsonl", "iter_jsonl", "read_jsonl_dicts"]
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=BaseModel)
+
+
+def _encode(record: BaseModel | dict) -> str:
+    if isinstance(record, BaseModel):
+        text = record.model_dump_json()
+    else:
+        text = json.dumps(record, ensure_ascii=False, default=str)
+    if "\n" in text:  # json never emits raw newlines, but a custom default could
+        raise ValueError("a JSONL record must serialise to a single line")
+    return text
+
+
+def append_jsonl(path: str | os.PathLike, records: Iterable[BaseModel | dict]) -> int:
+    """Append ``records`` to ``path`` atomically as one write; return how many were written."""
+    lines = [_encode(r) for r in records]
+    if not lines:
+        return 0
+    payload = ("\n".join(lines) + "\n").encode("utf-8")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _drop_torn_tail(fd, path)
+        view = memoryview(payload)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)  # closing releases the lock
+    return len(lines)
+
+
+def _drop_torn_tail(fd: int, path: Path) -> None:
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return
+    os.lseek(fd, size - 1, os.SEEK_SET)
+    if os.read(fd, 1) == b"\n":
+        return
+    # A previous writer was killed mid-line: cut back to the last complete line.
+    chunk = 1 << 16
+    end = size
+    while end > 0:
+        start = max(0, end - chunk)
+        os.lseek(fd, start, os.SEEK_SET)
+        block = os.read(fd, end - start)
+        idx = block.rfind(b"\n")
+        if idx >= 0:
+            keep = start + idx + 1
+            break
+        end = start
+    else:
+        keep = 0
+    log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted write", path, size - keep)
+    os.ftruncate(fd, keep)
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[BaseModel | dict]) -> int:
+    """Replace ``path`` with ``records`` atomically (temp file + rename); return the count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    count = 0
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(_encode(record) + "\n")
+                count += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def read_jsonl_dicts(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """Yield ``(line_number, object)`` for each record; a bad line raises :class:`ConfigError`."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError("file not found", file=str(path)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError("not valid UTF-8 text", file=str(path), line=line, expected="UTF-8 encoded JSON Lines") from None
+    lines = text.split("\n")
+    torn = lines and lines[-1] != ""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        if torn and number == len(lines):
+            log.warning("%s:%d: skipping a torn last line (no newline) left by an interrupted write", path, number)
+            return
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"invalid JSON ({exc.msg} at column {exc.colno})", file=str(path), line=number, expected="one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise ConfigError("expected a JSON object", file=str(path), line=number, expected="object", got=type(obj).__name__)
+        yield number, obj
+
+
+def iter_jsonl(path: str | os.PathLike, model: type[M]) -> Iterator[M]:
+    """Yield each line of ``path`` validated as ``model``; errors name file, line and field."""
+    for number, obj in read_jsonl_dicts(path):
+        try:
+            yield model.model_validate(obj)
+        except ValidationError as exc:
+            field, expected, got = describe_validation_error(exc)
+            raise ConfigError(f"invalid {model.__name__} record", file=str(path), line=number, field=field, expected=expected, got=got) from None
+
+
+def read_jsonl(path: str | os.PathLike, model: type[M]) -> list[M]:
+    """All records of ``path`` validated as ``model``."""
+    return list(iter_jsonl(path, model))

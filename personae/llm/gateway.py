@@ -1,0 +1,311 @@
+"""The gateway: the single way any part of personae calls a model.
+
+It routes each call to a model by *role* (persona, critic, judge, ...), stacks
+the cross-cutting wrappers (cache → retries → shared concurrency limit →
+provider), does structured output with a fallback chain, and accounts calls and
+tokens per role.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from personae.errors import BudgetExceeded, ConfigError, ModelOutputError, UnsupportedFeature
+from personae.llm.base import LLM, LLMRequest, LLMResponse, Message, ResponseFormat
+from personae.llm.cache import ResponseCache
+from personae.llm.structured import parse_structured, schema_for
+from personae.llm.wrappers import CachedLLM, LimitedLLM, RetryingLLM, WrapperLLM
+
+__all__ = ["Gateway", "RoleUsage", "UsageTracker", "Budget"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T", bound=BaseModel)
+
+STRUCTURED_CHAIN: tuple[ResponseFormat, ...] = (
+    ResponseFormat.JSON_SCHEMA,
+    ResponseFormat.TOOL,
+    ResponseFormat.JSON_OBJECT,
+)
+
+MessagesLike = Sequence[Message | Mapping[str, Any]]
+
+
+@dataclass
+class RoleUsage:
+    """Counters for one role."""
+
+    calls: int = 0
+    cached_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    latency_s: float = 0.0
+    failures: int = 0
+
+    @property
+    def model_calls(self) -> int:
+        """Calls that reached a model (not served from the cache)."""
+        return self.calls - self.cached_calls
+
+
+@dataclass
+class UsageTracker:
+    """Calls and tokens per role; thread-safe."""
+
+    roles: dict[str, RoleUsage] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, role: str, response: LLMResponse) -> None:
+        with self._lock:
+            usage = self.roles.setdefault(role, RoleUsage())
+            usage.calls += 1
+            usage.cached_calls += int(response.cached)
+            usage.prompt_tokens += response.usage.prompt_tokens
+            usage.completion_tokens += response.usage.completion_tokens
+            usage.latency_s += response.latency_s
+
+    def record_failure(self, role: str) -> None:
+        with self._lock:
+            self.roles.setdefault(role, RoleUsage()).failures += 1
+
+    def total(self) -> RoleUsage:
+        """Counters summed over roles."""
+        with self._lock:
+            out = RoleUsage()
+            for u in self.roles.values():
+                out.calls += u.calls
+                out.cached_calls += u.cached_calls
+                out.prompt_tokens += u.prompt_tokens
+                out.completion_tokens += u.completion_tokens
+                out.latency_s += u.latency_s
+                out.failures += u.failures
+            return out
+
+    def snapshot(self) -> dict[str, Any]:
+        """A flat dict of counters, e.g. ``{"total.calls": 12, "persona.prompt_tokens": 900}``."""
+        out: dict[str, Any] = {}
+        total = self.total()
+        with self._lock:
+            items = [("total", total), *sorted(self.roles.items())]
+        for name, u in items:
+            out[f"{name}.calls"] = u.calls
+            out[f"{name}.model_calls"] = u.model_calls
+            out[f"{name}.cached_calls"] = u.cached_calls
+            out[f"{name}.prompt_tokens"] = u.prompt_tokens
+            out[f"{name}.completion_tokens"] = u.completion_tokens
+            out[f"{name}.failures"] = u.failures
+        return out
+
+
+class Budget(BaseModel):
+    """Hard limits on model use for one gateway; ``None`` means unlimited."""
+
+    max_model_calls: int | None = None
+    max_tokens: int | None = None
+
+
+class Gateway:
+    """Routes requests by role to wrapped models and accounts for them.
+
+    Args:
+        models: one model, or a mapping of name → model; ``"default"`` is required
+            in a mapping and serves every role not routed elsewhere.
+        roles: role → model name, e.g. ``{"critic": "judge"}``; a role that names a
+            model in ``models`` directly needs no entry.
+        cache: response cache shared by all models; ``None`` disables caching.
+        max_concurrency: calls in flight at once, shared by every caller and model.
+        max_retries: retries per call for 429/5xx/timeouts.
+        budget: optional hard limits.
+    """
+
+    def __init__(
+        self,
+        models: LLM | Mapping[str, LLM],
+        *,
+        roles: Mapping[str, str] | None = None,
+        cache: ResponseCache | None = None,
+        max_concurrency: int = 64,
+        max_retries: int = 5,
+        retry_base_delay_s: float = 0.25,
+        budget: Budget | None = None,
+    ) -> None:
+        raw = {"default": models} if not isinstance(models, Mapping) else dict(models)
+        if "default" not in raw:
+            raise ConfigError("the gateway needs a 'default' model", field="models", expected="a mapping with a 'default' key", got=sorted(raw))
+        self.roles = dict(roles or {})
+        for role, name in self.roles.items():
+            if name not in raw:
+                raise ConfigError(f"role {role!r} is routed to an unknown model", field=f"roles.{role}", expected=f"one of {sorted(raw)}", got=name)
+        self.cache = cache
+        self.max_concurrency = max_concurrency
+        self.budget = budget or Budget()
+        self.usage = UsageTracker()
+        self._unsupported: dict[str, set[ResponseFormat]] = {}
+        self._providers = raw
+        self._models: dict[str, LLM] = {}
+        for name, model in raw.items():
+            wrapped: LLM = LimitedLLM(model, max_concurrency)
+            wrapped = RetryingLLM(wrapped, max_retries=max_retries, base_delay_s=retry_base_delay_s)
+            if cache is not None:
+                wrapped = CachedLLM(wrapped, cache)
+            self._models[name] = wrapped
+
+    # ---- routing ---------------------------------------------------------
+    def model_for(self, role: str = "default") -> LLM:
+        """The wrapped model serving ``role``."""
+        name = self.roles.get(role, role if role in self._models else "default")
+        return self._models[name]
+
+    def describe(self) -> dict[str, str]:
+        """Model name → ``provider:model``, for logs and tracking (no secrets)."""
+        return {name: f"{m.provider}:{m.model}" for name, m in self._providers.items()}
+
+    # ---- calls -------------------------------------------------------------
+    async def complete(self, request: LLMRequest, *, role: str = "default") -> LLMResponse:
+        """Send ``request`` to the model serving ``role``."""
+        self._check_budget()
+        model = self.model_for(role)
+        started = time.perf_counter()
+        try:
+            response = await model.complete(request)
+        except Exception:
+            self.usage.record_failure(role)
+            raise
+        if not response.cached and not response.latency_s:
+            response = response.model_copy(update={"latency_s": time.perf_counter() - started})
+        self.usage.record(role, response)
+        return response
+
+    async def text(
+        self,
+        messages: MessagesLike,
+        *,
+        role: str = "default",
+        temperature: float = 0.7,
+        max_tokens: int | None = 256,
+        seed: int | None = None,
+        stop: Sequence[str] | None = None,
+    ) -> LLMResponse:
+        """A plain text reply."""
+        request = LLMRequest(
+            messages=_messages(messages),
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+            stop=tuple(stop) if stop else None,
+        )
+        return await self.complete(request, role=role)
+
+    async def structured(
+        self,
+        messages: MessagesLike,
+        schema: type[T],
+        *,
+        role: str = "default",
+        temperature: float = 0.0,
+        max_tokens: int | None = 512,
+        seed: int | None = None,
+        repair_attempts: int = 1,
+    ) -> T:
+        """A reply validated as ``schema``, through the fallback chain.
+
+        JSON-schema response format first; if the provider rejects it, a forced tool
+        call; then JSON mode with the schema in the prompt and up to
+        ``repair_attempts`` rounds that show the model its error. Raises
+        :class:`ModelOutputError` with the raw reply when nothing validates.
+        """
+        msgs = _messages(messages)
+        json_schema = schema_for(schema)
+        model = self.model_for(role)
+        key = f"{model.provider}:{model.model}"
+        unsupported = self._unsupported.setdefault(key, set())
+        last_error: ModelOutputError | None = None
+        for fmt in STRUCTURED_CHAIN:
+            if fmt in unsupported:
+                continue
+            attempt_msgs = msgs if fmt is not ResponseFormat.JSON_OBJECT else _with_schema_hint(msgs, json_schema)
+            rounds = 1 + (repair_attempts if fmt is ResponseFormat.JSON_OBJECT else 0)
+            for round_no in range(rounds):
+                request = LLMRequest(
+                    messages=attempt_msgs,
+                    temperature=temperature,
+                    max_tokens=max_tokens,
+                    seed=seed,
+                    response_format=fmt,
+                    json_schema=json_schema,
+                    schema_name=schema.__name__,
+                )
+                try:
+                    response = await self.complete(request, role=role)
+                except UnsupportedFeature as exc:
+                    log.info("%s does not support %s (%s); falling back", key, fmt.value, exc)
+                    unsupported.add(fmt)
+                    break
+                try:
+                    return parse_structured(response.text, schema, model=key)
+                except ModelOutputError as exc:
+                    last_error = exc
+                    if round_no + 1 < rounds:
+                        attempt_msgs = (
+                            *attempt_msgs,
+                            Message(role="assistant", content=response.text),
+                            Message(role="user", content=_repair_prompt(exc)),
+                        )
+            # a format that answered but did not validate: try the next one too
+        if last_error is not None:
+            raise last_error
+        raise ModelOutputError(f"{key} supports none of the structured output modes {[f.value for f in STRUCTURED_CHAIN]}", model=key)
+
+    # ---- lifecycle ---------------------------------------------------------
+    def _check_budget(self) -> None:
+        total = self.usage.total()
+        b = self.budget
+        if b.max_model_calls is not None and total.model_calls >= b.max_model_calls:
+            raise BudgetExceeded("max_model_calls", b.max_model_calls, total.model_calls)
+        if b.max_tokens is not None and total.prompt_tokens + total.completion_tokens >= b.max_tokens:
+            raise BudgetExceeded("max_tokens", b.max_tokens, total.prompt_tokens + total.completion_tokens)
+
+    @property
+    def peak_in_flight(self) -> int:
+        """Most model calls that were in flight at once (for overlap checks)."""
+        peaks = []
+        for m in self._models.values():
+            node = m
+            while isinstance(node, WrapperLLM):
+                if isinstance(node, LimitedLLM):
+                    peaks.append(node.peak_in_flight)
+                node = node.inner
+        return max(peaks, default=0)
+
+    async def aclose(self) -> None:
+        """Close every provider and the cache."""
+        await asyncio.gather(*(m.aclose() for m in self._providers.values()))
+        if self.cache is not None:
+            self.cache.close()
+
+
+def _messages(messages: MessagesLike) -> tuple[Message, ...]:
+    return tuple(m if isinstance(m, Message) else Message.model_validate(m) for m in messages)
+
+
+def _with_schema_hint(messages: tuple[Message, ...], json_schema: dict[str, Any]) -> tuple[Message, ...]:
+    from personae.prompts import render
+
+    hint = render("structured_output_hint", schema=json_schema)
+    if messages and messages[0].role == "system":
+        first = Message(role="system", content=messages[0].content + "\n\n" + hint)
+        return (first, *messages[1:])
+    return (Message(role="system", content=hint), *messages)
+
+
+def _repair_prompt(error: ModelOutputError) -> str:
+    from personae.prompts import render
+
+    return render("structured_output_repair", error=error.message)

@@ -1,0 +1,165 @@
+"""Any OpenAI-compatible chat endpoint (OpenAI, vLLM, Ollama, llama.cpp server) over real HTTP.
+
+Retries are the gateway's job (``RetryingLLM``), so the client's own are off.
+The API key is held as a secret and never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import openai
+from pydantic import SecretStr
+
+from personae.errors import ModelCallError, UnsupportedFeature
+from personae.llm.base import LLMRequest, LLMResponse, ResponseFormat, Usage, estimate_tokens
+
+__all__ = ["OpenAICompatibleLLM"]
+
+
+class OpenAICompatibleLLM:
+    """Chat completions through the ``openai`` async client.
+
+    Args:
+        model: model name at the endpoint.
+        base_url: e.g. ``http://localhost:8000/v1``; ``None`` means api.openai.com.
+        api_key: secret; local servers accept any non-empty value.
+        timeout_s: per-request timeout.
+        max_connections: HTTP connection pool size (at least the gateway's concurrency).
+    """
+
+    provider = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | SecretStr | None = None,
+        timeout_s: float = 60.0,
+        max_connections: int = 512,
+    ) -> None:
+        import httpx
+
+        key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        self._model = model
+        self.base_url = base_url
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=key or "not-needed",
+            timeout=timeout_s,
+            max_retries=0,
+            http_client=httpx.AsyncClient(
+                timeout=timeout_s,
+                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            ),
+        )
+
+    @property
+    def model(self) -> str:
+        return self._model
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAICompatibleLLM(model={self._model!r}, base_url={self.base_url!r})"
+
+    async def aclose(self) -> None:
+        await self._client.close()
+
+    def _kwargs(self, request: LLMRequest) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "model": self._model,
+            "messages": [m.model_dump(exclude_none=True) for m in request.messages],
+            "temperature": request.temperature,
+        }
+        if request.max_tokens is not None:
+            kwargs["max_tokens"] = request.max_tokens
+        if request.seed is not None:
+            kwargs["seed"] = request.seed
+        if request.stop:
+            kwargs["stop"] = list(request.stop)
+        fmt = request.response_format
+        if fmt is ResponseFormat.JSON_SCHEMA:
+            kwargs["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": request.schema_name, "schema": request.json_schema or {}, "strict": False},
+            }
+        elif fmt is ResponseFormat.JSON_OBJECT:
+            kwargs["response_format"] = {"type": "json_object"}
+        elif fmt is ResponseFormat.TOOL:
+            kwargs["tools"] = [
+                {
+                    "type": "function",
+                    "function": {
+                        "name": request.schema_name,
+                        "description": f"Return the {request.schema_name} object.",
+                        "parameters": request.json_schema or {"type": "object"},
+                    },
+                }
+            ]
+            kwargs["tool_choice"] = {"type": "function", "function": {"name": request.schema_name}}
+        return kwargs
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        started = time.perf_counter()
+        try:
+            completion = await self._client.chat.completions.create(**self._kwargs(request))
+        except openai.APIStatusError as exc:
+            raise _status_error(exc, request, self._model) from None
+        except openai.APITimeoutError:
+            raise ModelCallError("request timed out", model=self._model, retryable=True) from None
+        except openai.APIConnectionError as exc:
+            raise ModelCallError(f"connection failed: {exc.__class__.__name__}", model=self._model, retryable=True) from None
+        except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
+            raise ModelCallError(f"malformed response body: {exc.__class__.__name__}", model=self._model, retryable=True) from None
+        latency = time.perf_counter() - started
+        if not getattr(completion, "choices", None):
+            raise ModelCallError("response has no choices", model=self._model, retryable=True)
+        choice = completion.choices[0]
+        message = choice.message
+        if request.response_format is ResponseFormat.TOOL and message.tool_calls:
+            text = message.tool_calls[0].function.arguments or ""
+        else:
+            text = message.content or ""
+        usage = completion.usage
+        if usage is not None:
+            counted = Usage(prompt_tokens=usage.prompt_tokens or 0, completion_tokens=usage.completion_tokens or 0)
+        else:
+            counted = Usage(
+                prompt_tokens=sum(estimate_tokens(m.content) for m in request.messages),
+                completion_tokens=estimate_tokens(text),
+            )
+        return LLMResponse(
+            text=text,
+            usage=counted,
+            model=completion.model or self._model,
+            provider=self.provider,
+            finish_reason=choice.finish_reason,
+            latency_s=latency,
+        )
+
+
+def _status_error(exc: openai.APIStatusError, request: LLMRequest, model: str) -> ModelCallError:
+    status = exc.status_code
+    detail = _error_detail(exc)
+    if status in (400, 422) and request.response_format is not ResponseFormat.TEXT:
+        return UnsupportedFeature(f"endpoint rejected response format {request.response_format.value}: {detail}", status=status, model=model)
+    retryable = status in (408, 409, 425, 429) or status >= 500
+    retry_after = None
+    header = exc.response.headers.get("retry-after") if exc.response is not None else None
+    if header:
+        try:
+            retry_after = float(header)
+        except ValueError:
+            retry_after = None
+    return ModelCallError(f"endpoint returned HTTP {status}: {detail}", status=status, model=model, retryable=retryable, retry_after=retry_after)
+
+
+def _error_detail(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and "message" in inner:
+            return str(inner["message"])[:300]
+    return str(exc.message)[:300]

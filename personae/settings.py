@@ -1,0 +1,140 @@
+"""One settings object for every path and endpoint.
+
+Values come from, in order of precedence: explicit arguments, environment variables
+(``PERSONAE_*``, plus the standard ``OPENAI_API_KEY``/``OPENAI_BASE_URL``,
+``MLFLOW_TRACKING_URI`` and ``PREFECT_API_URL``), a settings file
+(``PERSONAE_CONFIG`` or ``./personae.yaml``), then defaults rooted at ``data_dir``.
+Every storage path in personae is derived here; nothing else invents a path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from personae.validation import load_data_file, validate_data
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Paths, endpoints and limits. Secrets are :class:`SecretStr` and never printed."""
+
+    model_config = SettingsConfigDict(env_prefix="PERSONAE_", extra="forbid", validate_default=True)
+
+    data_dir: Path = Field(Path(".personae"), description="root of every local store")
+
+    # model endpoint (OpenAI-compatible); empty means the embedded local model
+    llm_base_url: str | None = Field(None, validation_alias=AliasChoices("PERSONAE_LLM_BASE_URL", "OPENAI_BASE_URL", "llm_base_url"))
+    llm_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("PERSONAE_LLM_API_KEY", "OPENAI_API_KEY", "llm_api_key"))
+    llm_model: str | None = Field(None, description="model name at the endpoint")
+    llm_timeout_s: float = Field(60.0, gt=0)
+    llm_max_concurrency: int = Field(64, ge=1, le=100_000)
+    llm_max_retries: int = Field(5, ge=0, le=100)
+    llm_provider: str | None = Field(None, description="force a provider: openai | local | fake")
+
+    embeddings_base_url: str | None = None
+    embeddings_model: str | None = None
+    embeddings_provider: str | None = Field(None, description="force: openai | local | hashing")
+
+    qdrant_url: str | None = None
+    qdrant_api_key: SecretStr | None = None
+    qdrant_path_override: Path | None = Field(None, validation_alias=AliasChoices("PERSONAE_QDRANT_PATH", "qdrant_path"))
+
+    mlflow_tracking_uri_override: str | None = Field(None, validation_alias=AliasChoices("PERSONAE_MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_URI", "mlflow_tracking_uri"))
+    prefect_api_url: str | None = Field(None, validation_alias=AliasChoices("PERSONAE_PREFECT_API_URL", "PREFECT_API_URL", "prefect_api_url"))
+
+    cache_enabled: bool = True
+
+    @classmethod
+    def load(cls, config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:
+        """Settings from a file (explicit, ``PERSONAE_CONFIG`` or ``./personae.yaml``), env and overrides."""
+        path = config_file or os.environ.get("PERSONAE_CONFIG")
+        if path is None and Path("personae.yaml").exists():
+            path = "personae.yaml"
+        file_values: dict[str, Any] = {}
+        if path is not None:
+            data = load_data_file(path)
+            if data is not None and not isinstance(data, dict):
+                from personae.errors import ConfigError
+
+                raise ConfigError("expected a mapping of settings", file=str(path), got=type(data).__name__)
+            file_values = data or {}
+            validate_data(_FileSettings, file_values, file=path, what="settings")
+        # Environment wins over the file: only file keys the env does not set are passed in.
+        env_set = {name for name in cls.model_fields if _env_has(cls, name)}
+        init = {k: v for k, v in file_values.items() if k not in env_set}
+        init.update(overrides)
+        return cls(**init)
+
+    # ---- derived paths -------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def qdrant_path(self) -> Path:
+        return (self.qdrant_path_override or self.root / "qdrant").expanduser()
+
+    @property
+    def cache_path(self) -> Path:
+        return self.root / "cache" / "llm.sqlite"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.root / "checkpoints.sqlite"
+
+    @property
+    def mlflow_tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri_override or f"sqlite:///{self.root / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_root(self) -> Path:
+        return self.root / "mlartifacts"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, name: str) -> Path:
+        """Output directory of one experiment run."""
+        return self.runs_dir / name
+
+    def public_dict(self) -> dict[str, Any]:
+        """Settings safe to log or show: secrets replaced by whether they are set."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                value = "set" if value.get_secret_value() else None
+            elif isinstance(value, Path):
+                value = str(value)
+            out[name] = value
+        out["qdrant_path"] = str(self.qdrant_path)
+        out["mlflow_tracking_uri"] = self.mlflow_tracking_uri
+        out["cache_path"] = str(self.cache_path)
+        out["checkpoint_path"] = str(self.checkpoint_path)
+        return out
+
+
+def _env_has(cls: type[Settings], name: str) -> bool:
+    field = cls.model_fields[name]
+    names = {f"PERSONAE_{name.upper()}"}
+    alias = field.validation_alias
+    if isinstance(alias, AliasChoices):
+        names |= {c for c in alias.choices if isinstance(c, str) and c.isupper()}
+    return any(n in os.environ for n in names)
+
+
+class _FileSettings(Settings):
+    """Validation of a settings file: the same fields, no environment."""
+
+    model_config = SettingsConfigDict(extra="forbid")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, *args, **kwargs):  # noqa: D102
+        return (init_settings,)

@@ -1,0 +1,113 @@
+"""Turning pydantic errors and raw files into one readable :class:`ConfigError`."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from personae.errors import ConfigError
+
+__all__ = ["describe_validation_error", "load_data_file", "load_model_file", "validate_data"]
+
+M = TypeVar("M", bound=BaseModel)
+
+MAX_FILE_BYTES = 50 * 1024 * 1024
+_MAX_YAML_NODES = 200_000
+
+
+def describe_validation_error(exc: ValidationError) -> tuple[str, str, Any]:
+    """The first error as ``(dotted field path, what was expected, what was given)``."""
+    err = exc.errors()[0]
+    field = ".".join(str(p) for p in err.get("loc", ())) or "<root>"
+    kind = err.get("type", "")
+    msg = err.get("msg", "invalid value")
+    if kind == "extra_forbidden":
+        msg = "no such field (unknown key)"
+    elif kind == "missing":
+        msg = "a value (this field is required)"
+    count = exc.error_count()
+    if count > 1:
+        msg += f" [+{count - 1} more error{'s' if count > 2 else ''}]"
+    return field, msg, err.get("input") if kind != "missing" else None
+
+
+def validate_data(model: type[M], data: Any, *, file: str | os.PathLike | None = None, what: str | None = None) -> M:
+    """Validate ``data`` as ``model``, raising :class:`ConfigError` naming file and field."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        field, expected, got = describe_validation_error(exc)
+        raise ConfigError(f"invalid {what or model.__name__}", file=None if file is None else str(file), field=field, expected=expected, got=got) from None
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """Safe YAML loader that refuses alias bombs (billion laughs)."""
+
+    def __init__(self, stream):
+        super().__init__(stream)
+        self._nodes = 0
+
+    def construct_document(self, node):  # count expanded nodes, aliases included
+        self._count(node, set())
+        return super().construct_document(node)
+
+    def _count(self, node, stack):
+        self._nodes += 1
+        if self._nodes > _MAX_YAML_NODES:
+            raise yaml.YAMLError(f"document expands to more than {_MAX_YAML_NODES} nodes (alias bomb?)")
+        if id(node) in stack:
+            return
+        children = []
+        if isinstance(node, yaml.SequenceNode):
+            children = node.value
+        elif isinstance(node, yaml.MappingNode):
+            children = [x for kv in node.value for x in kv]
+        if children:
+            stack = stack | {id(node)}
+            for child in children:
+                self._count(child, stack)
+
+
+def load_data_file(path: str | os.PathLike) -> Any:
+    """Read a YAML or JSON file (by extension; YAML otherwise) with clear errors."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError("file not found", file=str(path))
+    if path.is_dir():
+        raise ConfigError("is a directory, expected a file", file=str(path))
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ConfigError("file too large", file=str(path), expected=f"at most {MAX_FILE_BYTES} bytes", got=size)
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError("not valid UTF-8 text", file=str(path), line=line, expected="a UTF-8 encoded file") from None
+    if not text.strip():
+        raise ConfigError("file is empty", file=str(path), expected="a YAML or JSON document")
+    if path.suffix.lower() == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"invalid JSON: {exc.msg}", file=str(path), line=exc.lineno) from None
+    try:
+        return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = None if mark is None else mark.line + 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML: {problem}", file=str(path), line=line) from None
+
+
+def load_model_file(path: str | os.PathLike, model: type[M], *, what: str | None = None) -> M:
+    """Load and validate a YAML/JSON file as ``model``."""
+    data = load_data_file(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping at the top level of the {what or model.__name__} file", file=str(path), expected="mapping", got=type(data).__name__)
+    return validate_data(model, data, file=path, what=what)
