@@ -7,6 +7,7 @@ The API key is held as a secret and never logged.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -17,6 +18,8 @@ from personae.errors import ModelCallError, UnsupportedFeature
 from personae.llm.base import LLMRequest, LLMResponse, ResponseFormat, Usage, estimate_tokens
 
 __all__ = ["OpenAICompatibleLLM"]
+
+_CONNECTIONS_PER_POOL = 16
 
 
 class OpenAICompatibleLLM:
@@ -46,16 +49,28 @@ class OpenAICompatibleLLM:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._model = model
         self.base_url = base_url
-        self._client = openai.AsyncOpenAI(
-            base_url=base_url,
-            api_key=key or "not-needed",
-            timeout=timeout_s,
-            max_retries=0,
-            http_client=httpx.AsyncClient(
+        # httpcore's pool bookkeeping is quadratic in its connection count (hundreds of
+        # connections in one pool cost seconds of CPU per batch), so spread the
+        # connections over several small pools and send each call to the least busy one.
+        pools = max(1, math.ceil(max_connections / _CONNECTIONS_PER_POOL))
+        per_pool = math.ceil(max_connections / pools)
+        tls = httpx.create_ssl_context()  # shared: building one per pool costs ~35 ms each
+        self._clients = [
+            openai.AsyncOpenAI(
+                base_url=base_url,
+                api_key=key or "not-needed",
                 timeout=timeout_s,
-                limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            ),
-        )
+                max_retries=0,
+                http_client=httpx.AsyncClient(
+                    timeout=timeout_s,
+                    verify=tls,
+                    limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
+                ),
+            )
+            for _ in range(pools)
+        ]
+        self._client = self._clients[0]
+        self._in_flight = [0] * pools
 
     @property
     def model(self) -> str:
@@ -65,7 +80,8 @@ class OpenAICompatibleLLM:
         return f"OpenAICompatibleLLM(model={self._model!r}, base_url={self.base_url!r})"
 
     async def aclose(self) -> None:
-        await self._client.close()
+        for client in self._clients:
+            await client.close()
 
     def _kwargs(self, request: LLMRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -103,8 +119,10 @@ class OpenAICompatibleLLM:
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         started = time.perf_counter()
+        pool = min(range(len(self._clients)), key=self._in_flight.__getitem__)
+        self._in_flight[pool] += 1
         try:
-            completion = await self._client.chat.completions.create(**self._kwargs(request))
+            completion = await self._clients[pool].chat.completions.create(**self._kwargs(request))
         except openai.APIStatusError as exc:
             raise _status_error(exc, request, self._model) from None
         except openai.APITimeoutError:
@@ -112,7 +130,10 @@ class OpenAICompatibleLLM:
         except openai.APIConnectionError as exc:
             raise ModelCallError(f"connection failed: {exc.__class__.__name__}", model=self._model, retryable=True) from None
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
-            raise ModelCallError(f"malformed response body: {exc.__class__.__name__}", model=self._model, retryable=True) from None
+            body = f"; body starts {exc.doc[:200]!r}" if isinstance(exc, json.JSONDecodeError) else ""
+            raise ModelCallError(f"malformed response body: {exc.__class__.__name__}{body}", model=self._model, retryable=True) from None
+        finally:
+            self._in_flight[pool] -= 1
         latency = time.perf_counter() - started
         if not getattr(completion, "choices", None):
             raise ModelCallError("response has no choices", model=self._model, retryable=True)

@@ -6,8 +6,10 @@ Never returns a silent ``None`` or ``{}``: either a validated model or a
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
+from collections.abc import Iterator
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -20,6 +22,7 @@ T = TypeVar("T", bound=BaseModel)
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")
+_MAX_SPANS = 32
 
 
 def schema_for(model: type[BaseModel]) -> dict[str, Any]:
@@ -30,14 +33,10 @@ def schema_for(model: type[BaseModel]) -> dict[str, Any]:
 def extract_json(text: str) -> Any:
     """Parse JSON from a model reply, repairing the usual damage.
 
-    Tries the whole text, then fenced blocks, then the first balanced ``{…}`` or
-    ``[…]``, each also with trailing commas removed. Raises ``ValueError``.
+    Tries the whole text, then fenced blocks, then balanced ``{…}`` or ``[…]``
+    spans from left to right, each also with trailing commas removed. Raises ``ValueError``.
     """
-    candidates: list[str] = [text.strip()]
-    candidates += [m.strip() for m in _FENCE.findall(text)]
-    balanced = _first_balanced(text)
-    if balanced:
-        candidates.append(balanced)
+    candidates = itertools.chain([text.strip()], (m.strip() for m in _FENCE.findall(text)), _balanced_spans(text))
     for candidate in candidates:
         for variant in (candidate, _TRAILING_COMMA.sub(r"\1", candidate)):
             try:
@@ -47,10 +46,25 @@ def extract_json(text: str) -> Any:
     raise ValueError("no JSON value found in the reply")
 
 
-def _first_balanced(text: str) -> str | None:
-    start = min((i for i in (text.find("{"), text.find("[")) if i >= 0), default=-1)
-    if start < 0:
-        return None
+def _next_opening(text: str, start: int) -> int:
+    return min((i for i in (text.find("{", start), text.find("[", start)) if i >= 0), default=-1)
+
+
+def _balanced_spans(text: str) -> Iterator[str]:
+    """Balanced ``{…}``/``[…]`` spans left to right, so prose like ``[see below]`` before the JSON is skipped."""
+    start = _next_opening(text, 0)
+    for _ in range(_MAX_SPANS):
+        if start < 0:
+            return
+        span = _first_balanced(text, start)
+        if span is None:
+            start = _next_opening(text, start + 1)
+            continue
+        yield span
+        start = _next_opening(text, start + len(span))
+
+
+def _first_balanced(text: str, start: int) -> str | None:
     opening = text[start]
     closing = "}" if opening == "{" else "]"
     depth = 0

@@ -1,0 +1,45 @@
+"""``personae testserver``: a local OpenAI-compatible test server, for trying graphs offline."""
+
+from __future__ import annotations
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``testserver`` command to ``app``."""
+
+    @app.command("testserver")
+    def testserver(
+        ctx: typer.Context,
+        port: int = typer.Option(8765, help="TCP port (0 picks a free one)."),
+        host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+        latency: float = typer.Option(0.0, help="Seconds every reply waits."),
+        fault_rate: float = typer.Option(0.0, help="Share of requests (0..1) that get an injected fault."),
+        faults: str = typer.Option(
+            "429,500,timeout,malformed,schema_invalid,truncated", help="Comma-separated fault kinds to draw from."
+        ),
+        retry_after: float | None = typer.Option(None, help="Retry-After seconds sent with injected 429s."),
+        reject_json_schema: bool = typer.Option(False, help="Answer response_format json_schema with HTTP 400."),
+        reject_tools: bool = typer.Option(False, help="Answer requests with tools with HTTP 400."),
+        seed: int = typer.Option(0, help="Seeds the replies and the fault draw."),
+        embedding_dim: int = typer.Option(256, help="Embedding size (unless a request sets 'dimensions')."),
+    ) -> None:
+        """Serve a fake OpenAI-compatible API (chat, embeddings, models) until Ctrl-C.
+
+        Replies are deterministic and JSON replies are schema-valid, but they are not
+        language: this is a test double for the plumbing (retries, fallbacks, caching,
+        concurrency). Point personae at the printed URL with
+        PERSONAE_LLM_BASE_URL=<url> PERSONAE_LLM_MODEL=test.
+        """
+        from personae.testing.server import config_from_options, serve_until_interrupted
+
+        options = {k: v for k, v in ctx.params.items() if k not in ("port", "host")}
+        config = config_from_options(**options)
+
+        def announce(server) -> None:
+            typer.echo(server.base_url)
+            typer.echo("personae test server (fake replies) running; Ctrl-C to stop", err=True)
+
+        serve_until_interrupted(config, port=port, host=host, on_ready=announce)

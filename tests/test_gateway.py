@@ -1,0 +1,374 @@
+"""The gateway over the REAL openai client and real HTTP, against the local test server."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from personae.embeddings import HashingEmbedder
+from personae.errors import ConfigError, ModelCallError, ModelOutputError
+from personae.llm import Gateway, ResponseCache, estimate_tokens
+from personae.llm.wrappers import RetryingLLM, WrapperLLM
+from personae.testing.pytest_plugin import openai_llm, server_gateway
+from personae.testing.server import OpenAITestServer, TestServerConfig
+
+pytestmark = pytest.mark.timeout(60)
+
+USER = [{"role": "user", "content": "Introduce yourself in one sentence."}]
+
+
+class Profile(BaseModel):
+    name: str
+    age: int = Field(ge=0, le=120)
+    tags: list[str]
+    verified: bool
+
+
+def formats(server: OpenAITestServer) -> list[str]:
+    """Which structured-output mode each recorded chat request used."""
+    out = []
+    for body in server.requests:
+        if body.get("tools"):
+            out.append("tool")
+        else:
+            out.append((body.get("response_format") or {}).get("type", "text"))
+    return out
+
+
+def retries_of(gateway: Gateway) -> int:
+    total = 0
+    for model in gateway._models.values():
+        node = model
+        while isinstance(node, WrapperLLM):
+            if isinstance(node, RetryingLLM):
+                total += node.retries
+            node = node.inner
+    return total
+
+
+# ---- plain and structured calls ------------------------------------------------------------
+
+
+async def test_text_completion_is_openai_shaped_and_deterministic(openai_server):
+    async with server_gateway(openai_server) as gateway:
+        first = await gateway.text(USER, role="persona", seed=7, max_tokens=64)
+        again = await gateway.text(USER, role="persona", seed=7, max_tokens=64)
+    assert first.text and first.text == again.text
+    assert first.provider == "openai" and first.model == "personae-test-chat"
+    assert first.finish_reason == "stop"
+    assert first.usage.prompt_tokens == estimate_tokens(USER[0]["content"])
+    assert first.usage.completion_tokens == estimate_tokens(first.text)
+    body = openai_server.requests[0]
+    assert body["messages"] == USER and body["seed"] == 7 and body["max_tokens"] == 64
+    assert openai_server.endpoint_counts == {"chat.completions": 2}
+
+
+async def test_text_respects_max_tokens(openai_server):
+    async with server_gateway(openai_server) as gateway:
+        reply = await gateway.text(USER, max_tokens=3)
+    assert reply.finish_reason == "length" and len(reply.text) <= 12
+
+
+async def test_structured_output_via_json_schema(openai_server):
+    async with server_gateway(openai_server) as gateway:
+        profile = await gateway.structured(USER, Profile, seed=1)
+    assert isinstance(profile, Profile)
+    assert formats(openai_server) == ["json_schema"]
+    sent = openai_server.requests[0]["response_format"]["json_schema"]
+    assert sent["name"] == "Profile" and sent["schema"] == Profile.model_json_schema()
+
+
+@pytest.mark.openai_server(reject_json_schema=True)
+async def test_falls_back_to_a_tool_call_when_json_schema_is_rejected(openai_server):
+    async with server_gateway(openai_server) as gateway:
+        first = await gateway.structured(USER, Profile, seed=1)
+        assert formats(openai_server) == ["json_schema", "tool"]
+        second = await gateway.structured(USER, Profile, seed=2)
+    assert isinstance(first, Profile) and isinstance(second, Profile)
+    # the gateway remembers the rejection and goes straight to the tool call
+    assert formats(openai_server) == ["json_schema", "tool", "tool"]
+    tool_body = openai_server.requests[1]
+    assert tool_body["tool_choice"] == {"type": "function", "function": {"name": "Profile"}}
+    assert tool_body["tools"][0]["function"]["parameters"] == Profile.model_json_schema()
+
+
+async def test_falls_back_to_json_object_with_schema_hint_then_repairs():
+    def reply(body):
+        # the first JSON-mode answer lacks fields; the repair round (after our reply) gets a good one
+        if body.get("response_format", {}).get("type") == "json_object" and not any(m["role"] == "assistant" for m in body["messages"]):
+            return 'Sure! [draft] {"name": "Ada", "age": 36}'
+        return None
+
+    config = TestServerConfig(reject_json_schema=True, reject_tools=True)
+    with OpenAITestServer(config, reply=reply) as server:
+        async with server_gateway(server) as gateway:
+            profile = await gateway.structured(USER, Profile, seed=3)
+    assert isinstance(profile, Profile)
+    assert formats(server) == ["json_schema", "tool", "json_object", "json_object"]
+    hinted, repaired = server.requests[2], server.requests[3]
+    assert hinted["messages"][0]["role"] == "system" and '"verified"' in hinted["messages"][0]["content"]
+    assert repaired["messages"][-2] == {"role": "assistant", "content": 'Sure! [draft] {"name": "Ada", "age": 36}'}
+    assert "tags" in repaired["messages"][-1]["content"]  # the repair prompt names the missing field
+
+
+@pytest.mark.openai_server(reject_json_schema=True, reject_tools=True)
+async def test_json_object_mode_reads_the_schema_from_the_prompt(openai_server):
+    async with server_gateway(openai_server) as gateway:
+        profile = await gateway.structured(USER, Profile, seed=4)
+    assert isinstance(profile, Profile)
+    assert formats(openai_server) == ["json_schema", "tool", "json_object"]
+
+
+# ---- cache -----------------------------------------------------------------------------------
+
+
+async def test_identical_rerun_is_served_from_the_persistent_cache(openai_server, tmp_path):
+    async def run() -> tuple[list[str], list[Profile], dict]:
+        async with server_gateway(openai_server, cache=ResponseCache(tmp_path / "cache.sqlite")) as gateway:
+            texts = [(await gateway.text(USER, role="persona", seed=i)).text for i in range(5)]
+            profiles = [await gateway.structured(USER, Profile, role="judge", seed=i) for i in range(2)]
+            return texts, profiles, gateway.usage.snapshot()
+
+    texts, profiles, usage = await run()
+    assert openai_server.request_count == 7 and usage["total.model_calls"] == 7
+    openai_server.reset_counts()
+    texts2, profiles2, usage2 = await run()
+    assert openai_server.request_count == 0
+    assert (texts2, profiles2) == (texts, profiles)
+    assert usage2["total.cached_calls"] == 7 and usage2["total.model_calls"] == 0
+
+
+# ---- faults and retries ------------------------------------------------------------------------
+
+
+async def test_retries_survive_injected_faults():
+    config = TestServerConfig(fault_rate=0.4, faults=["429", "500", "malformed", "timeout"], seed=3, hang_s=5.0)
+    with OpenAITestServer(config) as server:
+        async with server_gateway(server, timeout_s=0.5, max_retries=12, retry_base_delay_s=0.01) as gateway:
+            replies = await asyncio.gather(*(gateway.text(USER, seed=i) for i in range(24)))
+            retries = retries_of(gateway)
+    assert all(r.text for r in replies)
+    injected = sum(server.fault_counts.values())
+    assert injected >= 5 and set(server.fault_counts) == {"429", "500", "malformed", "timeout"}
+    assert server.request_count == 24 + injected
+    assert retries == injected
+    assert gateway.usage.snapshot()["total.failures"] == 0
+
+
+async def test_retry_after_is_honoured():
+    config = TestServerConfig(fault_rate=1.0, faults=["429"], retry_after_s=0.6)
+    with OpenAITestServer(config) as server:
+        async with server_gateway(server, max_retries=3, retry_base_delay_s=0.01) as gateway:
+            started = time.perf_counter()
+            call = asyncio.create_task(gateway.text(USER))
+            while server.request_count == 0:
+                await asyncio.sleep(0.005)
+            server.configure(fault_rate=0.0)
+            reply = await call
+            waited = time.perf_counter() - started
+    assert reply.text
+    assert server.fault_counts == {"429": 1} and server.request_count == 2
+    assert waited >= 0.6
+
+
+async def test_persistent_failure_raises_after_max_retries():
+    with OpenAITestServer(TestServerConfig(fault_rate=1.0, faults=["500"])) as server:
+        async with server_gateway(server, max_retries=3, retry_base_delay_s=0.01) as gateway:
+            started = time.perf_counter()
+            with pytest.raises(ModelCallError) as info:
+                await gateway.text(USER, role="persona")
+            assert time.perf_counter() - started < 5
+            assert gateway.usage.snapshot()["persona.failures"] == 1
+    assert info.value.status == 500 and info.value.retryable
+    assert server.request_count == 4  # first try + 3 retries, then it stops
+
+
+async def test_malformed_body_is_a_clear_call_error_with_the_body():
+    with OpenAITestServer(TestServerConfig(fault_rate=1.0, faults=["malformed"])) as server:
+        async with server_gateway(server, max_retries=1, retry_base_delay_s=0.01) as gateway:
+            with pytest.raises(ModelCallError) as info:
+                await gateway.text(USER)
+    assert "malformed response body" in str(info.value) and "chat.completion" in str(info.value)
+    assert server.request_count == 2
+
+
+async def test_schema_invalid_replies_end_in_model_output_error_with_raw_reply():
+    with OpenAITestServer(TestServerConfig(fault_rate=1.0, faults=["schema_invalid"])) as server:
+        async with server_gateway(server) as gateway:
+            with pytest.raises(ModelOutputError) as info:
+                await gateway.structured(USER, Profile)
+    error = info.value
+    raw = json.loads(error.raw)  # valid JSON, but not a Profile
+    assert isinstance(raw, dict) and "name" not in raw
+    assert "Profile" in error.message and "field" in error.message
+    assert formats(server) == ["json_schema", "tool", "json_object", "json_object"]
+
+
+async def test_truncated_replies_end_in_model_output_error_with_raw_reply():
+    with OpenAITestServer(TestServerConfig(fault_rate=1.0, faults=["truncated"])) as server:
+        async with server_gateway(server) as gateway:
+            with pytest.raises(ModelOutputError) as info:
+                await gateway.structured(USER, Profile)
+    raw = info.value.raw
+    assert raw and raw.startswith("{")
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(raw)
+    assert server.requests[-1]["response_format"] == {"type": "json_object"}
+
+
+# ---- concurrency and accounting -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("limit", "min_s", "max_s"), [(32, 0.2, 1.6), (8, 0.8, 3.0)])
+async def test_concurrency_limit_overlaps_calls(limit, min_s, max_s):
+    with OpenAITestServer(TestServerConfig(latency_s=0.2)) as server:
+        async with server_gateway(server, max_concurrency=limit) as gateway:
+            started = time.perf_counter()
+            await asyncio.gather(*(gateway.text(USER, seed=i) for i in range(32)))
+            elapsed = time.perf_counter() - started
+            assert gateway.peak_in_flight == limit
+    assert min_s <= elapsed < max_s  # 32 serial calls would take 6.4 s
+    assert server.peak_in_flight <= limit
+
+
+async def test_server_sustains_256_concurrent_requests():
+    with OpenAITestServer(TestServerConfig(latency_s=0.2)) as server:
+        async with server_gateway(server, max_concurrency=256) as gateway:
+            started = time.perf_counter()
+            replies = await asyncio.gather(*(gateway.text(USER, seed=i) for i in range(256)))
+            elapsed = time.perf_counter() - started
+    assert len({r.text for r in replies}) > 200  # seeds give distinct replies
+    assert server.peak_in_flight >= 128
+    assert elapsed < 6.0  # serial would be 51 s
+
+
+async def test_usage_is_accounted_per_role(openai_server):
+    models = {"default": openai_llm(openai_server), "judge": openai_llm(openai_server, model="judge-model")}
+    gateway = Gateway(models, roles={"critic": "judge"})
+    try:
+        for i in range(3):
+            await gateway.text(USER, role="persona", seed=i)
+        for i in range(2):
+            await gateway.structured(USER, Profile, role="critic", seed=i)
+    finally:
+        await gateway.aclose()
+    usage = gateway.usage.snapshot()
+    assert usage["persona.calls"] == 3 and usage["critic.calls"] == 2 and usage["total.calls"] == 5
+    assert usage["persona.prompt_tokens"] == 3 * estimate_tokens(USER[0]["content"])
+    assert [b["model"] for b in openai_server.requests] == ["personae-test-chat"] * 3 + ["judge-model"] * 2
+    assert usage["total.completion_tokens"] == usage["persona.completion_tokens"] + usage["critic.completion_tokens"] > 0
+    assert gateway.describe() == {"default": "openai:personae-test-chat", "judge": "openai:judge-model"}
+
+
+# ---- embeddings, models, server control -----------------------------------------------------------
+
+
+@pytest.mark.openai_server(embedding_dim=64)
+async def test_embeddings_float_and_base64(openai_server):
+    client = openai.AsyncOpenAI(base_url=openai_server.base_url, api_key="test", max_retries=0)
+    try:
+        as_float = await client.embeddings.create(model="e", input=["red apple", "green pear"], encoding_format="float")
+        raw = await client.with_raw_response.embeddings.create(model="e", input=["red apple", "green pear"], encoding_format="base64")
+        sized = await client.embeddings.create(model="e", input="red apple", encoding_format="float", dimensions=16)
+    finally:
+        await client.close()
+    expected = HashingEmbedder(dim=64).embed(["red apple", "green pear"])
+    got = np.array([d.embedding for d in as_float.data], dtype=np.float32)
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    decoded = [np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in json.loads(raw.content)["data"]]
+    np.testing.assert_array_equal(np.stack(decoded), expected)
+    assert len(sized.data[0].embedding) == 16
+    assert as_float.usage.prompt_tokens == sum(estimate_tokens(t) for t in ["red apple", "green pear"])
+    assert openai_server.endpoint_counts == {"embeddings": 3}
+
+
+async def test_models_unknown_paths_and_bad_bodies(openai_server):
+    async with httpx.AsyncClient(base_url=openai_server.base_url) as client:
+        models = (await client.get("/models")).json()
+        missing = await client.get("/nope")
+        bad = await client.post("/chat/completions", content=b"{not json")
+        empty = await client.post("/chat/completions", json={"model": "m", "messages": []})
+    assert [m["id"] for m in models["data"]] == ["personae-test-chat", "personae-test-embed"]
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    assert bad.status_code == 400 and "not valid JSON" in bad.json()["error"]["message"]
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "messages"
+
+
+async def test_reply_callable_and_rejections_are_openai_shaped():
+    with OpenAITestServer(TestServerConfig(reject_json_schema=True), reply=lambda body: f"echo: {body['messages'][-1]['content']}") as server:
+        async with server_gateway(server) as gateway:
+            reply = await gateway.text(USER)
+        async with httpx.AsyncClient(base_url=server.base_url) as client:
+            rejected = await client.post(
+                "/chat/completions",
+                json={"model": "m", "messages": USER, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}},
+            )
+    assert reply.text == f"echo: {USER[0]['content']}"
+    assert rejected.status_code == 400
+    assert rejected.json()["error"] == {
+        "message": "response_format of type 'json_schema' is not supported by this model",
+        "type": "invalid_request_error",
+        "param": "response_format",
+        "code": "unsupported_parameter",
+    }
+
+
+def test_configure_validates_and_names_the_field(openai_server):
+    openai_server.configure(latency_s=0.01)
+    assert openai_server.config.latency_s == 0.01
+    with pytest.raises(ConfigError) as info:
+        openai_server.configure(fault_rat=0.5)
+    assert info.value.field == "fault_rat"
+    with pytest.raises(ConfigError) as info:
+        openai_server.configure(faults=["404"])
+    assert info.value.field == "faults.0"
+
+
+@pytest.mark.openai_server(latency_s=0.05, reject_tools=True)
+def test_fixture_reads_the_marker(openai_server):
+    assert openai_server.config.reject_tools and openai_server.config.latency_s == 0.05
+    assert openai_server.base_url.startswith("http://127.0.0.1:")
+
+
+def test_stopped_server_has_no_url():
+    server = OpenAITestServer().start()
+    url = server.base_url
+    server.stop()
+    with pytest.raises(RuntimeError):
+        server.base_url  # noqa: B018
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(url + "/models", timeout=1)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [str(Path(sys.executable).parent / "personae"), "testserver", "--port", "0", "--latency", "0.01"],
+        [sys.executable, "-m", "personae.testing.server", "--port", "0", "--fault-rate", "0"],
+    ],
+    ids=["cli", "python-m"],
+)
+def test_standalone_server_prints_its_url_and_stops_on_ctrl_c(command):
+    env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        try:
+            url = proc.stdout.readline().strip()
+            assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
+            assert httpx.get(url + "/models", timeout=5).status_code == 200
+        finally:
+            proc.send_signal(signal.SIGINT)
+            code = proc.wait(timeout=10)
+        assert code == 0, proc.stderr.read()
