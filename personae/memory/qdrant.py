@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import threading
 from pathlib import Path
 
 from qdrant_client import QdrantClient
@@ -19,10 +20,15 @@ __all__ = ["open_qdrant", "QdrantHandle"]
 
 
 class QdrantHandle:
-    """A Qdrant client plus the process lock that guards a local path; close it when done."""
+    """A Qdrant client plus the process lock that guards a local path; close it when done.
+
+    ``lock`` serialises calls on ``client`` across threads (local mode is not
+    thread-safe); hold it around every client call made from a worker thread.
+    """
 
     def __init__(self, client: QdrantClient, lock_fd: int | None, location: str) -> None:
         self.client = client
+        self.lock = threading.RLock()
         self._lock_fd = lock_fd
         self.location = location
 
