@@ -8,8 +8,6 @@ import socket
 
 import pytest
 
-pytest_plugins = ["personae.testing.pytest_plugin"]
-
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
