@@ -92,6 +92,7 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[BaseModel | dict]) ->
     count = 0
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make outputs private to the writer
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for record in records:
                 fh.write(_encode(record) + "\n")
@@ -103,6 +104,12 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[BaseModel | dict]) ->
         Path(tmp).unlink(missing_ok=True)
         raise
     return count
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def read_jsonl_dicts(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
