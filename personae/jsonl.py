@@ -107,9 +107,14 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[BaseModel | dict]) ->
 
 
 def _umask() -> int:
-    current = os.umask(0)
-    os.umask(current)
-    return current
+    # Read it where the OS exposes it: setting it to probe is racy under threads.
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
 
 
 def read_jsonl_dicts(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
