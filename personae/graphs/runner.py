@@ -1,0 +1,356 @@
+"""Running conversations: jobs, one conversation, and resumable concurrent batches.
+
+Each conversation runs under LangGraph's checkpointer with ``thread_id = job.id``,
+so a run killed mid-conversation resumes from its last step. A batch runs
+conversations concurrently on asyncio (the gateway's limit caps model calls),
+appends each finished conversation to a JSON Lines file, and skips ids already
+there on a rerun. A conversation whose model calls fail for good is recorded as
+``failed`` with its error and the turns it had, never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from langgraph.errors import GraphRecursionError
+from pydantic import BaseModel, ConfigDict, Field
+
+from personae.embeddings.base import Embedder
+from personae.errors import BudgetExceeded, ConfigError, PersonaeError
+from personae.graphs.checkpoint import sqlite_checkpointer
+from personae.graphs.config import GraphConfig, validate_conversation
+from personae.graphs.prebuilt import build_graph, recursion_limit
+from personae.ids import stable_id
+from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts
+from personae.llm.gateway import Gateway
+from personae.models import Conversation, ConversationStatus, Participant, Persona, Scenario, StopReason, Utterance
+from personae.nodes.orchestrator import pick_opener
+from personae.nodes.state import DialogueState, RunContext, derive_seed, initial_state
+
+__all__ = [
+    "ConversationJob",
+    "BatchResult",
+    "make_jobs",
+    "job_state",
+    "run_conversation",
+    "simulate_batch",
+    "conversation_metrics",
+    "latest_conversations",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ConversationJob(BaseModel):
+    """One conversation to simulate: who, where, which graph, which seed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    scenario: Scenario
+    participants: list[Participant] = Field(min_length=1)
+    graph: GraphConfig = Field(default_factory=GraphConfig)
+    seed: int = 0
+
+
+class BatchResult(BaseModel):
+    """What a batch did: conversations completed, failed and skipped (already done)."""
+
+    total: int
+    completed: int
+    failed: int
+    skipped: int
+    wall_s: float
+
+
+def _unique(personas: Sequence[Persona]) -> list[Persona]:
+    seen: dict[str, Persona] = {}
+    for p in personas:
+        seen.setdefault(p.id, p)
+    return list(seen.values())
+
+
+def _cast(graph: GraphConfig, scenario: Scenario, personas: list[Persona], index: int, rng: random.Random) -> list[Participant]:
+    roles = [r.name for r in scenario.roles]
+    if graph.kind in ("dyad", "interview") and len(roles) < 2:
+        raise ConfigError(f"a {graph.kind} scenario needs two roles", field="scenario.roles", expected="at least 2 roles", got=roles)
+    first = personas[index % len(personas)]
+    if graph.kind == "interview":
+        return [
+            Participant(persona=graph.default_interviewer(), role=roles[0]),
+            Participant(persona=first, role=roles[1]),
+        ]
+    size = 2 if graph.kind == "dyad" else min(graph.group_size, len(personas))
+    if len(personas) < size:
+        raise ConfigError(f"a {graph.kind} needs {size} distinct personas", field="personas", expected=f">= {size}", got=len(personas))
+    others = rng.sample([p for p in personas if p.id != first.id], size - 1)
+    return [Participant(persona=p, role=roles[i % len(roles)]) for i, p in enumerate([first, *others])]
+
+
+def make_jobs(
+    personas: Sequence[Persona],
+    scenarios: Sequence[Scenario],
+    graph: GraphConfig,
+    *,
+    n_conversations: int,
+    seed: int,
+) -> list[ConversationJob]:
+    """Cast ``n_conversations`` conversations deterministically from ``seed``.
+
+    Conversation ``i`` uses scenario ``i mod len(scenarios)``; persona ``i mod
+    len(personas)`` takes the scenario's first role (so every persona is covered)
+    and the other seats are drawn at random from the rest. Interviews pair the
+    interviewer persona with each respondent. Ids derive from seed, index, cast and
+    graph config, so the same call gives the same jobs.
+    """
+    if n_conversations < 1:
+        raise ConfigError("the number of conversations must be at least 1", field="n_conversations", got=n_conversations)
+    if not scenarios:
+        raise ConfigError("no scenarios given", field="scenarios", expected="at least one scenario")
+    people = _unique(personas)
+    if not people:
+        raise ConfigError("no personas given", field="personas", expected="at least one persona")
+    graph_key = graph.model_dump(mode="json")
+    jobs: list[ConversationJob] = []
+    for i in range(n_conversations):
+        scenario = scenarios[i % len(scenarios)]
+        participants = _cast(graph, scenario, people, i, random.Random(derive_seed(seed, i, "cast")))
+        validate_conversation(graph, scenario, participants)
+        job_id = stable_id("conv", seed, i, scenario.id, [p.id for p in participants], graph_key)
+        jobs.append(ConversationJob(id=job_id, scenario=scenario, participants=participants, graph=graph, seed=derive_seed(seed, i)))
+    return jobs
+
+
+def job_state(job: ConversationJob, *, memory_base: dict[str, int] | None = None) -> DialogueState:
+    """The initial graph state of ``job``."""
+    interviewer = None
+    if job.graph.kind == "interview":
+        interviewer = pick_opener(job.participants, job.scenario, job.graph.opener).id
+    return initial_state(
+        job.scenario,
+        job.participants,
+        questions=job.graph.questions if job.graph.kind == "interview" else (),
+        interviewer=interviewer,
+        memory_base=memory_base,
+    )
+
+
+def conversation_metrics(utterances: Sequence[Utterance]) -> dict[str, float]:
+    """Turns, persona tokens and critic activity of a transcript."""
+    usage = [u.metadata.get("usage") or {} for u in utterances]
+    critic = [u.metadata.get("critic") for u in utterances if u.metadata.get("critic")]
+    return {
+        "turns": len(utterances),
+        "prompt_tokens": sum(int(x.get("prompt_tokens", 0)) for x in usage),
+        "completion_tokens": sum(int(x.get("completion_tokens", 0)) for x in usage),
+        "critic_reviewed": len(critic),
+        "critic_revisions": sum(max(0, int(c.get("attempts", 1)) - 1) for c in critic),
+        "critic_gave_up": sum(1 for c in critic if c.get("verdict") == "gave_up"),
+        "mean_chars": sum(len(u.text) for u in utterances) / len(utterances) if utterances else 0.0,
+    }
+
+
+def _conversation(job: ConversationJob, values: dict[str, Any], *, error: str | None = None) -> Conversation:
+    utterances = [Utterance.model_validate(u) for u in values.get("transcript") or []]
+    metadata: dict[str, Any] = {
+        "graph": job.graph.kind,
+        "projection": job.graph.projection,
+        "turn_policy": job.graph.policy,
+        "seed": job.seed,
+        "stop_detail": values.get("stop_detail"),
+    }
+    for key in ("qa", "extracted", "extract_error"):
+        if key in values:
+            metadata[key] = values[key]
+    conversation = Conversation(
+        id=job.id, scenario=job.scenario, participants=job.participants, utterances=utterances,
+        metrics=conversation_metrics(utterances), metadata=metadata,
+    )
+    conversation.transition(ConversationStatus.RUNNING)
+    if error is None:
+        conversation.transition(ConversationStatus.COMPLETE)
+        conversation.stop_reason = StopReason(values["stop_reason"]) if values.get("stop_reason") else None
+    else:
+        conversation.transition(ConversationStatus.FAILED)
+        conversation.stop_reason = StopReason.ERROR
+        conversation.error = error
+    return conversation
+
+
+async def run_conversation(
+    job: ConversationJob,
+    *,
+    gateway: Gateway,
+    embedder: Embedder | None = None,
+    memory: Any = None,
+    checkpointer: Any = None,
+    graph: Any = None,
+    prompts: Any = None,
+    answer_schema: type[BaseModel] | None = None,
+) -> Conversation:
+    """Simulate ``job`` and return the conversation (``complete``, or ``failed`` with its error).
+
+    With a checkpointer (given, or the one ``graph`` was compiled with) the run is
+    resumable: a thread already holding a half-done conversation continues from its
+    last step, a finished one is returned as is. :class:`BudgetExceeded` propagates
+    (the batch must stop); other personae errors (a model failing for good, an
+    unusable reply) and running past the step limit mark the conversation failed;
+    anything else is a bug and propagates.
+    """
+    if graph is None:
+        graph = build_graph(
+            job.graph, gateway=gateway, embedder=embedder, memory=memory, prompts=prompts,
+            checkpointer=checkpointer, answer_schema=answer_schema,
+        )
+    persistent = getattr(graph, "checkpointer", None) is not None
+    config = {"configurable": {"thread_id": job.id}, "recursion_limit": recursion_limit(job.graph, job.scenario.max_turns)}
+    context = RunContext(conversation_id=job.id, seed=job.seed)
+    try:
+        snapshot = await graph.aget_state(config) if persistent else None
+        if snapshot is not None and snapshot.values and not snapshot.next:
+            log.debug("%s already finished in the checkpoint", job.id)
+            return _conversation(job, dict(snapshot.values))
+        if snapshot is not None and snapshot.values:
+            log.info("resuming %s at %d turns (next: %s)", job.id, len(snapshot.values.get("transcript") or []), snapshot.next)
+            payload = None
+        else:
+            payload = job_state(job, memory_base=await _memory_base(job, memory))
+        options = {"durability": job.graph.durability} if persistent else {}
+        values = await graph.ainvoke(payload, config, context=context, **options)
+    except BudgetExceeded:
+        raise
+    except (PersonaeError, GraphRecursionError) as exc:  # recorded with its error; the batch goes on
+        log.warning("conversation %s failed: %s: %s", job.id, type(exc).__name__, exc)
+        partial = {}
+        if persistent:
+            try:
+                partial = dict((await graph.aget_state(config)).values)
+            except Exception as state_exc:  # the checkpointer itself may be what failed
+                log.warning("could not read the partial state of %s: %s", job.id, state_exc)
+        return _conversation(job, partial, error=f"{type(exc).__name__}: {exc}")
+    return _conversation(job, dict(values))
+
+
+async def _memory_base(job: ConversationJob, memory: Any) -> dict[str, int] | None:
+    if memory is None or not job.graph.memory.enabled:
+        return None
+    from personae.nodes.memory import memory_bases
+
+    return await memory_bases(memory, job.participants)
+
+
+def _done_ids(out_path: Path, *, retry_failed: bool) -> set[str]:
+    if not out_path.exists():
+        return set()
+    done: set[str] = set()
+    for _, record in read_jsonl_dicts(out_path):
+        if "id" not in record:
+            continue
+        if record.get("status") == ConversationStatus.FAILED.value and retry_failed:
+            done.discard(record["id"])
+        else:
+            done.add(record["id"])
+    return done
+
+
+def latest_conversations(path: str | Path) -> list[Conversation]:
+    """Conversations in a batch output file, the latest record per id (a retried failure
+    is appended again), in first-seen order."""
+    latest: dict[str, Conversation] = {}
+    for conversation in iter_jsonl(path, Conversation):
+        latest[conversation.id] = conversation
+    return list(latest.values())
+
+
+async def simulate_batch(
+    jobs: Sequence[ConversationJob],
+    *,
+    gateway: Gateway,
+    out_path: Path,
+    checkpoint_path: Path | None,
+    embedder: Embedder | None = None,
+    memory: Any = None,
+    concurrency: int = 64,
+    on_done: Callable[[Conversation], None] | None = None,
+    retry_failed: bool = False,
+    prompts: Any = None,
+    answer_schema: type[BaseModel] | None = None,
+) -> BatchResult:
+    """Run ``jobs`` concurrently; append each finished conversation to ``out_path``.
+
+    Jobs whose id is already in ``out_path`` are skipped (failed ones are rerun when
+    ``retry_failed``; :func:`latest_conversations` then reads the newest record).
+    With ``checkpoint_path`` every conversation is checkpointed to SQLite under its
+    id, so a killed batch resumes mid-conversation; a conversation's checkpoint is
+    deleted once it is complete and written out.
+    """
+    if concurrency < 1:
+        raise ConfigError("concurrency must be at least 1", field="concurrency", got=concurrency)
+    started = time.perf_counter()
+    out_path = Path(out_path)
+    ids = [j.id for j in jobs]
+    if len(set(ids)) != len(ids):
+        raise ConfigError("job ids must be unique", field="jobs", got=len(ids) - len(set(ids)))
+    done = _done_ids(out_path, retry_failed=retry_failed)
+    todo = [j for j in jobs if j.id not in done]
+    counts = {"completed": 0, "failed": 0}
+    if todo:
+        if checkpoint_path is None:
+            await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema)
+        else:
+            async with sqlite_checkpointer(checkpoint_path) as saver:
+                await _run_all(todo, saver, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema)
+    return BatchResult(
+        total=len(jobs), completed=counts["completed"], failed=counts["failed"],
+        skipped=len(jobs) - len(todo), wall_s=time.perf_counter() - started,
+    )
+
+
+async def _run_all(
+    jobs: Sequence[ConversationJob],
+    saver: Any,
+    gateway: Gateway,
+    out_path: Path,
+    embedder: Embedder | None,
+    memory: Any,
+    concurrency: int,
+    on_done: Callable[[Conversation], None] | None,
+    counts: dict[str, int],
+    prompts: Any,
+    answer_schema: type[BaseModel] | None,
+) -> None:
+    graphs: dict[str, Any] = {}
+    limit = asyncio.Semaphore(concurrency)
+
+    def graph_for(job: ConversationJob) -> Any:
+        key = job.graph.model_dump_json()
+        if key not in graphs:
+            graphs[key] = build_graph(
+                job.graph, gateway=gateway, embedder=embedder, memory=memory, prompts=prompts,
+                checkpointer=saver, answer_schema=answer_schema,
+            )
+        return graphs[key]
+
+    async def one(job: ConversationJob) -> None:
+        async with limit:
+            conversation = await run_conversation(job, gateway=gateway, embedder=embedder, memory=memory, graph=graph_for(job))
+            await asyncio.to_thread(append_jsonl, out_path, [conversation])
+            ok = conversation.status is ConversationStatus.COMPLETE
+            counts["completed" if ok else "failed"] += 1
+            if ok and saver is not None:
+                await saver.adelete_thread(job.id)
+        if on_done is not None:
+            on_done(conversation)
+
+    try:
+        async with asyncio.TaskGroup() as group:
+            for job in jobs:
+                group.create_task(one(job))
+    except BaseExceptionGroup as eg:  # surface the first real error, e.g. BudgetExceeded
+        raise eg.exceptions[0] from None

@@ -1,0 +1,281 @@
+"""The critic node: judge the draft, accept it or send it back with concrete feedback.
+
+Cheap checks run first (empty, too long, echoing the partner, role confusion, the
+scenario's regex rules); the LLM judgement (persona adherence, role, constraints)
+runs only when they pass. A rejected draft goes back to the persona node with
+feedback, at most ``max_attempts`` generations per turn; then the best attempt is
+committed. Every verdict is recorded in ``utterance.metadata["critic"]``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal
+
+import numpy as np
+from langgraph.runtime import Runtime
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from personae.embeddings.base import Embedder
+from personae.errors import ModelOutputError
+from personae.llm.gateway import Gateway
+from personae.llm.base import Message
+from personae.nodes._text import normalise, valid_regex
+from personae.models import Participant, Scenario, Utterance
+from personae.nodes.state import (
+    DialogueState,
+    RunContext,
+    derive_seed,
+    participant_by_id,
+    participants_of,
+    run_context,
+    scenario_of,
+    speaker_labels,
+    transcript_of,
+    utterance_id,
+)
+from personae.prompts import PromptSet, render_with
+
+__all__ = [
+    "ConstraintRule",
+    "CriticConfig",
+    "CriticJudgement",
+    "cheap_issues",
+    "make_critic_node",
+    "route_after_critic",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ConstraintRule(BaseModel):
+    """A scenario rule checked by regex: a pattern the reply must not (or must) contain."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: str = Field(min_length=1, description="regular expression, matched case-insensitively")
+    kind: Literal["forbid", "require"] = "forbid"
+    message: str = Field("", description="feedback shown to the persona when the rule is broken")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        return valid_regex(pattern)
+
+
+class CriticConfig(BaseModel):
+    """How the critic judges drafts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    max_attempts: int = Field(3, ge=1, le=10, description="generations per turn, the first included")
+    llm: bool = Field(True, description="ask the critic model when the cheap checks pass")
+    max_chars: int = Field(1200, ge=1)
+    echo_threshold: float = Field(0.9, gt=0.0, le=1.0, description="cosine to a recent partner turn counted as echo")
+    echo_window: int = Field(2, ge=1, description="how many recent partner turns to compare with")
+    role_confusion: bool = True
+    rules: list[ConstraintRule] = Field(default_factory=list)
+    speakers: list[str] | None = Field(None, description="participant ids or role names reviewed; None = everyone")
+    context_turns: int = Field(6, ge=0, description="recent turns shown to the critic model")
+    role: str = Field("critic", description="gateway role of the critic model")
+
+
+class CriticJudgement(BaseModel):
+    """What the critic model returns."""
+
+    in_character: bool = Field(description="the reply fits the persona's identity, knowledge and style")
+    role_consistent: bool = Field(description="the reply speaks as the persona's own role, not another's")
+    follows_constraints: bool = Field(description="the reply keeps to the scenario's rules")
+    issues: list[str] = Field(default_factory=list, description="short descriptions of what is wrong")
+    feedback: str = Field("", description="a concrete instruction for rewriting the reply")
+
+    @property
+    def accept(self) -> bool:
+        return self.in_character and self.role_consistent and self.follows_constraints
+
+
+def _role_confusion(text: str, speaker: Participant, participants: Sequence[Participant]) -> list[str]:
+    labels = speaker_labels(participants)
+    found: list[str] = []
+    for other in participants:
+        if other.id == speaker.id:
+            continue
+        names = {labels[other.id], other.persona.name}
+        if other.role != speaker.role:
+            names.add(other.role)
+        for name in names:
+            if re.search(rf"(^|\n)\s*\**{re.escape(name)}\**\s*(\([^)]*\))?\s*:", text, re.IGNORECASE):
+                found.append(f"wrote a line as {name}")
+        if other.role != speaker.role and re.search(
+            rf"\bI(?:'m| am)\s+(?:the|your|a|an)\s+{re.escape(other.role)}\b", text, re.IGNORECASE
+        ):
+            found.append(f"claimed to be the {other.role}")
+    return sorted(set(found))
+
+
+async def cheap_issues(
+    text: str,
+    speaker: Participant,
+    participants: Sequence[Participant],
+    transcript: Sequence[Utterance],
+    config: CriticConfig,
+    *,
+    embedder: Embedder | None = None,
+) -> list[dict[str, str]]:
+    """Rule-based problems with ``text`` as ``{"code", "detail"}`` dicts (empty when none)."""
+    if not text.strip():
+        return [{"code": "empty", "detail": "empty reply"}]
+    issues: list[dict[str, str]] = []
+    if len(text) > config.max_chars:
+        issues.append({"code": "too_long", "detail": f"{len(text)} characters, limit {config.max_chars}"})
+    labels = speaker_labels(participants)
+    recent = [u for u in transcript if u.speaker != speaker.id and u.text.strip()][-config.echo_window :]
+    if recent:
+        similarity = [1.0 if normalise(u.text) == normalise(text) else 0.0 for u in recent]
+        if embedder is not None and max(similarity) < 1.0:
+            vectors = np.asarray(await embedder.aembed([text] + [u.text for u in recent]), dtype=np.float32)
+            similarity = [float(v) for v in vectors[1:] @ vectors[0]]
+        best = int(np.argmax(similarity))
+        if similarity[best] >= config.echo_threshold:
+            who = labels.get(recent[best].speaker, recent[best].speaker)
+            issues.append({"code": "echo", "detail": who, "similarity": f"{similarity[best]:.3f}"})
+    if config.role_confusion:
+        issues += [{"code": "role_confusion", "detail": d} for d in _role_confusion(text, speaker, participants)]
+    for rule in config.rules:
+        hit = re.search(rule.pattern, text, re.IGNORECASE) is not None
+        if hit == (rule.kind == "forbid"):
+            detail = rule.message or f"the reply must {'not ' if rule.kind == 'forbid' else ''}match {rule.pattern!r}"
+            issues.append({"code": "constraint", "detail": detail})
+    return issues
+
+
+def route_after_critic(state: DialogueState) -> Literal["revise", "accept"]:
+    """``"revise"`` while a draft awaits regeneration, else ``"accept"``."""
+    draft = state.get("draft")
+    return "revise" if draft and draft.get("feedback") else "accept"
+
+
+def make_critic_node(
+    config: CriticConfig,
+    *,
+    gateway: Gateway | None = None,
+    embedder: Embedder | None = None,
+    prompts: PromptSet | None = None,
+) -> Callable[..., Awaitable[dict[str, Any]]]:
+    """A node judging ``state["draft"]``: commit it, or return it with feedback.
+
+    Route after it with :func:`route_after_critic` (``"revise"`` → the persona node).
+    """
+
+    def reviews(speaker: Participant) -> bool:
+        if not config.enabled:
+            return False
+        return config.speakers is None or speaker.id in config.speakers or speaker.role in config.speakers
+
+    async def critic(state: DialogueState, runtime: Runtime[RunContext] | None = None) -> dict[str, Any]:
+        draft = state.get("draft")
+        if not draft:
+            return {}
+        ctx = run_context(runtime)
+        participants = participants_of(state)
+        speaker = participant_by_id(participants, draft["speaker"])
+        if not reviews(speaker):
+            return _commit(ctx, draft, draft["text"], draft["metadata"], None)
+        transcript = transcript_of(state)
+        attempt = int(draft["attempt"])
+        issues = await cheap_issues(draft["text"], speaker, participants, transcript, config, embedder=embedder)
+        source, judged = "rules", False
+        if not issues and config.llm and gateway is not None:
+            judged = True
+            judgement = await _judge(ctx, state, speaker, participants, transcript, draft)
+            if judgement is not None and not judgement.accept:
+                source = "llm"
+                detail = judgement.feedback or "; ".join(judgement.issues) or "out of character"
+                issues = [{"code": "llm", "detail": detail}]
+        if not issues:
+            verdict = {"verdict": "accepted" if attempt == 0 else "revised", "attempts": attempt + 1, "llm": judged}
+            if draft.get("history"):
+                verdict["history"] = _public(draft["history"])
+            return _commit(ctx, draft, draft["text"], draft["metadata"], verdict)
+        entry = {"attempt": attempt, "text": draft["text"], "issues": issues, "source": source, "metadata": draft["metadata"]}
+        history = [*draft.get("history", []), entry]
+        if attempt + 1 < config.max_attempts:
+            feedback = render_with(prompts, "critic_feedback", {"issues": issues, "role_name": speaker.role})
+            return {"draft": {**draft, "feedback": feedback, "history": history}}
+        best = min(history, key=lambda e: (_penalty(e), -e["attempt"]))
+        log.info("critic gave up on turn %s of %s after %d attempts", draft["turn"], ctx.conversation_id, attempt + 1)
+        verdict = {
+            "verdict": "gave_up",
+            "attempts": attempt + 1,
+            "llm": judged,
+            "chosen_attempt": best["attempt"],
+            "issues": best["issues"],
+            "history": _public(history),
+        }
+        return _commit(ctx, draft, best["text"], best["metadata"], verdict)
+
+    async def _judge(
+        ctx: RunContext,
+        state: DialogueState,
+        speaker: Participant,
+        participants: list[Participant],
+        transcript: list[Utterance],
+        draft: dict[str, Any],
+    ) -> CriticJudgement | None:
+        scenario: Scenario = scenario_of(state)
+        labels = speaker_labels(participants)
+        roles = {p.id: p.role for p in participants}
+        recent = transcript[-config.context_turns :] if config.context_turns else []
+        try:
+            goal = scenario.role(speaker.role).goal
+        except KeyError:
+            goal = ""
+        content = render_with(
+            prompts,
+            "critic_judge",
+            {
+                "persona": speaker.persona.model_dump(mode="json"),
+                "name": labels[speaker.id],
+                "role_name": speaker.role,
+                "goal": goal,
+                "scenario": scenario.model_dump(mode="json"),
+                "lines": [{"label": labels.get(u.speaker, u.speaker), "role": roles.get(u.speaker, ""), "text": u.text} for u in recent],
+                "draft": draft["text"],
+            },
+        )
+        seed = derive_seed(ctx.seed, ctx.conversation_id, draft["turn"], draft["attempt"], "critic")
+        try:
+            return await gateway.structured([Message(role="user", content=content)], CriticJudgement, role=config.role, seed=seed)
+        except ModelOutputError as exc:
+            log.warning("critic reply unusable for %s turn %s, accepting the draft: %s", ctx.conversation_id, draft["turn"], exc.message)
+            return None
+
+    critic.__name__ = "critic"
+    return critic
+
+
+def _public(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rejected attempts as recorded in the verdict (their generation metadata left out)."""
+    return [{k: v for k, v in e.items() if k != "metadata"} for e in history]
+
+
+def _penalty(entry: dict[str, Any]) -> int:
+    """Rule failures are worse than an LLM objection; fewer issues are better."""
+    return len(entry["issues"]) * (10 if entry["source"] == "rules" else 1)
+
+
+def _commit(ctx: RunContext, draft: dict[str, Any], text: str, metadata: dict[str, Any], verdict: dict[str, Any] | None) -> dict[str, Any]:
+    meta = dict(metadata)
+    if verdict is not None:
+        meta["critic"] = verdict
+    utterance = Utterance(
+        id=utterance_id(ctx.conversation_id, draft["turn"]),
+        speaker=draft["speaker"],
+        turn=draft["turn"],
+        text=text,
+        metadata=meta,
+    )
+    return {"transcript": [utterance.model_dump(mode="json")], "draft": None}

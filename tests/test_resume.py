@@ -1,0 +1,114 @@
+"""A batch killed with SIGKILL mid-conversation resumes with exactly the expected utterances."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from personae.embeddings import HashingEmbedder
+    from personae.graphs import GraphConfig, make_jobs, simulate_batch
+    from personae.llm import Gateway
+    from personae.llm.testing import FakeLLM
+    from personae.models import Persona, Role, Scenario
+
+    work = Path(sys.argv[1])
+
+    class LoggedFake(FakeLLM):
+        async def complete(self, request):
+            response = await super().complete(request)
+            with open(work / "calls.log", "a") as log:
+                log.write("call\\n")
+            return response
+
+    personas = [Persona(name=n, occupation="clerk", description=f"{n} is patient.") for n in ("Ann", "Bob", "Cid", "Dee")]
+    scenario = Scenario(name="Support", setting="A call about a router.", max_turns=8, min_turns=2,
+                        roles=[Role(name="client", goal="fix the router"), Role(name="responder", goal="help")])
+    config = GraphConfig(termination={"detector_every": 3})
+    jobs = make_jobs(personas, [scenario], config, n_conversations=4, seed=11)
+    gateway = Gateway(LoggedFake(seed=2, latency_s=float(sys.argv[2])))
+    result = asyncio.run(simulate_batch(jobs, gateway=gateway, out_path=work / "out.jsonl",
+                                        checkpoint_path=work / "ckpt.sqlite", embedder=HashingEmbedder(), concurrency=2))
+    print(result.model_dump_json())
+    """
+)
+
+
+def _run(work: Path, latency: float) -> subprocess.Popen:
+    work.mkdir(parents=True, exist_ok=True)
+    script = work / "child.py"
+    script.write_text(CHILD)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    return subprocess.Popen([sys.executable, str(script), str(work), str(latency)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+
+
+def _calls(work: Path) -> int:
+    path = work / "calls.log"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def _records(work: Path) -> list[dict]:
+    path = work / "out.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _checkpointed_threads(work: Path) -> set[str]:
+    with sqlite3.connect(work / "ckpt.sqlite") as conn:
+        return {row[0] for row in conn.execute("SELECT DISTINCT thread_id FROM checkpoints")}
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_mid_conversation_then_rerun_gives_exactly_the_reference(tmp_path):
+    reference = _run(tmp_path / "reference", 0.0)
+    out, err = reference.communicate(timeout=120)
+    assert reference.returncode == 0, err.decode()[-2000:]
+    expected = {r["id"]: r for r in _records(tmp_path / "reference")}
+    total_calls = _calls(tmp_path / "reference")
+    assert len(expected) == 4 and all(r["status"] == "complete" for r in expected.values())
+
+    work = tmp_path / "killed"
+    child = _run(work, 0.05)
+    deadline = time.monotonic() + 120
+    while _calls(work) < total_calls * 0.6 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.02)
+    assert child.poll() is None, "the batch finished before it could be killed"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    calls_before = _calls(work)
+    finished_before = {r["id"] for r in _records(work)}
+    mid = _checkpointed_threads(work) - finished_before
+    assert len(finished_before) < 4 and mid, "expected at least one conversation interrupted mid-way"
+
+    rerun = _run(work, 0.0)
+    out, err = rerun.communicate(timeout=120)
+    assert rerun.returncode == 0, err.decode()[-2000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["skipped"] == len(finished_before) and result["completed"] == 4 - len(finished_before)
+
+    records = _records(work)
+    assert sorted(r["id"] for r in records) == sorted(expected)  # each conversation written exactly once
+    for record in records:
+        want = expected[record["id"]]
+        assert record["utterances"] == want["utterances"]  # same turns, texts, ids and critic verdicts
+        assert record["stop_reason"] == want["stop_reason"]
+        ids = [u["id"] for u in record["utterances"]]
+        assert len(ids) == len(set(ids)) and [u["turn"] for u in record["utterances"]] == list(range(len(ids)))
+    rerun_calls = _calls(work) - calls_before
+    # the interrupted conversations resumed from their checkpoints instead of starting over
+    # (at most the calls in flight at the kill, 2 conversations × 1 call, are made again)
+    assert total_calls - calls_before <= rerun_calls <= total_calls - calls_before + 2
+    assert not (_checkpointed_threads(work) & set(expected))  # finished conversations' checkpoints are cleared
+    print(f"\nresume: reference {total_calls} calls; killed after {calls_before} "
+          f"({len(finished_before)} finished, {len(mid)} mid-conversation); rerun made {rerun_calls} calls")
