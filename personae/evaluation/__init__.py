@@ -1,0 +1,39 @@
+"""Evaluation: judged (PersonaGym-style) and judge-free transcript metrics, comparisons, scorecards."""
+
+from personae.evaluation.agreement import AgreementReport, judge_agreement, krippendorff_alpha_interval
+from personae.evaluation.compare import ComparisonReport, MetricComparison, acompare_arms, compare_arms, compare_reports, compare_samples
+from personae.evaluation.config import TASKS, EvaluationConfig, JudgedConfig
+from personae.evaluation.environments import Environment, load_environments, select_environments
+from personae.evaluation.judged import JudgedItem, JudgedReport, Judgement, evaluate_judged
+from personae.evaluation.run import evaluate_run
+from personae.evaluation.scorecard import Scorecard, population_metrics
+from personae.evaluation.transcript import ConversationMetrics, TranscriptReport, evaluate_transcripts, transcript_metrics
+
+__all__ = [
+    "TASKS",
+    "AgreementReport",
+    "ComparisonReport",
+    "ConversationMetrics",
+    "Environment",
+    "EvaluationConfig",
+    "JudgedConfig",
+    "JudgedItem",
+    "JudgedReport",
+    "Judgement",
+    "MetricComparison",
+    "Scorecard",
+    "TranscriptReport",
+    "acompare_arms",
+    "compare_arms",
+    "compare_reports",
+    "compare_samples",
+    "evaluate_judged",
+    "evaluate_run",
+    "evaluate_transcripts",
+    "judge_agreement",
+    "krippendorff_alpha_interval",
+    "load_environments",
+    "population_metrics",
+    "select_environments",
+    "transcript_metrics",
+]

@@ -1,0 +1,81 @@
+"""Configuration of an evaluation: transcript metrics and the judged (PersonaGym-style) suite."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["TASKS", "TaskName", "JudgedConfig", "EvaluationConfig"]
+
+TaskName = Literal[
+    "expected_action",
+    "action_justification",
+    "linguistic_habits",
+    "persona_consistency",
+    "toxicity_control",
+]
+
+TASKS: tuple[TaskName, ...] = (
+    "expected_action",
+    "action_justification",
+    "linguistic_habits",
+    "persona_consistency",
+    "toxicity_control",
+)
+
+
+class JudgedConfig(BaseModel):
+    """The judged evaluation: environments → questions → in-character answers → judge ensemble.
+
+    ``judges`` are gateway roles or model names; each one scores every answer, so the
+    ensemble's agreement can be reported. Judges are unreliable (PersonaEval), hence ≥2.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    judges: list[str] = Field(default_factory=lambda: ["judge_a", "judge_b"], min_length=2)
+    tasks: list[TaskName] = Field(default_factory=lambda: list(TASKS), min_length=1)
+    questions_per_task: int = Field(2, ge=1, le=20)
+    environments_per_persona: int = Field(3, ge=1, le=20)
+    environment_selection: Literal["embedding", "llm"] = "embedding"
+    environments: Path | None = Field(None, description="YAML list of environments; None = the packaged list")
+    max_personas: int | None = Field(None, ge=1, description="evaluate a deterministic subset of this size")
+    confidence_threshold: float = Field(0.7, ge=0.0, le=1.0, description="judge confidence at or above = 'high'")
+    persona_role: str = "persona"
+    question_role: str = Field("evaluator", description="gateway role that selects environments and writes questions")
+    answer_max_tokens: int = Field(256, ge=1)
+    concurrency: int = Field(16, ge=1, le=10_000, description="persona pipelines in flight at once")
+    seed: int = 0
+
+    @field_validator("judges")
+    @classmethod
+    def _distinct_judges(cls, judges: list[str]) -> list[str]:
+        if len(set(judges)) != len(judges):
+            raise ValueError(f"judges must be distinct, got {judges}")
+        if any(not j.strip() for j in judges):
+            raise ValueError("judge names must not be empty")
+        return judges
+
+    @field_validator("tasks")
+    @classmethod
+    def _distinct_tasks(cls, tasks: list[TaskName]) -> list[TaskName]:
+        return list(dict.fromkeys(tasks))
+
+
+class EvaluationConfig(BaseModel):
+    """What to evaluate and how.
+
+    ``transcript`` switches the judge-free transcript metrics; ``judged`` configures
+    the judged suite (off by default: it costs model calls).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    transcript: bool = True
+    judged: JudgedConfig = Field(default_factory=JudgedConfig)
+    echo_window: int = Field(1, ge=1, le=20, description="preceding partner turns an utterance is compared with")
+    hit_k: int = Field(5, ge=1, le=1000, description="k of adherence hit@k")
+    plots: bool = True

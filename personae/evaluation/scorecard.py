@@ -1,0 +1,304 @@
+"""The scorecard: every metric of a run in one JSON, one self-contained HTML report and plots.
+
+Files written by :meth:`Scorecard.write` into ``out_dir``:
+
+* ``scorecard.json`` — all aggregate metrics, reports and config (per-conversation
+  values and judged answers go to the two JSONL files below, to keep it small);
+* ``scorecard.html`` — tables and plots (PNGs embedded as base64), opens anywhere;
+* ``plots/*.png`` — the same plots as files (for MLflow artifacts);
+* ``conversation_metrics.jsonl`` and ``judged_items.jsonl`` when there is data.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined
+from jinja2.sandbox import SandboxedEnvironment
+from pydantic import BaseModel, Field
+from rich.table import Table
+
+from personae.evaluation.compare import ComparisonReport
+from personae.evaluation.config import EvaluationConfig
+from personae.evaluation.judged import JudgedReport
+from personae.evaluation.plots import scorecard_plots
+from personae.evaluation.transcript import TranscriptReport
+from personae.jsonl import write_jsonl
+
+__all__ = ["Scorecard", "population_metrics", "METRIC_HELP"]
+
+_TEMPLATES = Path(__file__).resolve().parent.parent / "data"
+_MAX_PERSONA_ROWS = 200
+_UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_\-./ ]")
+
+METRIC_HELP: dict[str, str] = {
+    "n_utterances": "utterances per conversation",
+    "n_speakers": "participants who spoke",
+    "words_total": "words per conversation",
+    "words_mean": "words per utterance",
+    "words_std": "spread of words per utterance",
+    "empty_rate": "share of empty utterances",
+    "repetition_rate": "share of utterances repeating an earlier one verbatim",
+    "distinct_1": "unique words / words",
+    "distinct_2": "unique word pairs / word pairs",
+    "top_share": "top speaker's share of words (monopolisation)",
+    "turn_top_share": "top speaker's share of turns",
+    "gini": "normalised Gini of word counts over participants (0 = equal, 1 = one speaks)",
+    "persona_sim": "similarity of utterances to the speaker's own persona",
+    "drift_slope": "change in persona similarity per own turn (negative = drifting away)",
+    "drift_drop": "persona similarity, first half minus second half (positive = drifting away)",
+    "echo": "similarity to the partner's preceding turn(s)",
+    "echo_baseline": "similarity to the partner's other turns (shuffled baseline)",
+    "echo_excess": "echo minus baseline (positive = echoing the partner)",
+    "attribution_accuracy": "utterances attributed to the right speaker by persona similarity",
+    "role_confusion": "1 − attribution accuracy",
+    "authorship_accuracy": "utterances attributed to the right speaker by their other utterances",
+    "adherence_rr": "reciprocal rank of the true persona retrieved from the utterances",
+    "adherence_hit1": "true persona retrieved first",
+}
+
+
+def population_metrics(report: dict[str, Any] | None) -> dict[str, float]:
+    """Numbers from a population report (its ``metrics`` mapping if it has one, else every numeric leaf)."""
+    if not report:
+        return {}
+    source = report.get("metrics") if isinstance(report.get("metrics"), dict) else report
+    out: dict[str, float] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, bool):
+            out[prefix] = float(value)
+        elif isinstance(value, (int, float)):
+            if math.isfinite(value):
+                out[prefix] = float(value)
+        elif isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), sub)
+
+    walk("", source)
+    return out
+
+
+class Scorecard(BaseModel):
+    """Everything measured about one run."""
+
+    title: str = "personae scorecard"
+    n_conversations: int = 0
+    n_personas: int = 0
+    embedder: str | None = None
+    config: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    transcript: TranscriptReport | None = None
+    judged: JudgedReport | None = None
+    population: dict[str, float] | None = None
+    comparison: ComparisonReport | None = None
+    prompt_versions: dict[str, str] = Field(default_factory=dict)
+
+    # ---- numbers ---------------------------------------------------------------
+    def metrics(self) -> dict[str, float]:
+        """Every metric as a flat ``name → float`` (finite values only), e.g. for MLflow."""
+        out: dict[str, float] = {"n_conversations": float(self.n_conversations), "n_personas": float(self.n_personas)}
+        if self.transcript is not None:
+            out.update(self.transcript.metrics("transcript"))
+        if self.judged is not None:
+            out.update(self.judged.metrics("judged"))
+        if self.population:
+            out.update({f"population.{k}": v for k, v in self.population.items()})
+        if self.comparison is not None:
+            out.update(self.comparison.metrics("compare"))
+        return {_metric_key(k): v for k, v in out.items()}
+
+    def headline(self) -> list[tuple[str, float | None]]:
+        """The few figures worth reading first."""
+        rows: list[tuple[str, float | None]] = []
+        if self.judged is not None:
+            rows.append(("PersonaScore", self.judged.persona_score))
+            rows.append(("judge agreement (within 1)", self.judged.agreement.within_1))
+        if self.transcript is not None:
+            agg = self.transcript.aggregate
+            rows += [
+                ("adherence MRR", self.transcript.adherence.mrr),
+                ("echo excess", agg.get("echo_excess")),
+                ("persona drift (early − late)", agg.get("drift_drop")),
+                ("role confusion", agg.get("role_confusion")),
+                ("top speaker share", agg.get("top_share")),
+                ("distinct-2", agg.get("distinct_2")),
+            ]
+        return rows
+
+    def summary_table(self) -> Table:
+        """A rich table of the headline figures and counts."""
+        table = Table(title=self.title)
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        table.add_row("conversations", str(self.n_conversations))
+        table.add_row("personas", str(self.n_personas))
+        for label, value in self.headline():
+            table.add_row(label, _fmt(value))
+        if self.judged is not None:
+            for task, value in self.judged.per_task.items():
+                table.add_row(f"  task {task}", _fmt(value))
+        if self.transcript is not None:
+            for reason, count in self.transcript.stop_reasons.items():
+                table.add_row(f"stop reason {reason}", str(count))
+        return table
+
+    # ---- files -----------------------------------------------------------------
+    def to_json_dict(self) -> dict[str, Any]:
+        """The JSON document (without per-conversation values and judged answers)."""
+        data = self.model_dump(
+            mode="json",
+            exclude={"transcript": {"per_conversation"}, "judged": {"items"}},
+        )
+        data["metrics"] = self.metrics()
+        return data
+
+    def html(self, plots: dict[str, bytes] | None = None) -> str:
+        """The self-contained HTML report."""
+        if plots is None:
+            plots = scorecard_plots(self.transcript, self.judged, self.comparison) if self.config.plots else {}
+        env = SandboxedEnvironment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True, undefined=StrictUndefined,
+                                   trim_blocks=True, lstrip_blocks=True)
+        return env.get_template("scorecard.html.j2").render(**self._html_context(plots))
+
+    def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:
+        """Write the JSON, HTML, plots and detail files into ``out_dir``; return name → path."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        plots = scorecard_plots(self.transcript, self.judged, self.comparison) if self.config.plots else {}
+        paths: dict[str, Path] = {}
+        for name, data in plots.items():
+            paths[f"plot_{name}"] = _write_atomic(out / "plots" / f"{name}.png", data)
+        if self.transcript is not None and self.transcript.per_conversation:
+            paths["conversation_metrics"] = out / "conversation_metrics.jsonl"
+            write_jsonl(paths["conversation_metrics"], self.transcript.per_conversation)
+        if self.judged is not None and self.judged.items:
+            paths["judged_items"] = out / "judged_items.jsonl"
+            write_jsonl(paths["judged_items"], self.judged.items)
+        paths["json"] = _write_atomic(out / "scorecard.json", json.dumps(self.to_json_dict(), indent=2, ensure_ascii=False).encode("utf-8"))
+        paths["html"] = _write_atomic(out / "scorecard.html", self.html(plots).encode("utf-8"))
+        return paths
+
+    def _html_context(self, plots: dict[str, bytes]) -> dict[str, Any]:
+        ctx: dict[str, Any] = {
+            "title": self.title,
+            "n_conversations": self.n_conversations,
+            "n_personas": self.n_personas,
+            "embedder": self.embedder,
+            "headline": [{"label": label, "value": _fmt(v)} for label, v in self.headline()],
+            "plots": [{"name": k.replace("_", " "), "data": base64.b64encode(v).decode("ascii")} for k, v in plots.items()],
+            "judged": _judged_context(self.judged) if self.judged is not None else None,
+            "transcript": _transcript_context(self.transcript) if self.transcript is not None else None,
+            "comparison": _comparison_context(self.comparison) if self.comparison is not None else None,
+            "population": sorted((k, _fmt(v)) for k, v in (self.population or {}).items()),
+            "config_json": json.dumps(self.config.model_dump(mode="json"), indent=2),
+            "prompt_versions": sorted(self.prompt_versions.items()),
+        }
+        return ctx
+
+
+def _transcript_context(t: TranscriptReport) -> dict[str, Any]:
+    a = t.adherence
+    return {
+        "n_measured": t.n_measured,
+        "n_conversations": t.n_conversations,
+        "rows": [{"name": k, "value": _fmt(v), "help": METRIC_HELP.get(k, "")} for k, v in t.aggregate.items()],
+        "adherence": a,
+        "adherence_rows": [
+            {"name": "MRR", "value": _fmt(a.mrr)},
+            {"name": "hit@1", "value": _fmt(a.hit_1)},
+            {"name": f"hit@{a.k}", "value": _fmt(a.hit_k)},
+            {"name": "speakers ranked", "value": str(a.n_queries)},
+        ],
+        "stop_reasons": list(t.stop_reasons.items()),
+        "statuses": list(t.statuses.items()),
+    }
+
+
+def _judged_context(j: JudgedReport) -> dict[str, Any]:
+    ag, c = j.agreement, j.by_confidence
+    return {
+        "persona_score": _fmt(j.persona_score),
+        "n_personas": len(j.personas),
+        "n_items": j.n_items,
+        "n_failures": j.n_failures,
+        "question_failures": j.question_failures,
+        "judges": j.judges,
+        "task_names": j.tasks,
+        "tasks": [{"task": t, "ensemble": _fmt(j.per_task.get(t)), "judges": [_fmt(j.per_judge_task[x].get(t)) for x in j.judges]} for t in j.tasks],
+        "agreement": [
+            {"name": "items scored by ≥2 judges", "value": str(ag.n_items)},
+            {"name": "mean absolute difference", "value": _fmt(ag.mean_abs_diff)},
+            {"name": "exact agreement", "value": _fmt(ag.exact)},
+            {"name": "agreement within 1 point", "value": _fmt(ag.within_1)},
+            {"name": "Krippendorff's alpha (interval)", "value": _fmt(ag.krippendorff_alpha)},
+            *({"name": f"mean score of {k}", "value": _fmt(v)} for k, v in ag.per_judge_mean.items()),
+        ],
+        "threshold": c.threshold,
+        "confidence": [
+            {"name": "high", "n": c.high_n, "mean": _fmt(c.high_mean), "items": c.agreement_high_n, "mad": _fmt(c.agreement_high_mad)},
+            {"name": "low", "n": c.low_n, "mean": _fmt(c.low_mean), "items": c.agreement_low_n, "mad": _fmt(c.agreement_low_mad)},
+        ],
+        "personas": [
+            {"name": p.name, "score": _fmt(p.score), "per_task": [_fmt(p.per_task.get(t)) for t in j.tasks], "environments": ", ".join(p.environments)}
+            for p in j.personas[:_MAX_PERSONA_ROWS]
+        ],
+        "personas_truncated": len(j.personas) > _MAX_PERSONA_ROWS,
+    }
+
+
+def _comparison_context(c: ComparisonReport) -> dict[str, Any]:
+    significant = {r.metric for r in c.significant()}
+    return {
+        "label_a": c.label_a,
+        "label_b": c.label_b,
+        "rows": [
+            {
+                "metric": r.metric,
+                "mean_a": _fmt(r.mean_a),
+                "mean_b": _fmt(r.mean_b),
+                "diff": _fmt(r.diff),
+                "welch_t": _fmt(r.welch_t),
+                "welch_p": _fmt(r.welch_p),
+                "u": _fmt(r.mannwhitney_u),
+                "mannwhitney_p": _fmt(r.mannwhitney_p),
+                "d": _fmt(r.cohens_d),
+                "n": f"{r.n_a}/{r.n_b}",
+                "sig": r.metric in significant,
+            }
+            for r in c.rows
+        ],
+    }
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if isinstance(value, int) or float(value).is_integer() and abs(value) >= 10:
+        return f"{int(value)}"
+    return f"{value:.3g}" if abs(value) < 1e-3 and value != 0 else f"{value:.3f}"
+
+
+def _metric_key(name: str) -> str:
+    """A tracking-safe metric name (MLflow allows letters, digits, ``_ - . / `` and space)."""
+    return _UNSAFE_KEY.sub("_", name)
+
+
+def _write_atomic(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # a report to share, not a secret (mkstemp makes it 0600)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
