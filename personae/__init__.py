@@ -32,8 +32,50 @@ from personae.settings import Settings
 
 __version__ = "0.1.0"
 
+# The heavier layers (LangGraph, Qdrant, the population engine) load on first use, so
+# `import personae` and the CLI's --help stay fast.
+_LAZY = {
+    "GraphConfig": "personae.graphs",
+    "dyad": "personae.graphs",
+    "group": "personae.graphs",
+    "interview": "personae.graphs",
+    "build_graph": "personae.graphs",
+    "make_jobs": "personae.graphs",
+    "run_conversation": "personae.graphs",
+    "simulate_batch": "personae.graphs",
+    "project_egocentric": "personae.graphs",
+    "project_concat": "personae.graphs",
+    "AgentMemory": "personae.memory",
+    "open_qdrant": "personae.memory",
+    "PopulationSpec": "personae.population",
+    "generate_population": "personae.population",
+    "sample_population": "personae.population",
+    "EvaluationConfig": "personae.evaluation",
+    "evaluate_run": "personae.evaluation",
+    "compare_arms": "personae.evaluation",
+    "Scorecard": "personae.evaluation",
+    "build_embedder": "personae.embeddings",
+    "HashingEmbedder": "personae.embeddings",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'personae' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 __all__ = [
     "__version__",
+    *sorted(_LAZY),
     "BigFive",
     "Budget",
     "BudgetExceeded",
