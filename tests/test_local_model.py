@@ -125,6 +125,34 @@ async def test_structured_uses_json_schema_grammar(local_model):
     assert recorder.formats == [ResponseFormat.JSON_SCHEMA]  # valid on the first, grammar-constrained try
 
 
+class Profile(BaseModel):
+    """Long length bounds like the population crafter's: llama.cpp expands them rule by rule."""
+
+    description: str = Field(min_length=1, max_length=4000)
+    speaking_style: str = Field(min_length=1, max_length=1000)
+    habits: list[str] = Field(default_factory=list, max_length=10)
+
+
+def test_grammar_safe_schema_drops_expanding_bounds_only():
+    from personae.llm.local import grammar_safe_schema
+
+    safe = grammar_safe_schema(Profile.model_json_schema())
+    text = str(safe)
+    assert "maxLength" not in text and "minLength" not in text and "maxItems" not in text
+    assert safe["required"] == ["description", "speaking_style"]
+    assert set(safe["properties"]) == {"description", "speaking_style", "habits"}
+
+
+@pytest.mark.slow
+async def test_structured_with_long_length_bounds_does_not_crash_the_model(local_model):
+    # Before grammar_safe_schema, this schema made llama.cpp abort with SIGSEGV.
+    gateway = Gateway(local_model, max_concurrency=1)
+    profile = await gateway.structured(
+        [{"role": "user", "content": "Describe Ana, a 34 year old nurse from Lisbon."}], Profile, seed=3, max_tokens=160
+    )
+    assert profile.description.strip()
+
+
 @pytest.mark.slow
 async def test_tool_format_is_unsupported_and_gateway_falls_back(local_model):
     with pytest.raises(UnsupportedFeature):

@@ -229,7 +229,7 @@ class LocalLlamaLLM:
         if request.response_format in (ResponseFormat.JSON_SCHEMA, ResponseFormat.JSON_OBJECT):
             response_format: dict[str, Any] = {"type": "json_object"}
             if request.json_schema:
-                response_format["schema"] = request.json_schema
+                response_format["schema"] = grammar_safe_schema(request.json_schema)
             kwargs["response_format"] = response_format
         return kwargs
 
@@ -262,3 +262,20 @@ class LocalLlamaLLM:
 def _derived_seed(request: LLMRequest) -> int:
     """A sampling seed from the request's content, so unseeded identical requests agree."""
     return int(content_hash(request.cache_payload(), length=8), 16)
+
+
+# Keywords llama.cpp's schema-to-grammar converter expands into one rule per unit:
+# a ``maxLength`` of 4000 becomes thousands of rules and crashes the process
+# ("number of rules exceeds sane defaults", then SIGSEGV). The gateway validates the
+# reply against the full schema anyway, so the grammar only needs the shape.
+_EXPANDING_KEYWORDS = frozenset({"minLength", "maxLength", "pattern", "format", "minItems", "maxItems"})
+
+
+def grammar_safe_schema(schema: Any) -> Any:
+    """``schema`` without the length/pattern bounds that blow up llama.cpp's grammar."""
+    if isinstance(schema, dict):
+        return {k: grammar_safe_schema(v) for k, v in schema.items() if k not in _EXPANDING_KEYWORDS}
+    if isinstance(schema, list):
+        return [grammar_safe_schema(v) for v in schema]
+    return schema
+
