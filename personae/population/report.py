@@ -1,0 +1,300 @@
+"""The population report: quotas (target vs achieved), validity, revisions, rejects, coverage,
+uniqueness and lexical diversity, plus a plot of target vs achieved marginals.
+
+:class:`ReportBuilder` accumulates persona by persona (a run may stream 100k
+personas without holding them), then :meth:`ReportBuilder.finish` gives a
+:class:`PopulationReport`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from personae.models import Persona
+from personae.population.mapping import META_KEY, persona_meta
+from personae.population.quotas import QuotaPlan
+from personae.population.taxonomy import Taxonomy
+
+__all__ = ["CellCount", "MarginCount", "PopulationReport", "ReportBuilder", "plot_marginals", "distinct_n"]
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class CellCount(BaseModel):
+    """One quota cell: its values, target and achieved count."""
+
+    values: dict[str, str]
+    target: int
+    achieved: int
+
+
+class MarginCount(BaseModel):
+    """Target and achieved count of one value of a quota attribute."""
+
+    target: int
+    achieved: int
+
+
+class PopulationReport(BaseModel):
+    """What a population run produced and how well it met its spec."""
+
+    name: str
+    size: int
+    seed: int
+    produced: int
+    fingerprint: str = ""
+    llm_validated: bool = False
+    crafted: bool = False
+    dedup: bool = False
+    dedup_threshold: float | None = None
+    cells: list[CellCount] = Field(default_factory=list)
+    marginals: dict[str, dict[str, MarginCount]] = Field(default_factory=dict)
+    quotas_exact: bool = True
+    ipf_iterations: int = 0
+    ipf_max_error: float = 0.0
+    proposals: int = 0
+    valid_first_try: int = Field(0, description="proposals that passed validation as sampled, without revision")
+    revision_rounds: int = 0
+    revised_personas: int = 0
+    revised_attributes: dict[str, int] = Field(default_factory=dict)
+    rejects: dict[str, int] = Field(default_factory=dict, description="rejected proposals by source: rule, llm, dedup, custom")
+    reject_reasons: dict[str, int] = Field(default_factory=dict, description="most common reject reasons")
+    unresolved: int = Field(0, description="personas kept with validator issues after every attempt")
+    llm_failures: int = 0
+    attribute_coverage: float = 0.0
+    value_coverage: float = 0.0
+    mean_attributes: float = 0.0
+    uniqueness: float | None = Field(None, description="mean nearest-neighbour cosine distance")
+    min_nn_distance: float | None = None
+    distinct_1: float = 0.0
+    distinct_2: float = 0.0
+    wall_s: float = 0.0
+    personas_per_s: float = 0.0
+    usage: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def validity_rate(self) -> float:
+        """Share of proposals that passed validation as sampled, without revision."""
+        return self.valid_first_try / self.proposals if self.proposals else 0.0
+
+    def metrics(self) -> dict[str, float]:
+        """Flat numeric metrics (for tracking)."""
+        out = {
+            "population.size": float(self.size),
+            "population.produced": float(self.produced),
+            "population.quotas_exact": float(self.quotas_exact),
+            "population.validity_rate": self.validity_rate,
+            "population.proposals": float(self.proposals),
+            "population.revision_rounds": float(self.revision_rounds),
+            "population.revised_personas": float(self.revised_personas),
+            "population.rejects": float(sum(self.rejects.values())),
+            "population.unresolved": float(self.unresolved),
+            "population.attribute_coverage": self.attribute_coverage,
+            "population.value_coverage": self.value_coverage,
+            "population.mean_attributes": self.mean_attributes,
+            "population.distinct_1": self.distinct_1,
+            "population.distinct_2": self.distinct_2,
+            "population.personas_per_s": self.personas_per_s,
+            "population.ipf_max_error": self.ipf_max_error,
+        }
+        for source, n in self.rejects.items():
+            out[f"population.rejects.{source}"] = float(n)
+        if self.uniqueness is not None:
+            out["population.uniqueness"] = self.uniqueness
+        if self.min_nn_distance is not None:
+            out["population.min_nn_distance"] = self.min_nn_distance
+        return out
+
+    def summary_rows(self) -> list[tuple[str, str]]:
+        """Human-readable ``(label, value)`` rows for a CLI table."""
+        rows = [
+            ("personas", f"{self.produced} / {self.size}"),
+            ("quota cells met exactly", "yes" if self.quotas_exact else "NO"),
+            ("validity rate (first proposal)", f"{self.validity_rate:.1%}"),
+            ("revised personas / rounds", f"{self.revised_personas} / {self.revision_rounds}"),
+            ("rejected proposals", ", ".join(f"{k}: {v}" for k, v in sorted(self.rejects.items())) or "0"),
+            ("attribute coverage", f"{self.attribute_coverage:.1%} of taxonomy leaves"),
+            ("value coverage", f"{self.value_coverage:.1%} of categorical values"),
+            ("attributes per persona", f"{self.mean_attributes:.1f}"),
+            ("uniqueness (mean NN distance)", "n/a" if self.uniqueness is None else f"{self.uniqueness:.3f}"),
+            ("distinct-1 / distinct-2", f"{self.distinct_1:.3f} / {self.distinct_2:.3f}"),
+            ("throughput", f"{self.personas_per_s:.1f} personas/s ({self.wall_s:.1f} s)"),
+        ]
+        if self.unresolved:
+            rows.insert(4, ("kept with unresolved issues", str(self.unresolved)))
+        return rows
+
+
+def distinct_n(texts: Iterable[str], n: int) -> float:
+    """Distinct n-grams over all n-grams in ``texts`` (lower-cased words)."""
+    seen: set[tuple[str, ...]] = set()
+    total = 0
+    for text in texts:
+        words = [w.lower() for w in _WORD.findall(text)]
+        grams = list(zip(*(words[i:] for i in range(n))))
+        total += len(grams)
+        seen.update(grams)
+    return len(seen) / total if total else 0.0
+
+
+class ReportBuilder:
+    """Accumulates report statistics one persona (and reject) at a time."""
+
+    def __init__(self, taxonomy: Taxonomy, plan: QuotaPlan) -> None:
+        self.taxonomy = taxonomy
+        self.plan = plan
+        self.produced = 0
+        self.cell_counts = np.zeros(len(plan.cells), dtype=np.int64)
+        self.margins: dict[str, Counter] = {path: Counter() for path in plan.dims}
+        self.path_counts: Counter = Counter()
+        self.values_seen: set[tuple[str, str]] = set()
+        self.attr_total = 0
+        self.valid_first_try = 0
+        self.revision_rounds = 0
+        self.revised_personas = 0
+        self.revised_attributes: Counter = Counter()
+        self.rejects: Counter = Counter()
+        self.reject_reasons: Counter = Counter()
+        self.unresolved = 0
+        self.llm_failures = 0
+        self._grams = {1: set(), 2: set()}
+        self._gram_totals = {1: 0, 2: 0}
+
+    def add(self, persona: Persona) -> None:
+        """Count one accepted persona."""
+        meta = persona_meta(persona)
+        self.produced += 1
+        cell = meta.get("cell_index")
+        if isinstance(cell, int) and 0 <= cell < len(self.cell_counts):
+            self.cell_counts[cell] += 1
+        attrs = persona.attributes
+        for path, counter in self.margins.items():
+            counter[str(attrs.get(path))] += 1
+        for path, value in attrs.items():
+            if path == META_KEY:
+                continue
+            self.attr_total += 1
+            self.path_counts[path] += 1
+            if isinstance(value, list):
+                self.values_seen.update((path, str(v)) for v in value)
+            elif isinstance(value, str):
+                self.values_seen.add((path, value))
+        revised = meta.get("revised") or []
+        rounds = int(meta.get("revision_rounds", 0) or 0)
+        self.revision_rounds += rounds
+        if revised:
+            self.revised_personas += 1
+            self.revised_attributes.update(revised)
+        if rounds == 0 and not meta.get("unresolved"):
+            self.valid_first_try += 1
+        if meta.get("unresolved"):
+            self.unresolved += 1
+        if meta.get("llm_failed"):
+            self.llm_failures += 1
+        words = [w.lower() for w in _WORD.findall(persona.description)]
+        for n in (1, 2):
+            grams = list(zip(*(words[i:] for i in range(n))))
+            self._gram_totals[n] += len(grams)
+            self._grams[n].update(grams)
+
+    def add_rejects(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Count rejected proposals (records as written to rejects.jsonl)."""
+        for record in records:
+            source = str(record.get("source", "custom"))
+            self.rejects[source] += 1
+            if source == "dedup" and not record.get("revision_rounds"):
+                self.valid_first_try += 1  # it passed validation as sampled; only its twin was the problem
+            reason = str(record.get("reason", ""))[:160]
+            self.reject_reasons[reason] += 1
+
+    def finish(self, *, name: str, seed: int, fingerprint: str = "", nearest: np.ndarray | None = None, llm_validated: bool = False, crafted: bool = False, dedup_threshold: float | None = None, wall_s: float = 0.0, usage: Mapping[str, Any] | None = None) -> PopulationReport:
+        """The report; ``nearest`` is each persona's highest similarity to another."""
+        cells = [CellCount(values=c.values, target=c.target, achieved=int(n)) for c, n in zip(self.plan.cells, self.cell_counts)]
+        margins: dict[str, dict[str, MarginCount]] = {}
+        for path, targets in self.plan.marginal_targets.items():
+            got = self.margins.get(path, Counter())
+            margins[path] = {value: MarginCount(target=t, achieved=int(got.get(value, 0))) for value, t in targets.items()}
+        leaves = self.taxonomy.leaves
+        categorical = {(leaf.path, v) for leaf in leaves if leaf.type in ("categorical", "multi") for v in leaf.domain}
+        uniqueness = min_nn = None
+        if nearest is not None and len(nearest) >= 2:
+            distances = 1.0 - np.asarray(nearest, dtype=np.float64)
+            uniqueness = float(distances.mean())
+            min_nn = float(distances.min())
+        proposals = self.produced + sum(self.rejects.values())
+        complete = self.produced == self.plan.size
+        return PopulationReport(
+            name=name,
+            size=self.plan.size,
+            seed=seed,
+            produced=self.produced,
+            fingerprint=fingerprint,
+            llm_validated=llm_validated,
+            crafted=crafted,
+            dedup=dedup_threshold is not None,
+            dedup_threshold=dedup_threshold,
+            cells=cells,
+            marginals=margins,
+            quotas_exact=complete and all(c.target == c.achieved for c in cells) and all(m.target == m.achieved for ms in margins.values() for m in ms.values()),
+            ipf_iterations=self.plan.ipf_iterations,
+            ipf_max_error=float(self.plan.ipf_max_error) if math.isfinite(self.plan.ipf_max_error) else -1.0,
+            proposals=proposals,
+            valid_first_try=self.valid_first_try,
+            revision_rounds=self.revision_rounds,
+            revised_personas=self.revised_personas,
+            revised_attributes=dict(self.revised_attributes.most_common()),
+            rejects=dict(sorted(self.rejects.items())),
+            reject_reasons=dict(self.reject_reasons.most_common(20)),
+            unresolved=self.unresolved,
+            llm_failures=self.llm_failures,
+            attribute_coverage=len(self.path_counts) / len(leaves) if leaves else 0.0,
+            value_coverage=len(self.values_seen & categorical) / len(categorical) if categorical else 0.0,
+            mean_attributes=self.attr_total / self.produced if self.produced else 0.0,
+            uniqueness=uniqueness,
+            min_nn_distance=min_nn,
+            distinct_1=len(self._grams[1]) / self._gram_totals[1] if self._gram_totals[1] else 0.0,
+            distinct_2=len(self._grams[2]) / self._gram_totals[2] if self._gram_totals[2] else 0.0,
+            wall_s=wall_s,
+            personas_per_s=self.produced / wall_s if wall_s > 0 else 0.0,
+            usage=dict(usage or {}),
+        )
+
+
+def plot_marginals(report: PopulationReport, path: str | Path) -> Path | None:
+    """Bar chart of target vs achieved counts for every quota attribute (Agg backend, no pyplot).
+
+    Returns the path written, or ``None`` when the population has no quotas.
+    """
+    if not report.marginals:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    dims = list(report.marginals.items())
+    fig = Figure(figsize=(max(6.0, 1.0 + 0.5 * max(len(v) for _, v in dims)), 2.8 * len(dims)))
+    FigureCanvasAgg(fig)
+    for row, (attr, values) in enumerate(dims):
+        ax = fig.add_subplot(len(dims), 1, row + 1)
+        labels = list(values)
+        x = np.arange(len(labels))
+        ax.bar(x - 0.2, [values[v].target for v in labels], width=0.4, label="target")
+        ax.bar(x + 0.2, [values[v].achieved for v in labels], width=0.4, label="achieved")
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
+        ax.set_title(attr, fontsize=10)
+        ax.set_ylabel("personas")
+        if row == 0:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
