@@ -9,6 +9,7 @@ to make conversations resumable (thread id = conversation id).
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
@@ -29,6 +30,17 @@ from personae.prompts import PromptSet
 __all__ = ["dyad", "group", "interview", "build_graph", "recursion_limit"]
 
 log = logging.getLogger(__name__)
+
+
+def _inline(route: Callable[[DialogueState], str]) -> Callable[[DialogueState], Awaitable[str]]:
+    """``route`` as a coroutine function: LangGraph runs a sync router in a thread pool on
+    every step (about a tenth of a turn's CPU in ``bench/overhead.py``); an async one inline."""
+
+    async def routed(state: DialogueState) -> str:
+        return route(state)
+
+    routed.__name__ = route.__name__
+    return routed
 
 
 def recursion_limit(config: GraphConfig, max_turns: int) -> int:
@@ -84,7 +96,7 @@ def _add_turn(
     if review:
         builder.add_node("critic", make_critic_node(config.critic, gateway=gateway, embedder=embedder, prompts=prompts))
         builder.add_edge(speaker, "critic")
-        builder.add_conditional_edges("critic", route_after_critic, {"revise": speaker, "accept": after_commit})
+        builder.add_conditional_edges("critic", _inline(route_after_critic), {"revise": speaker, "accept": after_commit})
     else:
         builder.add_edge(speaker, after_commit)
     if memory_node is not None:
@@ -115,7 +127,7 @@ def _conversation(
     _add_turn(builder, "persona", config, config.termination, gateway=gateway, embedder=embedder, memory=memory, prompts=prompts)
     builder.add_edge(START, "orchestrator")
     builder.add_edge("orchestrator", "persona")
-    builder.add_conditional_edges("termination", route_after_termination, {"continue": "orchestrator", "stop": END})
+    builder.add_conditional_edges("termination", _inline(route_after_termination), {"continue": "orchestrator", "stop": END})
     return builder
 
 
@@ -187,10 +199,10 @@ def interview(
     )
     after_commit = _add_turn(builder, "respondent", config, termination, gateway=gateway, embedder=embedder, memory=memory, prompts=prompts)
     builder.add_edge(START, "orchestrator")
-    builder.add_conditional_edges("orchestrator", route_by_speaker, {"interviewer": "interviewer", "respondent": "respondent"})
+    builder.add_conditional_edges("orchestrator", _inline(route_by_speaker), {"interviewer": "interviewer", "respondent": "respondent"})
     builder.add_edge("interviewer", after_commit)
     builder.add_node("extract", make_extract_node(gateway, answer_schema, prompts=prompts))
-    builder.add_conditional_edges("termination", route_after_termination, {"continue": "orchestrator", "stop": "extract"})
+    builder.add_conditional_edges("termination", _inline(route_after_termination), {"continue": "orchestrator", "stop": "extract"})
     builder.add_edge("extract", END)
     return builder.compile(checkpointer=checkpointer, name="interview")
 

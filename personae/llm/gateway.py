@@ -265,8 +265,10 @@ class Gateway:
 
     # ---- lifecycle ---------------------------------------------------------
     def _check_budget(self) -> None:
-        total = self.usage.total()
         b = self.budget
+        if b.max_model_calls is None and b.max_tokens is None:
+            return  # nothing to check: skip summing the counters on every call
+        total = self.usage.total()
         if b.max_model_calls is not None and total.model_calls >= b.max_model_calls:
             raise BudgetExceeded("max_model_calls", b.max_model_calls, total.model_calls)
         if b.max_tokens is not None and total.prompt_tokens + total.completion_tokens >= b.max_tokens:

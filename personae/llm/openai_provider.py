@@ -12,6 +12,7 @@ import time
 from typing import Any
 
 import openai
+from openai.types.chat import ChatCompletion
 from pydantic import SecretStr
 
 from personae.errors import ModelCallError, UnsupportedFeature
@@ -19,7 +20,10 @@ from personae.llm.base import LLMRequest, LLMResponse, ResponseFormat, Usage, es
 
 __all__ = ["OpenAICompatibleLLM"]
 
-_CONNECTIONS_PER_POOL = 16
+# httpcore scans every connection of a pool (a socket poll each) on every request and
+# response, so small pools keep that scan short: 2 connections per pool measured
+# 1.3-1.5 ms of client CPU per call at 64-256 in flight, against 2.2 ms with 16.
+_CONNECTIONS_PER_POOL = 2
 
 
 class OpenAICompatibleLLM:
@@ -122,7 +126,10 @@ class OpenAICompatibleLLM:
         pool = min(range(len(self._clients)), key=self._in_flight.__getitem__)
         self._in_flight[pool] += 1
         try:
-            completion = await self._clients[pool].chat.completions.create(**self._kwargs(request))
+            # the raw POST of the documented `client.post` route: the same request, errors and
+            # parsed ChatCompletion as `chat.completions.create`, without its recursive
+            # TypedDict transform of the (already plain JSON) body, which cost ~2 ms per call
+            completion = await self._clients[pool].post("/chat/completions", cast_to=ChatCompletion, body=self._kwargs(request))
         except openai.APIStatusError as exc:
             raise _status_error(exc, request, self._model) from None
         except openai.APITimeoutError:

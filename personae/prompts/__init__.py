@@ -41,6 +41,7 @@ class PromptSet:
             keep_trailing_newline=False,
             trim_blocks=True,
             lstrip_blocks=True,
+            auto_reload=False,  # templates are fixed for a run; no stat() per render
         )
         self._env.filters["tojson_pretty"] = _tojson_pretty
 
@@ -49,8 +50,11 @@ class PromptSet:
         try:
             src, _, _ = self._env.loader.get_source(self._env, f"{name}.j2")
         except TemplateNotFound:
-            raise ConfigError(f"no prompt template named {name!r}", field="prompt", expected=f"a file {name}.j2 in {[str(d) for d in self.dirs]}") from None
+            raise self._not_found(name) from None
         return src
+
+    def _not_found(self, name: str) -> ConfigError:
+        return ConfigError(f"no prompt template named {name!r}", field="prompt", expected=f"a file {name}.j2 in {[str(d) for d in self.dirs]}")
 
     def version(self, name: str) -> str:
         """Content hash of a template: the prompt version tracked with every run."""
@@ -63,8 +67,10 @@ class PromptSet:
 
     def render(self, name: str, /, **values: Any) -> str:
         """Render template ``name`` with ``values``; a missing value names the template."""
-        self.source(name)  # clear error for an unknown name
-        template = self._env.get_template(f"{name}.j2")
+        try:  # compiled once and cached by the environment (renders run on every turn)
+            template = self._env.get_template(f"{name}.j2")
+        except TemplateNotFound:
+            raise self._not_found(name) from None
         try:
             return template.render(**values).strip()
         except Exception as exc:  # jinja's UndefinedError and friends
