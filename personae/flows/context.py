@@ -1,0 +1,286 @@
+"""What every stage flow needs: the loaded experiment, its settings, output paths, tracking."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from personae.embeddings import Embedder, build_embedder
+from personae.experiment import Experiment, describe_models, load_experiment, model_prices, settings_for
+from personae.llm import Gateway
+from personae.memory import AgentMemory, QdrantHandle, open_qdrant
+from personae.prompts import default_prompts
+from personae.settings import Settings
+from personae.tracking import Tracker, flatten, git_commit, merge_usage, usage_metrics, usage_to_dict
+
+__all__ = [
+    "STAGES",
+    "RunPaths",
+    "StageContext",
+    "StageResult",
+    "open_context",
+    "run_stage",
+    "settings_in_task",
+    "experiment_params",
+    "model_params",
+    "run_tags",
+    "open_memory",
+    "embedder_for",
+]
+
+log = logging.getLogger(__name__)
+
+STAGES: tuple[str, ...] = ("generate", "simulate", "evaluate")
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of one experiment's output folder (``Settings.run_dir(name)``)."""
+
+    root: Path
+
+    @property
+    def personas(self) -> Path:
+        return self.root / "personas.jsonl"
+
+    @property
+    def rejects(self) -> Path:
+        return self.root / "rejects.jsonl"
+
+    @property
+    def population_report(self) -> Path:
+        return self.root / "population_report.json"
+
+    @property
+    def conversations(self) -> Path:
+        return self.root / "conversations.jsonl"
+
+    @property
+    def scorecard_json(self) -> Path:
+        return self.root / "scorecard.json"
+
+    @property
+    def scorecard_html(self) -> Path:
+        return self.root / "scorecard.html"
+
+    def checkpoint(self, shard: int, shards: int) -> Path:
+        """The LangGraph checkpoint database of one simulation shard."""
+        return self.root / "checkpoints" / f"shard-{shard:04d}-of-{shards:04d}.sqlite"
+
+    @property
+    def conversation_metrics(self) -> Path:
+        return self.root / "conversation_metrics.jsonl"
+
+    def plots(self) -> list[Path]:
+        """Every plot written to the folder or its ``plots/`` subfolder."""
+        return sorted([*self.root.glob("*.png"), *self.root.glob("plots/*.png")])
+
+
+class StageResult(BaseModel):
+    """What a stage task returns, as plain data (it may cross processes): counts,
+    per-role model usage, the models used and the peak of calls in flight."""
+
+    metrics: dict[str, float] = Field(default_factory=dict)
+    usage: dict[str, dict[str, float]] = Field(default_factory=dict)
+    models: dict[str, str] = Field(default_factory=dict)
+    peak_in_flight: int = 0
+
+    @classmethod
+    def of(cls, metrics: dict[str, float], gateway: Gateway | None = None) -> StageResult:
+        """A result with ``metrics`` and, if given, the gateway's usage and models."""
+        if gateway is None:
+            return cls(metrics=metrics)
+        return cls(metrics=metrics, usage=usage_to_dict(gateway.usage), models=model_params(gateway), peak_in_flight=gateway.peak_in_flight)
+
+    @classmethod
+    def merge(cls, results: list[StageResult]) -> StageResult:
+        """Shard results summed (metrics and usage add up; the peak is the largest)."""
+        metrics: dict[str, float] = {}
+        for result in results:
+            for key, value in result.metrics.items():
+                metrics[key] = metrics.get(key, 0.0) + value
+        usage = merge_usage(r.usage for r in results)
+        models: dict[str, str] = {}
+        for result in results:
+            models.update(result.models)
+        return cls(
+            metrics=metrics,
+            usage={role: vars(counts).copy() for role, counts in usage.roles.items()},
+            models=models,
+            peak_in_flight=max((r.peak_in_flight for r in results), default=0),
+        )
+
+
+@dataclass
+class StageContext:
+    """A loaded experiment with the settings it runs under and where its outputs go.
+
+    ``overrides`` are the settings overrides a task on another process (Dask)
+    re-applies to rebuild the same settings from its own environment.
+    """
+
+    experiment: Experiment
+    settings: Settings
+    tracker: Tracker
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def paths(self) -> RunPaths:
+        return RunPaths(self.settings.run_dir(self.experiment.name))
+
+    def stage_metrics(self, result: StageResult) -> dict[str, float]:
+        """The result's metrics plus its usage: calls, tokens, cost, latency."""
+        metrics = dict(result.metrics)
+        metrics.update(
+            usage_metrics(
+                merge_usage([result.usage]),
+                model_for_role=self.experiment.model_for_role,
+                prices_per_1k=model_prices(self.experiment),
+                peak_in_flight=result.peak_in_flight,
+            )
+        )
+        return metrics
+
+    def log_stage(self, run: Any, result: StageResult, artifacts: list[Path]) -> dict[str, float]:
+        """Log a stage's models, metrics and artifacts to its run; return the metrics."""
+        metrics = self.stage_metrics(result)
+        if result.models:
+            run.log_params(result.models)
+        run.log_metrics(metrics)
+        run.log_artifacts(artifacts)
+        return metrics
+
+    @contextmanager
+    def stage_run(self, stage: str, parent_run_id: str | None) -> Iterator[Any]:
+        """A tracked child run for ``stage`` (a no-op run when tracking is off)."""
+        with self.tracker.run(stage, parent_run_id=parent_run_id, tags=run_tags(self.experiment, kind="stage", stage=stage)) as run:
+            yield run
+
+
+def run_stage(
+    stage: str,
+    stage_task: Any,
+    experiment: str | Experiment,
+    *,
+    data_dir: str | None,
+    parent_run_id: str | None,
+    track: bool,
+    progress: Any,
+    artifacts: Callable[[RunPaths], list[Path]],
+    plots: Callable[[Path], bool],
+) -> dict[str, float]:
+    """A one-task stage: run ``stage_task`` in a tracked child run, log ``artifacts`` and the
+    run folder's ``plots`` (under ``plots/``); return the stage metrics."""
+    ctx = open_context(experiment, data_dir=data_dir, track=track)
+    with ctx.stage_run(stage, parent_run_id) as run:
+        result = stage_task.submit(ctx.experiment, ctx.overrides, progress).result()
+        metrics = ctx.log_stage(run, result, artifacts(ctx.paths))
+        run.log_artifacts([p for p in ctx.paths.plots() if plots(p)], artifact_path="plots")
+    log.info("%s: %s", stage, ctx.paths.root)
+    return metrics
+
+
+def open_context(experiment: str | Experiment, *, data_dir: str | None = None, track: bool = True) -> StageContext:
+    """Load ``experiment`` (a path or a loaded one) and build its settings and tracker."""
+    loaded = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
+    settings = settings_for(loaded, **overrides)
+    tracker = Tracker(settings, loaded.name, enabled=track and loaded.tracking.enabled)
+    return StageContext(experiment=loaded, settings=settings, tracker=tracker, overrides=overrides)
+
+
+def settings_in_task(experiment: Experiment, overrides: dict[str, Any]) -> tuple[Settings, RunPaths]:
+    """The settings and run folder a task rebuilds in its own process (same data dir and options)."""
+    settings = settings_for(experiment, **overrides)
+    return settings, RunPaths(settings.run_dir(experiment.name))
+
+
+# ---- params and tags ----------------------------------------------------------
+def experiment_params(experiment: Experiment, settings: Settings) -> dict[str, Any]:
+    """Params of a pipeline run: the flattened experiment, seeds, prompt versions, settings.
+
+    Secrets are never here (the experiment only names env vars, settings show a
+    secret as set/unset), and :class:`Tracker` scrubs again before logging.
+    """
+    from personae import __version__
+
+    params: dict[str, Any] = flatten(experiment.model_dump(mode="json", exclude_none=True))
+    params["seed.simulation"] = experiment.seed
+    if experiment.population is not None:
+        params["seed.population"] = getattr(experiment.population, "seed", None)
+    params["seed.evaluation"] = experiment.evaluation.judged.seed
+    for name, version in default_prompts().versions().items():
+        params[f"prompt_version.{name}"] = version
+    for name, value in settings.public_dict().items():
+        params[f"settings.{name}"] = value
+    params["personae.version"] = __version__
+    for name, described in describe_models(experiment, settings).items():
+        params[f"model.{name}"] = described
+    return params
+
+
+def model_params(gateway: Gateway) -> dict[str, str]:
+    """``model.<name>`` → ``provider:model`` for every model the gateway serves."""
+    return {f"model.{name}": described for name, described in gateway.describe().items()}
+
+
+def run_tags(experiment: Experiment, *, kind: str, stage: str | None = None) -> dict[str, Any]:
+    """Tags of a run: personae version, git commit, experiment, stage, Prefect flow run."""
+    from personae import __version__
+
+    tags: dict[str, Any] = {
+        "personae.version": __version__,
+        "personae.experiment": experiment.name,
+        "personae.kind": kind,
+        **experiment.tracking.tags,
+    }
+    if stage:
+        tags["personae.stage"] = stage
+    if experiment.source is not None:
+        tags["personae.experiment_file"] = str(experiment.source)
+        commit = git_commit(experiment.source)
+        if commit:
+            tags["git.commit"] = commit
+            tags["mlflow.source.git.commit"] = commit
+    try:
+        from prefect.runtime import flow_run
+
+        if flow_run.id:
+            tags["prefect.flow_run_id"] = flow_run.id
+    except Exception:  # noqa: BLE001 - outside a flow run there is no id
+        pass
+    return tags
+
+
+# ---- shared resources ---------------------------------------------------------
+def open_memory(
+    experiment: Experiment,
+    settings: Settings,
+    embedder: Embedder,
+    *,
+    handle: QdrantHandle | None = None,
+) -> tuple[AgentMemory | None, QdrantHandle | None]:
+    """Agent memory when the experiment enables it, on ``handle`` or a newly opened Qdrant.
+
+    Returns ``(memory, opened)``: ``opened`` is the handle this call opened (the
+    caller closes it). A local Qdrant already used by another process raises
+    :class:`~personae.errors.StoreLockedError` telling the user to use a server.
+    """
+    if not experiment.memory_enabled:
+        return None, None
+    opened = None
+    if handle is None:
+        handle = opened = open_qdrant(settings)
+    memory = AgentMemory(handle, embedder, collection=experiment.memory.collection)
+    return memory, opened
+
+
+def embedder_for(settings: Settings) -> Embedder:
+    """The embedder the settings select (the experiment's ``embeddings`` applied)."""
+    return build_embedder(settings)

@@ -1,0 +1,85 @@
+"""The evaluate stage: transcript metrics and the judged suite into a scorecard."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+
+from personae.errors import ConfigError
+from personae.experiment import Experiment, build_gateway_for
+from personae.flows.context import StageResult, embedder_for, run_stage, settings_in_task
+from personae.flows.progress import ProgressCallback, ProgressEvent, emit
+from personae.jsonl import read_jsonl
+from personae.graphs.runner import latest_conversations
+from personae.models import Persona
+
+__all__ = ["evaluate_flow", "evaluate_task"]
+
+log = logging.getLogger(__name__)
+
+
+@task(name="evaluate-run", cache_policy=NONE)
+async def evaluate_task(
+    experiment: Experiment, overrides: dict[str, Any], progress: ProgressCallback | None = None
+) -> StageResult:
+    """Evaluate the run folder's conversations; writes scorecard.json/html and plots there."""
+    from personae.evaluation import evaluate_run
+
+    settings, paths = settings_in_task(experiment, overrides)
+    if not paths.conversations.is_file():
+        raise ConfigError("no conversations to evaluate: run the simulate stage first", file=str(paths.conversations), field="stages", expected="simulate before evaluate")
+    conversations = latest_conversations(paths.conversations)
+    personas = read_jsonl(paths.personas, Persona) if paths.personas.is_file() else []
+    population_report = _read_json(paths.population_report)
+    gateway = build_gateway_for(experiment, settings) if experiment.evaluation.judged.enabled else None
+
+    def on_progress(done: int, total: int) -> None:
+        usage = gateway.usage.total() if gateway is not None else None
+        emit(progress, ProgressEvent(
+            stage="evaluate", done=done, total=total, calls=usage.calls if usage else 0,
+            model_calls=usage.model_calls if usage else 0,
+            tokens=(usage.prompt_tokens + usage.completion_tokens) if usage else 0,
+        ))
+
+    emit(progress, ProgressEvent(stage="evaluate", done=0, total=len(conversations)))
+    try:
+        scorecard = await evaluate_run(
+            conversations, personas, config=experiment.evaluation, gateway=gateway, embedder=embedder_for(settings),
+            out_dir=paths.root, population_report=population_report, title=f"{experiment.name} scorecard",
+            on_progress=on_progress,
+        )
+    finally:
+        if gateway is not None:
+            await gateway.aclose()
+    emit(progress, ProgressEvent(stage="evaluate", done=len(conversations), total=len(conversations), finished=True))
+    metrics = {f"eval.{k}": v for k, v in scorecard.metrics().items()}
+    return StageResult.of(metrics, gateway)
+
+
+@flow(name="personae-evaluate")
+def evaluate_flow(
+    experiment: str,
+    data_dir: str | None = None,
+    parent_run_id: str | None = None,
+    track: bool = True,
+    progress: ProgressCallback | None = None,
+) -> dict[str, float]:
+    """Evaluate the experiment's conversations (tracked as the ``evaluate`` child run)."""
+    return run_stage(
+        "evaluate", evaluate_task, experiment, data_dir=data_dir, parent_run_id=parent_run_id, track=track,
+        progress=progress, artifacts=lambda p: [p.scorecard_json, p.scorecard_html, p.conversation_metrics],
+        plots=lambda path: not path.name.startswith("population"),
+    )
+
+
+def _read_json(path) -> dict | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"invalid JSON: {exc.msg}", file=str(path), line=exc.lineno) from None

@@ -1,0 +1,213 @@
+"""The simulate stage: the batch of conversations, sharded over Prefect tasks.
+
+Each task owns a shard of the jobs (and is retried as a whole; a retry skips what
+is done). Inside a shard, conversations run concurrently on asyncio under the
+gateway's shared limit, and each finished conversation is appended to
+``conversations.jsonl`` at once. A rerun skips conversations already in the file
+and resumes half-done ones from the shard's LangGraph checkpoint.
+
+Shards run on threads by default, or on a Dask cluster with ``simulation.dask``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from prefect import flow, task
+from prefect.cache_policies import NONE
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from personae.errors import ConfigError, MissingExtra
+from personae.experiment import Experiment, SimulationConfig, build_gateway_for
+from personae.flows.context import RunPaths, StageResult, embedder_for, open_context, open_memory, settings_in_task
+from personae.flows.progress import ProgressCallback, ProgressEvent, emit
+from personae.graphs.runner import ConversationJob, latest_conversations, make_jobs, simulate_batch
+from personae.jsonl import read_jsonl, read_jsonl_dicts
+from personae.memory import AgentMemory
+from personae.models import ConversationStatus, Persona
+
+__all__ = ["simulate_flow", "simulate_shard", "shard_jobs", "task_runner_for", "done_ids"]
+
+log = logging.getLogger(__name__)
+
+
+def shard_jobs(jobs: list[ConversationJob], shards: int) -> list[list[ConversationJob]]:
+    """Split ``jobs`` round-robin into at most ``shards`` non-empty shards (deterministic)."""
+    shards = max(1, min(shards, len(jobs)))
+    return [jobs[i::shards] for i in range(shards)]
+
+
+def done_ids(path: os.PathLike, *, retry_failed: bool = False) -> set[str]:
+    """Ids of the conversations already in an output file (failed ones too unless ``retry_failed``)."""
+    if not os.path.exists(path):
+        return set()
+    latest = {str(obj.get("id")): obj.get("status") for _, obj in read_jsonl_dicts(path)}
+    return {i for i, status in latest.items() if not (retry_failed and status == "failed")}
+
+
+def task_runner_for(simulation: SimulationConfig):
+    """The task runner for the shards: threads, or Dask (a local cluster or a scheduler address)."""
+    if not simulation.dask:
+        return ThreadPoolTaskRunner(max_workers=simulation.shards)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise MissingExtra("prefect-dask", "dask") from None
+    if isinstance(simulation.dask, str):
+        return DaskTaskRunner(address=simulation.dask)
+    workers = simulation.dask_workers or max(1, min(simulation.shards, os.cpu_count() or 1))
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+
+
+async def _simulate_shard(
+    experiment: Experiment,
+    overrides: dict[str, Any],
+    jobs: list[ConversationJob],
+    shard: int,
+    shards: int,
+    progress: ProgressCallback | None = None,
+    memory: AgentMemory | None = None,
+) -> StageResult:
+    """Run one shard of conversations; returns its counts and model usage.
+
+    ``memory`` is a shared in-process memory (thread shards on a local Qdrant);
+    without it the shard opens the experiment's memory itself (a Qdrant server
+    on Dask). Jobs already in the output are skipped.
+    """
+    settings, paths = settings_in_task(experiment, overrides)
+    retry_failed = experiment.simulation.retry_failed
+    already = done_ids(paths.conversations, retry_failed=retry_failed)
+    skipped = sum(1 for job in jobs if job.id in already)
+    gateway = build_gateway_for(experiment, settings)
+    embedder = embedder_for(settings)  # semantic echo/repetition checks, and memory
+    opened = None
+    if memory is None and experiment.memory_enabled:
+        memory, opened = open_memory(experiment, settings, embedder)
+    finished = skipped
+    unit = f"shard-{shard}"
+
+    def report(done: bool = False) -> None:
+        usage = gateway.usage.total()
+        emit(progress, ProgressEvent(
+            stage="simulate", unit=unit, done=finished, total=len(jobs), calls=usage.calls,
+            model_calls=usage.model_calls, tokens=usage.prompt_tokens + usage.completion_tokens, finished=done,
+        ))
+
+    def on_done(_conversation: Any) -> None:
+        nonlocal finished
+        finished += 1
+        report()
+
+    report()
+    try:
+        result = await simulate_batch(
+            jobs, gateway=gateway, out_path=paths.conversations, checkpoint_path=paths.checkpoint(shard, shards),
+            embedder=embedder, memory=memory, concurrency=experiment.simulation.concurrency, on_done=on_done,
+            retry_failed=retry_failed,
+        )
+    finally:
+        await gateway.aclose()
+        if opened is not None:
+            opened.close()
+    report(done=True)
+    metrics = {
+        "conversations.jobs": result.total,
+        "conversations.new": result.completed + result.failed,
+        "conversations.completed_new": result.completed,
+        "conversations.failed_new": result.failed,
+        "conversations.skipped": result.skipped,
+        "shard_wall_s_sum": result.wall_s,
+    }
+    log.info("shard %d/%d: %s", shard + 1, shards, result)
+    return StageResult.of(metrics, gateway)
+
+
+# The task wraps a function of another name, so Dask can pickle the function by reference.
+simulate_shard = task(name="simulate-shard", cache_policy=NONE)(_simulate_shard)
+
+
+@flow(name="personae-simulate", task_runner=ThreadPoolTaskRunner(max_workers=8))
+def simulate_flow(
+    experiment: str,
+    data_dir: str | None = None,
+    parent_run_id: str | None = None,
+    track: bool = True,
+    progress: ProgressCallback | None = None,
+) -> dict[str, float]:
+    """Simulate the experiment's conversations (tracked as the ``simulate`` child run).
+
+    The pipeline runs this flow with :func:`task_runner_for` the experiment's
+    ``simulation`` options (threads or Dask).
+    """
+    import time
+
+    started = time.perf_counter()
+    ctx = open_context(experiment, data_dir=data_dir, track=track)
+    exp, paths = ctx.experiment, ctx.paths
+    if not paths.personas.is_file():
+        raise ConfigError("no personas to simulate: run the generate stage first", file=str(paths.personas), field="stages", expected="generate before simulate")
+    personas = read_jsonl(paths.personas, Persona)
+    jobs = make_jobs(personas, exp.scenarios, exp.graph, n_conversations=exp.simulation.n_conversations, seed=exp.seed)
+    shards = shard_jobs(jobs, exp.simulation.shards)
+    shard_task = simulate_shard.with_options(retries=exp.simulation.max_retries, retry_delay_seconds=exp.simulation.retry_delay_s)
+    with ctx.stage_run("simulate", parent_run_id) as run:
+        memory, opened = None, None
+        if exp.memory_enabled and not exp.simulation.dask:
+            # thread shards share one in-process memory (local Qdrant allows one client per path)
+            memory, opened = open_memory(exp, ctx.settings, embedder_for(ctx.settings))
+        # callbacks and in-process memory cannot travel to Dask workers
+        local_progress = None if exp.simulation.dask else progress
+        try:
+            futures = [
+                shard_task.submit(exp, ctx.overrides, part, index, len(shards), local_progress, memory)
+                for index, part in enumerate(shards)
+            ]
+            results = []
+            for future in futures:
+                results.append(future.result())
+                if exp.simulation.dask:
+                    emit(progress, _shard_event(results[-1], len(results) - 1))
+        finally:
+            if opened is not None:
+                opened.close()
+        merged = StageResult.merge(results)
+        merged.metrics.update(_output_counts(paths, {job.id for job in jobs}))
+        merged.metrics["wall_s"] = time.perf_counter() - started
+        metrics = ctx.log_stage(run, merged, [paths.conversations])
+    log.info("simulate: %s", {k: v for k, v in metrics.items() if k.startswith("conversations.")})
+    return metrics
+
+
+def _shard_event(result: StageResult, shard: int) -> ProgressEvent:
+    """A finished shard's progress, reported by the flow (for shards on other processes)."""
+    from personae.tracking import merge_usage
+
+    usage = merge_usage([result.usage]).total()
+    done = int(result.metrics.get("conversations.jobs", 0))
+    return ProgressEvent(
+        stage="simulate", unit=f"shard-{shard}", done=done, total=done, calls=usage.calls,
+        model_calls=usage.model_calls, tokens=usage.prompt_tokens + usage.completion_tokens, finished=True,
+    )
+
+
+def _output_counts(paths: RunPaths, job_ids: set[str]) -> dict[str, float]:
+    """Complete/failed conversations and utterances of this experiment's jobs in the output."""
+    complete = failed = utterances = 0
+    if paths.conversations.is_file():
+        for conversation in latest_conversations(paths.conversations):
+            if conversation.id not in job_ids:
+                continue
+            if conversation.status is ConversationStatus.COMPLETE:
+                complete += 1
+                utterances += len(conversation.utterances)
+            else:
+                failed += 1
+    return {
+        "conversations.total": len(job_ids),
+        "conversations.complete": complete,
+        "conversations.failed": failed,
+        "utterances.total": utterances,
+        "utterances.per_conversation": utterances / complete if complete else 0.0,
+    }

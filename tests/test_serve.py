@@ -1,0 +1,102 @@
+"""``personae serve``: with no Prefect API configured it starts a local server, serves the
+experiment as a deployment on its interval schedule, and scheduled runs really complete."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from _flows_support import fake_experiment, personae_command, subprocess_env
+from personae.experiment import load_experiment
+from personae.flows.deploy import describe_schedule, prefect_schedule
+from personae.flows.prefect_server import LocalPrefectServer, free_port
+from personae.settings import Settings
+from personae.tracking import pipeline_runs
+
+
+def _post(url: str, body: dict) -> list | dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - loopback
+        return json.loads(reply.read())
+
+
+def _healthy(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as reply:  # noqa: S310
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def test_schedules_map_to_prefect_schedules(tmp_path):
+    exp = load_experiment(fake_experiment(tmp_path, extra={"schedule": {"interval_s": 90}}))
+    schedule = prefect_schedule(exp.schedule)
+    assert schedule.interval.total_seconds() == 90 and describe_schedule(exp.schedule) == "every 90s"
+    cron = load_experiment(fake_experiment(tmp_path, extra={"schedule": {"cron": "0 3 * * *", "timezone": "UTC"}}))
+    assert prefect_schedule(cron.schedule).cron == "0 3 * * *"
+    assert prefect_schedule(None) is None
+
+
+def test_a_second_local_server_on_the_same_database_is_refused(tmp_path):
+    from personae.errors import StoreLockedError
+
+    first = LocalPrefectServer(tmp_path / "home", port=0)
+    first._lock()
+    try:
+        with pytest.raises(StoreLockedError, match="PREFECT_API_URL"):
+            LocalPrefectServer(tmp_path / "home", port=0).start()
+    finally:
+        first.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_serve_starts_a_local_server_and_scheduled_runs_complete(tmp_path):
+    exp = fake_experiment(tmp_path, name="served", n_conversations=1, generate=False, max_turns=2,
+                          extra={"schedule": {"interval_s": 10}})
+    data_dir = tmp_path / "data"
+    port = free_port(preferred=None)
+    env = subprocess_env(PREFECT_HOME=str(tmp_path / "client-home"), PYTHONUNBUFFERED="1")
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        personae_command("serve", str(exp), "--data-dir", str(data_dir), "--port", str(port), "--limit", "1"),
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+    reader.start()
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        completed: list = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(completed) < 2:
+            assert proc.poll() is None, "".join(lines)
+            if _healthy(api):
+                runs = _post(f"{api}/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}})
+                bad = [r for r in runs if r["state_type"] != "COMPLETED"]
+                assert not bad, f"{bad[0]['state']}\n{''.join(lines)}"
+                completed = [r for r in runs if r.get("deployment_id")]
+            time.sleep(1)
+        assert len(completed) >= 2, "".join(lines)
+        output = "".join(lines)
+        assert "Started a local Prefect server" in output
+        assert f"Prefect UI: http://127.0.0.1:{port}" in output
+        assert "every 10s" in output
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+    assert not _healthy(api), "serve must stop the server it started"
+    assert (data_dir / "prefect" / "prefect.db").is_file()  # SQLite under the data dir
+    runs = pipeline_runs(Settings(data_dir=data_dir), "served")
+    assert len(runs) >= 2 and all(r.tags.get("prefect.flow_run_id") for r in runs)
