@@ -13,10 +13,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from personae.validation import load_data_file, validate_data
+from personae.errors import ConfigError
+from personae.validation import describe_validation_error, load_data_file, validate_data
 
 __all__ = ["Settings"]
 
@@ -60,8 +61,6 @@ class Settings(BaseSettings):
         if path is not None:
             data = load_data_file(path)
             if data is not None and not isinstance(data, dict):
-                from personae.errors import ConfigError
-
                 raise ConfigError("expected a mapping of settings", file=str(path), got=type(data).__name__)
             file_values = data or {}
             validate_data(_FileSettings, file_values, file=path, what="settings")
@@ -69,7 +68,14 @@ class Settings(BaseSettings):
         env_set = {name for name in cls.model_fields if _env_has(cls, name)}
         init = {k: v for k, v in file_values.items() if k not in env_set}
         init.update(overrides)
-        return cls(**init)
+        try:
+            return cls(**init)
+        except ValidationError as exc:  # a bad environment variable or override
+            field, expected, got = describe_validation_error(exc)
+            name = field.split(".", 1)[0]
+            env = sorted(_env_names(cls, name)) if name in cls.model_fields else []
+            source = next((f"environment variable {n}" for n in env if n in os.environ), None)
+            raise ConfigError("invalid setting", file=source or (str(path) if path else None), field=field, expected=expected, got=got) from None
 
     # ---- derived paths -------------------------------------------------
     @property
@@ -121,13 +127,17 @@ class Settings(BaseSettings):
         return out
 
 
-def _env_has(cls: type[Settings], name: str) -> bool:
+def _env_names(cls: type[Settings], name: str) -> set[str]:
     field = cls.model_fields[name]
     names = {f"PERSONAE_{name.upper()}"}
     alias = field.validation_alias
     if isinstance(alias, AliasChoices):
         names |= {c for c in alias.choices if isinstance(c, str) and c.isupper()}
-    return any(n in os.environ for n in names)
+    return names
+
+
+def _env_has(cls: type[Settings], name: str) -> bool:
+    return any(n in os.environ for n in _env_names(cls, name))
 
 
 class _FileSettings(Settings):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +34,19 @@ def describe_validation_error(exc: ValidationError) -> tuple[str, str, Any]:
     count = exc.error_count()
     if count > 1:
         msg += f" [+{count - 1} more error{'s' if count > 2 else ''}]"
-    return field, msg, err.get("input") if kind != "missing" else None
+    return field, msg, _redact(err.get("input")) if kind != "missing" else None
+
+
+_SECRET_KEYS = re.compile(r"(^|_)(api_?key|apikey|key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
+
+
+def _redact(value: Any) -> Any:
+    """``value`` with secret-named mapping entries masked, so an error never echoes a key."""
+    if isinstance(value, dict):
+        return {k: "***" if isinstance(k, str) and _SECRET_KEYS.search(k) and v else _redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v) for v in value]
+    return value
 
 
 def validate_data(model: type[M], data: Any, *, file: str | os.PathLike | None = None, what: str | None = None) -> M:

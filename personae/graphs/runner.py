@@ -22,7 +22,7 @@ from langgraph.errors import GraphRecursionError
 from pydantic import BaseModel, ConfigDict, Field
 
 from personae.embeddings.base import Embedder
-from personae.errors import BudgetExceeded, ConfigError, PersonaeError
+from personae.errors import BudgetExceeded, ConfigError, ModelCallError, PersonaeError
 from personae.graphs.checkpoint import sqlite_checkpointer
 from personae.graphs.config import GraphConfig, validate_conversation
 from personae.graphs.prebuilt import build_graph, recursion_limit
@@ -281,6 +281,7 @@ async def simulate_batch(
     retry_failed: bool = False,
     prompts: Any = None,
     answer_schema: type[BaseModel] | None = None,
+    max_consecutive_failures: int | None = 10,
 ) -> BatchResult:
     """Run ``jobs`` concurrently; append each finished conversation to ``out_path``.
 
@@ -289,6 +290,11 @@ async def simulate_batch(
     With ``checkpoint_path`` every conversation is checkpointed to SQLite under its
     id, so a killed batch resumes mid-conversation; a conversation's checkpoint is
     deleted once it is complete and written out.
+
+    When ``max_consecutive_failures`` conversations in a row fail while no model call
+    succeeds (a dead endpoint), the batch stops with :class:`ModelCallError` naming the
+    last error instead of burning through every job; what finished is written, in-flight
+    conversations stay in their checkpoints, and a rerun resumes.
     """
     if concurrency < 1:
         raise ConfigError("concurrency must be at least 1", field="concurrency", got=concurrency)
@@ -302,10 +308,10 @@ async def simulate_batch(
     counts = {"completed": 0, "failed": 0}
     if todo:
         if checkpoint_path is None:
-            await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema)
+            await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
         else:
             async with sqlite_checkpointer(checkpoint_path) as saver:
-                await _run_all(todo, saver, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema)
+                await _run_all(todo, saver, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
     return BatchResult(
         total=len(jobs), completed=counts["completed"], failed=counts["failed"],
         skipped=len(jobs) - len(todo), wall_s=time.perf_counter() - started,
@@ -324,9 +330,13 @@ async def _run_all(
     counts: dict[str, int],
     prompts: Any,
     answer_schema: type[BaseModel] | None,
+    max_consecutive_failures: int | None = None,
 ) -> None:
     graphs: dict[str, Any] = {}
     limit = asyncio.Semaphore(concurrency)
+    # failed conversations since a model call last succeeded: finished order favours failures
+    # (they end early), so a streak only counts while the model answers nothing at all
+    streak, answered = 0, gateway.usage.total().calls
 
     def graph_for(job: ConversationJob) -> Any:
         key = job.graph.model_dump_json()
@@ -347,6 +357,17 @@ async def _run_all(
                 await saver.adelete_thread(job.id)
         if on_done is not None:
             on_done(conversation)
+        nonlocal streak, answered
+        calls = gateway.usage.total().calls
+        streak = 0 if ok else (1 if calls > answered else streak + 1)
+        answered = calls
+        if max_consecutive_failures is not None and streak >= max_consecutive_failures:
+            raise ModelCallError(
+                f"stopping the batch: {streak} conversations in a row failed while the model answered no call; "
+                f"the last with {conversation.error}. "
+                f"Failed conversations are recorded in {out_path}; fix the cause (is the model endpoint up?), "
+                "then rerun with retry_failed to resume"
+            )
 
     try:
         async with asyncio.TaskGroup() as group:
