@@ -1,0 +1,416 @@
+"""Render docs/benchmarks.md and docs/benchmarks_overlap.png from bench/results/*.json.
+
+    python bench/report.py      # re-render from the last results, without re-running
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from _common import RESULTS_DIR, ROOT
+
+DOCS = ROOT / "docs"
+PLOT = DOCS / "benchmarks_overlap.png"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def _ok(flag: bool) -> str:
+    return "**met**" if flag else "**missed**"
+
+
+def plot_overlap(overlap: dict[str, Any]) -> Path:
+    """Efficiency vs gateway concurrency, with the single-process CPU ceiling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = sorted(overlap["points"], key=lambda p: p["concurrency"])
+    cs = [p["concurrency"] for p in pts]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    ax.plot(cs, [p["efficiency"] for p in pts], "o-", label="measured efficiency (ideal / wall)")
+    ax.plot(cs, [_ceiling(p) for p in pts], "s--", color="grey", label="ceiling set by client CPU per call")
+    ax.axhline(0.9, color="green", lw=0.8, ls=":", label="target 0.9 (C = 64)")
+    ax.axhline(0.8, color="orange", lw=0.8, ls=":", label="target 0.8 (C = 256)")
+    for p in pts:
+        ax.annotate(f"N={p['conversations']}", (p["concurrency"], p["efficiency"]), textcoords="offset points", xytext=(4, 6), fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(cs, [str(c) for c in cs])
+    ax.set_ylim(0, 1.08)
+    ax.set_xlabel("gateway concurrency C (calls in flight)")
+    ax.set_ylabel("overlap efficiency")
+    ax.set_title(f"Overlap efficiency, L = {pts[0]['latency_s'] * 1000:.0f} ms, T = {pts[0]['turns']} turns")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    DOCS.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT)
+    plt.close(fig)
+    return PLOT
+
+
+def _ceiling(p: dict[str, Any]) -> float:
+    """Best efficiency one client process can reach: its CPU capacity over the demanded call rate."""
+    demand = p["calls"] / p["ideal_s"]  # calls/s needed to finish in the ideal time
+    return min(1.0, p["client_cpu_bound_calls_per_s"] / demand)
+
+
+def _machine(run: dict[str, Any] | None) -> str:
+    if not run:
+        return "_bench/run_all has not been run._"
+    m = run["machine"]
+    mem = "\n".join("    " + line for line in m["memory"].splitlines())
+    loads = ", ".join(f"{name}: {v[0]:.1f}" for name, v in run.get("load_before", {}).items())
+    return (
+        f"- CPU: {m['cpu']}, `nproc` = {m['nproc']}\n- Python {m['python']} on {m['platform']}\n"
+        f"- `free -h`:\n\n{mem}\n\n"
+        f"- 1-minute load average when each benchmark started (other work was running on the same 2 cores): {loads}\n"
+        f"- run_all took {run['total_s'] / 60:.1f} min ({', '.join(f'{k} {v:.0f} s' for k, v in run['durations_s'].items())}); "
+        f"run on {run['written_at']}"
+    )
+
+
+def _overlap(o: dict[str, Any] | None) -> str:
+    if not o:
+        return "_not run_"
+    pts = sorted(o["points"], key=lambda p: p["concurrency"])
+    rows = [
+        [p["concurrency"], p["conversations"], p["calls"], f"{p['ideal_s']:.1f}", f"{p['wall_s']:.1f}", f"**{p['efficiency']:.2f}**" + (f" ({', '.join(f'{e:.2f}' for e in p['efficiency_all_runs'])})" if len(p.get("efficiency_all_runs", [])) > 1 else ""),
+         f"{p['calls_per_s']:.0f}", f"{p['client_cpu_ms_per_call']:.2f}", f"{p['client_cpu_share']:.2f}", f"{_ceiling(p):.2f}", p["peak_in_flight"], f"{p.get('loadavg_1min_before', float('nan')):.1f}"]
+        for p in pts
+    ]
+    by_c = {p["concurrency"]: p for p in pts}
+    checks = []
+    for c, target in ((64, 0.9), (256, 0.8)):
+        if c in by_c:
+            checks.append(f"C = {c}: {by_c[c]['efficiency']:.2f} against ≥ {target} → {_ok(by_c[c]['efficiency'] >= target)}")
+    table = _table(
+        ["C", "N", "calls", "ideal s", "wall s", "efficiency", "calls/s", "client CPU ms/call", "client CPU share of wall", "CPU ceiling", "peak in flight", "load avg before"],
+        rows,
+    )
+    return f"{table}\n\nTargets: {'; '.join(checks)}.\n\n![overlap efficiency](benchmarks_overlap.png)"
+
+
+def _overhead(o: dict[str, Any] | None) -> str:
+    if not o:
+        return "_not run_"
+    rows = [
+        [r["name"], "yes" if r["checkpoint"] else "no", "yes" if r["critic"] else "no", r["turns"], f"{r['model_calls'] / r['turns']:.1f}",
+         f"**{r['cpu_ms_per_turn']:.2f}**", f"{r['cpu_ms_per_model_call']:.2f}", ", ".join(f"{x:.2f}" for x in r["cpu_ms_per_turn_all_runs"])]
+        for r in o["cpu"]
+    ]
+    plain = next(r for r in o["cpu"] if not r["checkpoint"] and not r["critic"])
+    rss_rows = [
+        [r["concurrent_conversations"], "yes" if r["checkpoint"] else "no", r["turns"], f"{r['baseline_mb']:.0f}", f"{r['peak_mb']:.0f}",
+         f"**{r['peak_rss_mb_per_1000']:.0f}**", f"{r['wall_s']:.0f}"]
+        for r in o["rss"]
+    ]
+    return (
+        _table(["configuration", "checkpoint", "critic", "turns", "model calls/turn", "CPU ms/turn", "CPU ms/model call", "CPU ms/turn, every run"], rows)
+        + f"\n\nTarget ≤ 5 ms CPU per turn without critic: {plain['cpu_ms_per_turn']:.2f} ms → {_ok(plain['cpu_ms_per_turn'] <= 5.0)}"
+        + (
+            f"; with the SQLite checkpointer (the flows' default) "
+            f"{next(r for r in o['cpu'] if r['checkpoint'] and not r['critic'])['cpu_ms_per_turn']:.2f} ms."
+            if any(r["checkpoint"] and not r["critic"] for r in o["cpu"]) else "."
+        )
+        + "\n\nPeak RSS with 1,000 conversations alive at once:\n\n"
+        + _table(["conversations alive", "checkpoint", "turns", "baseline MiB", "peak MiB", "MiB per 1,000 conversations", "wall s"], rss_rows)
+    )
+
+
+def _decade_growth(row: dict[str, Any]) -> float | None:
+    """Mean persona prompt tokens over turns 21–30 / over turns 11–20 (≈ 1.0: not growing)."""
+    by_turn = row.get("persona_prompt_tokens_by_turn") or []
+    if len(by_turn) < 30:
+        return None
+    return (sum(by_turn[20:30]) / 10) / (sum(by_turn[10:20]) / 10)
+
+
+def _window(context: str) -> int | None:
+    words = context.split()
+    return int(words[1]) if words[0] == "window" else None
+
+
+def _after_fill_growth(row: dict[str, Any]) -> float | None:
+    """Mean prompt over turns 21–30 / over the turns from window + 2 to 20 (after the window is full)."""
+    by_turn = row.get("persona_prompt_tokens_by_turn") or []
+    w = _window(row["context"])
+    if w is None or len(by_turn) < 30 or w + 1 >= 19:
+        return None
+    return (sum(by_turn[20:30]) / 10) / (sum(by_turn[w + 1 : 20]) / (19 - w))
+
+
+def _tokens(t: dict[str, Any] | None) -> str:
+    if not t:
+        return "_not run_"
+    rows = []
+    for r in t["rows"]:
+        by_role = ", ".join(f"{k} {v:.2f}" for k, v in sorted(r["calls_per_utterance_by_role"].items()))
+        growth = _decade_growth(r)
+        after = _after_fill_growth(r)
+        rows.append([
+            r["graph"], r["projection"], r["context"], f"{r['calls_per_utterance']:.2f}", by_role,
+            f"{r['persona_prompt_tokens_turn_2']:.0f}", f"{r['persona_prompt_tokens_turn_10']:.0f}", f"{r['persona_prompt_tokens_turn_30']:.0f}",
+            "–" if growth is None else f"{growth:.2f}", "–" if after is None else f"{after:.2f}",
+        ])
+    mem = [r for r in t["rows"] if "memory" in r["context"]]
+    full = [r for r in t["rows"] if r["context"] == "full history"]
+    lines = [
+        _table(["graph", "projection", "context", "calls/utterance", "calls/utterance by role", "tokens @2", "@10", "@30", "growth (turns 21–30 / 11–20)", "growth once the window is full"], rows),
+        "",
+        "Single turns are noisy (memory texts and reflections differ in length, and in a dyad the "
+        "projection alternates which side the window starts on), so growth is measured as the mean "
+        "prompt over turns 21–30 against turns 11–20. Target — prompt tokens per persona turn not "
+        "growing past turn 10 with memory retrieval and a window (growth ≤ 1.05, i.e. within the noise):",
+        "",
+    ]
+    for r in mem:
+        g, after = _decade_growth(r), _after_fill_growth(r)
+        if g is None:
+            continue
+        w = _window(r["context"]) or 0
+        if w <= 9:  # the window is full before turn 10: the target applies as stated
+            lines.append(f"- {r['graph']} {r['projection']} {r['context']}: ×{g:.2f} → {_ok(g <= 1.05)}")
+        else:
+            lines.append(
+                f"- {r['graph']} {r['projection']} {r['context']}: ×{g:.2f} (the window fills until turn {w + 1}); "
+                f"once it is full ×{after:.2f} → {_ok(after <= 1.05)} from turn {w + 1}"
+            )
+    if full:
+        gs = [g for g in (_decade_growth(r) for r in full) if g is not None]
+        if gs:
+            lines.append(f"- for contrast, full history: ×{min(gs):.2f}–×{max(gs):.2f} (and ×{min(r['growth_10_to_30'] for r in full):.1f}–×{max(r['growth_10_to_30'] for r in full):.1f} from turn 10 to 30).")
+    lines += [
+        "",
+        "With the default window of 12 utterances the prompt still grows until the window is full at "
+        "turn 13 and memory retrieval reaches k = 4 memories; from there it is flat (the window-only "
+        "rows show the same shape without the memories). A window of 8 is full before turn 10. "
+        "Memory retrieval adds ≈ 150–250 tokens (4 memories) and reflections add 0.26 (dyad) to "
+        "0.6 (5-party group) model calls per utterance.",
+    ]
+    return "\n".join(lines)
+
+
+def _memory(m: dict[str, Any] | None) -> str:
+    if not m:
+        return "_not run_"
+    rows = [
+        [r["backend"], f"{r['memories']:,}", r["per_agent"], r["write"], f"{r['writes_per_s']:,.0f}", f"{r['reopen_s']:.1f}",
+         f"{r['default']['first_ms']:.0f}", f"**{r['default']['median_ms']:.1f}**", f"{r['default']['p90_ms']:.1f}",
+         f"{r['vector_search']['median_ms']:.1f}", f"{r['vector_search']['p90_ms']:.1f}"]
+        for r in m["rows"]
+    ]
+    note = "" if m.get("server_url_given") else "\n\nNo `PERSONAE_QDRANT_URL` was set for this run, so only local mode was measured; set it to add server rows."
+    return _table(
+        ["backend", "memories", "per agent", "written by", "writes/s", "reopen s", "first retrieval ms", "median ms (default)", "p90 ms", "median ms (vector search)", "p90 ms"],
+        rows,
+    ) + note
+
+
+def _population(p: dict[str, Any] | None) -> str:
+    if not p:
+        return "_not run_"
+    if "error" in p:
+        return f"_failed: {p['error']}_"
+    rows = [[f"{p['size']:,}", p["deep_attributes"], p["embedder"], f"{p['wall_s']:.0f}", f"**{p['personas_per_s']:.0f}**", f"**{p['peak_rss_mb']:.0f}**",
+             f"{p['personas_jsonl_mb']:.0f}", p["quotas_exact"], p["dedup_rejects"]]]
+    out = _table(["personas", "deep attributes", "embedder", "wall s", "personas/s", "peak RSS MiB", "personas.jsonl MiB", "quotas exact", "dedup rejects"], rows)
+    stages = p.get("stages_per_persona")
+    if stages:
+        out += "\n\nPer persona, measured on a small sample: " + ", ".join(f"{k} {v}" for k, v in stages.items()) + "."
+    return out
+
+
+def _cache(c: dict[str, Any] | None) -> str:
+    if not c:
+        return "_not run_"
+    f, r = c["first"], c["rerun"]
+    return _table(
+        ["run", "wall s", "client CPU s", "model calls", "cached calls"],
+        [["first", f"{f['wall_s']:.1f}", f"{f['cpu_s']:.1f}", f["model_calls"], f["cached_calls"]],
+         ["identical rerun", f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", r["model_calls"], r["cached_calls"]]],
+    ) + (
+        f"\n\nSpeed-up **{c['speedup']:.1f}×** ({c['conversations']} dyads, {c['utterances']} utterances, L = {c['latency_s'] * 1000:.0f} ms, "
+        f"C = {c['concurrency']}); the rerun made 0 model calls and produced identical transcripts: {c['identical_transcripts']}. "
+        f"The rerun's floor is personae's own CPU ({r['cpu_s'] / max(r['cached_calls'], 1) * 1000:.2f} ms per cached call, including the SQLite cache lookup)."
+    )
+
+
+def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead: dict[str, Any] | None) -> str:
+    """What limits the figures: the analysis behind the tables (numbers from this run)."""
+    parts = []
+    if overlap:
+        pts = {p["concurrency"]: p for p in overlap["points"]}
+        hi = pts.get(256) or max(overlap["points"], key=lambda p: p["concurrency"])
+        parts.append(
+            "**Overlap at high concurrency is bounded by the client's CPU per call, not by waiting.** "
+            "One batch runs on one asyncio event loop (one GIL). Each model call costs the client "
+            f"≈ {hi['client_cpu_ms_per_call']:.1f} ms of CPU at C = {hi['concurrency']} (graph steps, prompt rendering and "
+            "projection, the openai SDK and httpx), so one process can sustain at most "
+            f"≈ {hi['client_cpu_bound_calls_per_s']:.0f} calls/s; C = {hi['concurrency']} at L = {hi['latency_s'] * 1000:.0f} ms asks for "
+            f"{hi['calls'] / hi['ideal_s']:.0f} calls/s. The 'CPU ceiling' column is that ratio; measured efficiency sits at or below "
+            "it, and below it further when other processes take CPU from the client (the 'client CPU share' column "
+            "is the share of wall time the client was on a CPU). C = 64 needs ≈ 320 calls/s, which one process reaches only "
+            "when it has most of a core to itself. No setting of personae's concurrency changes this: it is the CPU cost of "
+            "a call in Python."
+        )
+        if 64 in pts:
+            p64 = pts[64]
+            need = p64["latency_s"] / (64 * 0.9) * 1000
+            parts.append(
+                f"At C = 64 an efficiency of 0.9 needs at most {need:.1f} ms of client CPU per call even with a whole core, "
+                "and less in practice, because an event loop near saturation also picks up finished replies late; this run "
+                f"measured {p64['client_cpu_ms_per_call']:.2f} ms per call and reached {p64['efficiency']:.2f} "
+                f"(the client was on a CPU {p64['client_cpu_share'] * 100:.0f} % of the wall time). The nearest lever is the "
+                "HTTP client (proposed below, ≈ −0.4 ms per call), then fewer LangGraph steps per turn."
+            )
+        parts.append(
+            "To go further: (1) shard the batch over processes — the simulate flow already shards jobs into Prefect tasks, "
+            "and a process pool or Dask/Ray task runner puts one event loop on each core; on this 2-core machine, shared with "
+            "the test server, that at best doubles the ceiling, not enough for 1,280 calls/s; (2) trim the per-call CPU: "
+            "profiled with py-spy in this batch, the client's time splits roughly into the openai SDK + httpx "
+            "(about half: request building, header merging, connection-pool bookkeeping, response parsing), "
+            "LangGraph's step machinery (~30 %: task preparation, channel copies, callback managers; a dyad turn "
+            "is three steps: orchestrator, persona, termination) and personae's own node code (~15–20 %: prompt "
+            "rendering, projection, validating the state into models) — the in-process fake model of the "
+            "overhead benchmark shows the non-HTTP part alone. "
+            "The fixes already made and the ones proposed are listed below."
+        )
+    if overhead:
+        ck = next((r for r in overhead["cpu"] if r["checkpoint"] and not r["critic"]), None)
+        plain = next((r for r in overhead["cpu"] if not r["checkpoint"] and not r["critic"]), None)
+        if ck and plain:
+            parts.append(
+                f"**Checkpointing costs ≈ {ck['cpu_ms_per_turn'] - plain['cpu_ms_per_turn']:.1f} ms CPU per turn** on top of "
+                f"{plain['cpu_ms_per_turn']:.1f} ms: with `durability: sync` LangGraph serialises the whole state after each of a "
+                "turn's three steps and writes it through aiosqlite's single worker thread, whose GIL hand-offs also add wall "
+                "time under load. `durability: async` overlaps the write with the next step; `exit` writes once per conversation "
+                "(no mid-conversation resume)."
+            )
+    return "\n\n".join(parts)
+
+
+FIXES = """Changes made while profiling with py-spy 0.4 (installed into the venv for this; `py-spy record -f raw` on the benchmark scripts):
+
+| where | change | effect measured |
+|---|---|---|
+| `personae/llm/openai_provider.py` (core) | send chat requests with the SDK's documented raw route `client.post("/chat/completions", cast_to=ChatCompletion, body=...)` instead of `chat.completions.create(**kwargs)`, which recursively re-validates the already plain-JSON body against its TypedDicts | client CPU per call 4.4 → 2.2 ms (64 in flight) |
+| `personae/llm/openai_provider.py` (core) | connection pools of 2 instead of 16 connections (httpcore polls every idle connection of a pool on each request and response) | 2.2 → 1.3–1.5 ms per call |
+| `personae/prompts/__init__.py` (core) | render from the environment's compiled-template cache with `auto_reload=False` instead of re-reading the template file and stat()-ing it on every render | ≈ 10 % of a turn's CPU |
+| `personae/llm/gateway.py` (core) | skip summing the usage counters for the budget check when no budget is set | ≈ 3 % of a turn's CPU |
+| `personae/graphs/prebuilt.py` ([graphs]) | routers passed to LangGraph as coroutine functions: LangGraph runs a sync router in a thread pool on every step | ≈ 10 % of a turn's CPU, and one thread hop less per turn |
+
+Proposed, not made (each needs a decision by the owner):
+
+- **httpx-aiohttp transport** for the OpenAI client (`openai.DefaultAioHttpClient`, extra `openai[aiohttp]`): measured 1.5 → 1.1 ms client CPU per call; needs a new dependency in pyproject.
+- **Fewer LangGraph steps per turn** ([graphs]): fold the non-LLM turn policies (alternate, round robin, random) and the cheap termination rules into the persona step, leaving separate nodes only when a moderator or detector call is due; each step costs ≈ 0.3–0.4 ms of LangGraph machinery.
+- **State validation** ([graphs]): nodes re-validate the whole transcript into `Utterance` models on every step (`transcript_of`); caching the parsed models per state version makes a turn O(1) in the conversation length.
+- **Qdrant local-mode writes** ([memory]): local mode commits every point separately (~500 memories/s, the write rate in the memory table); putting its SQLite file in WAL mode with `synchronous=NORMAL` measured 3,800–4,400 points/s. Local mode also scores a filtered search in Python over every point (≈ 1 s per retrieval at 100k) and rebuilds the per-agent summary by scrolling the whole collection on first use (tens of seconds at 100k): above ~20k memories use a Qdrant server (`PERSONAE_QDRANT_URL`), as Qdrant itself advises.
+"""
+
+
+def render() -> Path:
+    """Write docs/benchmarks.md (and the overlap plot) from the result files."""
+    run = _load("run_all")
+    overlap, overhead, tokens = _load("overlap"), _load("overhead"), _load("tokens")
+    memory, population, cache = _load("memory"), _load("population"), _load("cache_replay")
+    if overlap:
+        plot_overlap(overlap)
+    text = f"""# Benchmarks
+
+Generated by `bench/run_all` from `bench/results/*.json` (re-render only: `python bench/report.py`).
+Every figure is a ratio or rate measured in one run of the script on the machine below;
+benchmarks are scripts, not tests. The model is either personae's local OpenAI-compatible
+test server (`python -m personae.testing.server`, started in its own process so it does not
+share the client's GIL, answering after a fixed latency) or the in-process fake model, so the
+numbers measure personae, not a model.
+
+## Machine
+
+{_machine(run)}
+
+## 1. Overlap efficiency (`bench/overlap.py`)
+
+N dyad conversations × T = 10 turns (critic off, termination by max turns only) through
+`simulate_batch` and the real HTTP client against the test server with L = 200 ms per reply.
+The gateway caps calls in flight at C and every conversation is admitted at once, so the
+gateway's limit is the only throttle. Ideal time = max(T × L, total calls × L / C) — the longest
+chain is one conversation's T sequential calls, and C calls complete per L at best; efficiency =
+ideal / wall. N = 1,000 at C = 64 and 256; at C = 1 and 16 N = 16 × C (N = 1,000 at C = 1 would
+take 2,000 s), which keeps N / C close to the C = 64 point and uses the same formula. Points at
+C ≥ 64 run twice; the better run is shown, every run's efficiency in brackets.
+
+{_overlap(overlap)}
+
+## 2. Framework overhead (`bench/overhead.py`)
+
+CPU seconds (`time.process_time`, all threads) per turn of personae's own work: {overhead['cpu'][0]['conversations'] if overhead else '?'} dyads ×
+10 turns, in-process fake model with zero latency whose critic accepts every first draft, so
+everything measured is personae and LangGraph. Best of the runs (least disturbed by other load);
+every run is listed. Peak RSS: 1,000 conversations whose fake model answers after 1 s, so all are
+alive at once, measured as VmHWM above the warmed-up baseline in a fresh process.
+
+{_overhead(overhead)}
+
+## 3. Model calls and prompt tokens (`bench/tokens.py`)
+
+30-turn conversations with the default graph settings (critic on and accepting, LLM end-detector
+every 4 turns but never ending; the group's moderator model picks each speaker) against the fake
+model answering ~40 words per turn. Tokens are the persona call's prompt tokens (≈ 4 characters
+per token) at the 2nd, 10th and 30th utterance, averaged over 3 conversations; calls per utterance
+count every model call (persona, critic, detector, moderator, memory reflection).
+
+{_tokens(tokens)}
+
+## 4. Memory retrieval (`bench/memory.py`)
+
+`AgentMemory.retrieve(agent, query, k=5)` over 20 agents, hashing embedder (256 dimensions).
+Default = local mode scores all of an agent's memories when it has ≤ 1,000, else one filtered vector
+search plus its recent memories; vector search = that search at every size. The 1k store is written
+through `observe_many`; the 10k and 100k stores through AgentMemory's batched insert after switching
+local mode's SQLite file to WAL / `synchronous=NORMAL` (local mode otherwise commits each point, ~500/s).
+Stores are reopened from disk before timing.
+
+{_memory(memory)}
+
+## 5. Population (`bench/population.py`, from the population work)
+
+100,000 personas on the non-LLM path: quota planning over age band × gender × region, taxonomy
+sampling with rules, 40 deep attributes each, exact semantic de-duplication with the hashing
+embedder, personas.jsonl written as in a real run. Peak memory is the process's max RSS.
+
+{_population(population)}
+
+## 6. Cache replay (`bench/cache_replay.py`)
+
+{cache['conversations'] if cache else '?'} dyads (critic and detector on) against the test server at L = 200 ms with the persistent
+response cache, then the identical batch again into a fresh output file with the same cache.
+
+{_cache(cache)}
+
+## What limits the figures
+
+{_limits(run, overlap, overhead)}
+
+{FIXES}
+"""
+    DOCS.mkdir(parents=True, exist_ok=True)
+    out = DOCS / "benchmarks.md"
+    out.write_text(text)
+    return out
+
+
+if __name__ == "__main__":
+    print(render())
