@@ -138,7 +138,8 @@ def test_grammar_safe_schema_drops_expanding_bounds_only():
 
     safe = grammar_safe_schema(Profile.model_json_schema())
     text = str(safe)
-    assert "maxLength" not in text and "minLength" not in text and "maxItems" not in text
+    assert "maxLength" not in text and "minLength" not in text
+    assert safe["properties"]["habits"]["maxItems"] == 10  # small item bounds are cheap and kept
     assert safe["required"] == ["description", "speaking_style"]
     assert set(safe["properties"]) == {"description", "speaking_style", "habits"}
 

@@ -268,13 +268,25 @@ def _derived_seed(request: LLMRequest) -> int:
 # a ``maxLength`` of 4000 becomes thousands of rules and crashes the process
 # ("number of rules exceeds sane defaults", then SIGSEGV). The gateway validates the
 # reply against the full schema anyway, so the grammar only needs the shape.
-_EXPANDING_KEYWORDS = frozenset({"minLength", "maxLength", "pattern", "format", "minItems", "maxItems"})
+# Small item bounds stay: they cost a few rules and stop a tiny model from listing forever.
+_EXPANDING_KEYWORDS = frozenset({"minLength", "maxLength", "pattern", "format", "description", "title", "examples"})
+_MAX_KEPT_ITEM_BOUND = 16
 
 
 def grammar_safe_schema(schema: Any) -> Any:
     """``schema`` without the length/pattern bounds that blow up llama.cpp's grammar."""
     if isinstance(schema, dict):
-        return {k: grammar_safe_schema(v) for k, v in schema.items() if k not in _EXPANDING_KEYWORDS}
+        out: dict[str, Any] = {}
+        for key, value in schema.items():
+            if key in ("properties", "$defs", "definitions") and isinstance(value, dict):
+                out[key] = {name: grammar_safe_schema(sub) for name, sub in value.items()}  # names, not keywords
+            elif key in _EXPANDING_KEYWORDS:
+                continue
+            elif key in ("minItems", "maxItems") and isinstance(value, int) and value > _MAX_KEPT_ITEM_BOUND:
+                continue
+            else:
+                out[key] = grammar_safe_schema(value)
+        return out
     if isinstance(schema, list):
         return [grammar_safe_schema(v) for v in schema]
     return schema
