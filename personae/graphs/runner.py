@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -318,6 +319,19 @@ async def simulate_batch(
     )
 
 
+async def _forget_checkpoint(saver: Any, thread_id: str) -> None:
+    """Drop a finished conversation's checkpoints; failing to is harmless, so never fatal.
+
+    The conversation is already appended to the output, and reruns skip ids found
+    there, so a checkpoint left behind (e.g. SQLite busy after an aborted batch) only
+    costs disk space.
+    """
+    try:
+        await saver.adelete_thread(thread_id)
+    except sqlite3.OperationalError as exc:
+        log.warning("could not delete the finished checkpoint of %s (%s); it is unused and harmless", thread_id, exc)
+
+
 async def _run_all(
     jobs: Sequence[ConversationJob],
     saver: Any,
@@ -354,7 +368,7 @@ async def _run_all(
             ok = conversation.status is ConversationStatus.COMPLETE
             counts["completed" if ok else "failed"] += 1
             if ok and saver is not None:
-                await saver.adelete_thread(job.id)
+                await _forget_checkpoint(saver, job.id)
         if on_done is not None:
             on_done(conversation)
         nonlocal streak, answered
