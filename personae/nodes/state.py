@@ -4,6 +4,11 @@ State holds data only (plain JSON-able dicts and lists): it is what the LangGrap
 checkpointer serialises, so a killed conversation resumes exactly where it stopped.
 The transcript is merged by utterance id: a node that re-runs after a crash or a
 retry replaces its earlier utterance instead of appending a duplicate.
+
+The transcript, participants and scenario are LangGraph ``DeltaChannel``s: a
+checkpoint stores only what a step wrote, not the whole value again, so the bytes
+checkpointed per conversation grow with its length instead of its length squared,
+and the static personas and scenario are stored once per conversation, not once per step.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
 
+from langgraph.channels import DeltaChannel
 from pydantic import BaseModel
 
 from personae.ids import content_hash, stable_id
@@ -74,6 +80,18 @@ def merge_by_id(
     return merged
 
 
+def _merge_writes(state: list[dict[str, Any]], writes: Sequence[Any]) -> list[dict[str, Any]]:
+    """``merge_by_id`` over a batch of transcript writes (replaying them in any grouping gives the same list)."""
+    for write in writes:
+        state = merge_by_id(state, write)
+    return state
+
+
+def _last_write(state: Any, writes: Sequence[Any]) -> Any:
+    """The newest write wins: participants and scenario are set once, at the start."""
+    return writes[-1] if writes else state
+
+
 class DialogueState(TypedDict, total=False):
     """The graph state of one conversation (all values JSON-able).
 
@@ -95,9 +113,9 @@ class DialogueState(TypedDict, total=False):
         extract_error: why extraction failed, if it did.
     """
 
-    transcript: Annotated[list[dict[str, Any]], merge_by_id]
-    participants: list[dict[str, Any]]
-    scenario: dict[str, Any]
+    transcript: Annotated[list[dict[str, Any]], DeltaChannel(_merge_writes)]
+    participants: Annotated[list[dict[str, Any]], DeltaChannel(_last_write)]
+    scenario: Annotated[dict[str, Any], DeltaChannel(_last_write)]
     next_speaker: str | None
     speaker_choice: dict[str, Any] | None
     draft: dict[str, Any] | None
