@@ -7,7 +7,6 @@ The API key is held as a secret and never logged.
 from __future__ import annotations
 
 import json
-import math
 import time
 from typing import Any
 
@@ -19,12 +18,6 @@ from personae.errors import ModelCallError, UnsupportedFeature
 from personae.llm.base import LLMRequest, LLMResponse, ResponseFormat, Usage, estimate_tokens
 
 __all__ = ["OpenAICompatibleLLM"]
-
-# httpcore scans every connection of a pool (a socket poll each) on every request and
-# response, so small pools keep that scan short: 2 connections per pool measured
-# 1.3-1.5 ms of client CPU per call at 64-256 in flight, against 2.2 ms with 16.
-_CONNECTIONS_PER_POOL = 2
-
 
 class OpenAICompatibleLLM:
     """Chat completions through the ``openai`` async client.
@@ -53,28 +46,17 @@ class OpenAICompatibleLLM:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._model = model
         self.base_url = base_url
-        # httpcore's pool bookkeeping is quadratic in its connection count (hundreds of
-        # connections in one pool cost seconds of CPU per batch), so spread the
-        # connections over several small pools and send each call to the least busy one.
-        pools = max(1, math.ceil(max_connections / _CONNECTIONS_PER_POOL))
-        per_pool = math.ceil(max_connections / pools)
-        tls = httpx.create_ssl_context()  # shared: building one per pool costs ~35 ms each
-        self._clients = [
-            openai.AsyncOpenAI(
-                base_url=base_url,
-                api_key=key or "not-needed",
-                timeout=timeout_s,
-                max_retries=0,
-                http_client=httpx.AsyncClient(
-                    timeout=timeout_s,
-                    verify=tls,
-                    limits=httpx.Limits(max_connections=per_pool, max_keepalive_connections=per_pool),
-                ),
-            )
-            for _ in range(pools)
-        ]
-        self._client = self._clients[0]
-        self._in_flight = [0] * pools
+        # aiohttp as the SDK's transport (its documented `DefaultAioHttpClient`): at 64-256
+        # calls in flight it costs less client CPU per call than httpx's pure-Python pool
+        # (bench/overlap.py), and CPU per call is what bounds how many calls overlap.
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        self._client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=key or "not-needed",
+            timeout=timeout_s,
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(timeout=timeout_s, limits=limits),
+        )
 
     @property
     def model(self) -> str:
@@ -84,8 +66,7 @@ class OpenAICompatibleLLM:
         return f"OpenAICompatibleLLM(model={self._model!r}, base_url={self.base_url!r})"
 
     async def aclose(self) -> None:
-        for client in self._clients:
-            await client.close()
+        await self._client.close()
 
     def _kwargs(self, request: LLMRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -123,13 +104,11 @@ class OpenAICompatibleLLM:
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         started = time.perf_counter()
-        pool = min(range(len(self._clients)), key=self._in_flight.__getitem__)
-        self._in_flight[pool] += 1
         try:
             # the raw POST of the documented `client.post` route: the same request, errors and
             # parsed ChatCompletion as `chat.completions.create`, without its recursive
             # TypedDict transform of the (already plain JSON) body, which cost ~2 ms per call
-            completion = await self._clients[pool].post("/chat/completions", cast_to=ChatCompletion, body=self._kwargs(request))
+            completion = await self._client.post("/chat/completions", cast_to=ChatCompletion, body=self._kwargs(request))
         except openai.APIStatusError as exc:
             raise _status_error(exc, request, self._model) from None
         except openai.APITimeoutError:
@@ -139,8 +118,6 @@ class OpenAICompatibleLLM:
         except (openai.APIResponseValidationError, json.JSONDecodeError, ValueError) as exc:
             body = f"; body starts {exc.doc[:200]!r}" if isinstance(exc, json.JSONDecodeError) else ""
             raise ModelCallError(f"malformed response body: {exc.__class__.__name__}{body}", model=self._model, retryable=True) from None
-        finally:
-            self._in_flight[pool] -= 1
         latency = time.perf_counter() - started
         if not getattr(completion, "choices", None):
             raise ModelCallError("response has no choices", model=self._model, retryable=True)
