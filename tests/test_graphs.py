@@ -15,6 +15,8 @@ from personae.graphs import (
     GraphConfig,
     build_graph,
     dyad,
+    fuse_nodes,
+    job_state,
     group,
     interview,
     latest_conversations,
@@ -26,6 +28,7 @@ from personae.jsonl import read_jsonl_dicts
 from personae.llm import Budget, Gateway
 from personae.llm.testing import FakeLLM, ScriptedLLM
 from personae.models import ConversationStatus, Role, Scenario, StopReason
+from personae.nodes.state import RunContext
 from personae.validation import validate_data
 
 PERSONAS = [persona(n) for n in ("Ann", "Bob", "Cid", "Dee", "Eve")]
@@ -219,6 +222,57 @@ async def test_build_graph_dispatches_on_kind():
     assert build_graph(GraphConfig(kind="group"), gateway=gateway).name == "group"
     assert build_graph(GraphConfig(kind="interview", questions=["Why?"]), gateway=gateway).name == "interview"
 
+
+
+async def _node_updates(graph, job) -> list[str]:
+    """The node names of a run's steps, in order (one entry per LangGraph step)."""
+    config = {"configurable": {"thread_id": job.id}, "recursion_limit": 200}
+    context = RunContext(conversation_id=job.id, seed=job.seed)
+    return [name async for chunk in graph.astream(job_state(job), config, context=context, stream_mode="updates") for name in chunk]
+
+
+async def test_a_turn_without_critic_is_one_graph_step_and_the_transcript_is_unchanged(hashing_embedder):
+    """Turn policy, termination and memory run fused into the persona's step, as the docs promise."""
+    [job] = make_jobs(PERSONAS, [SCENARIO], _plain(), n_conversations=1, seed=5)
+    graph = build_graph(job.graph, gateway=Gateway(FakeLLM(seed=3)), embedder=hashing_embedder)
+    steps = await _node_updates(graph, job)
+    assert steps == ["orchestrator"] + ["persona"] * SCENARIO.max_turns
+    fused = await run_conversation(job, gateway=Gateway(FakeLLM(seed=3)), embedder=hashing_embedder)
+    assert len(fused.utterances) == SCENARIO.max_turns and fused.stop_reason is StopReason.MAX_TURNS
+
+
+async def test_a_turn_with_critic_is_persona_critic_and_one_end_of_turn_step(hashing_embedder):
+    [job] = make_jobs(PERSONAS, [SCENARIO], GraphConfig(termination={"detector": False}), n_conversations=1, seed=2)
+    steps = await _node_updates(build_graph(job.graph, gateway=Gateway(FakeLLM(seed=1)), embedder=hashing_embedder), job)
+    turns = steps.count("end_of_turn")
+    assert turns == SCENARIO.max_turns and steps.count("critic") == steps.count("persona") >= turns
+    assert set(steps) == {"orchestrator", "persona", "critic", "end_of_turn"}
+
+
+async def test_fuse_nodes_runs_steps_in_order_and_stops_at_a_false_guard():
+    seen: list[str] = []
+
+    def step(name: str, **update):
+        async def node(state, runtime=None):
+            seen.append(f"{name}:{len(state.get('transcript') or [])}:{state.get('stop_reason')}")
+            return update
+        return node
+
+    said = {"id": "u1", "speaker": "a", "turn": 0, "text": "hi"}
+    fused = fuse_nodes(
+        step("say", transcript=[said]),
+        step("stop", stop_reason="max_turns"),
+        (step("next", next_speaker="b"), lambda state: not state.get("stop_reason")),
+        name="turn",
+    )
+    update = await fused({"transcript": []})
+    assert fused.__name__ == "turn"
+    # each step saw the earlier steps' updates; the guarded step did not run once a stop reason was set
+    assert seen == ["say:0:None", "stop:1:None"]
+    assert update == {"transcript": [said], "stop_reason": "max_turns"}
+    seen.clear()
+    assert "next_speaker" in await fuse_nodes(step("a"), (step("b", next_speaker="x"), lambda state: True))({})
+    assert seen == ["a:0:None", "b:0:None"]
 
 # ---- CLI and the custom-graph example ------------------------------------------------------------------
 

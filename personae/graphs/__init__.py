@@ -5,7 +5,7 @@ and are re-exported here for convenience.
 """
 
 from personae.graphs.config import GraphConfig, MemoryConfig, validate_conversation
-from personae.graphs.prebuilt import build_graph, dyad, group, interview, recursion_limit
+from personae.graphs.prebuilt import build_graph, dyad, fuse_nodes, group, interview, recursion_limit
 from personae.graphs.runner import (
     BatchResult,
     ConversationJob,
@@ -27,6 +27,7 @@ __all__ = [
     "RunContext",
     "build_graph",
     "dyad",
+    "fuse_nodes",
     "group",
     "initial_state",
     "interview",

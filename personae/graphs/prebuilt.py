@@ -9,10 +9,11 @@ to make conversations resumable (thread id = conversation id).
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from langgraph.graph import END, START, StateGraph
+from langgraph.runtime import Runtime
 from pydantic import BaseModel
 
 from personae.embeddings.base import Embedder
@@ -23,11 +24,11 @@ from personae.nodes.critic import make_critic_node, route_after_critic
 from personae.nodes.interview import InterviewAnswers, make_extract_node, make_question_node, route_by_speaker
 from personae.nodes.orchestrator import CustomPolicy, make_orchestrator_node
 from personae.nodes.persona import make_persona_node
-from personae.nodes.state import DialogueState, RunContext
+from personae.nodes.state import DialogueState, RunContext, merge_by_id
 from personae.nodes.termination import TerminationConfig, make_termination_node, route_after_termination
 from personae.prompts import PromptSet
 
-__all__ = ["dyad", "group", "interview", "build_graph", "recursion_limit"]
+__all__ = ["dyad", "group", "interview", "build_graph", "recursion_limit", "fuse_nodes"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,44 @@ def _inline(route: Callable[[DialogueState], str]) -> Callable[[DialogueState], 
 
     routed.__name__ = route.__name__
     return routed
+
+
+Node = Callable[..., Awaitable[dict[str, Any]]]
+
+
+def fuse_nodes(*steps: Node | tuple[Node, Callable[[DialogueState], bool]], name: str = "fused") -> Node:
+    """One graph node that runs several nodes in order, as one LangGraph step.
+
+    Each step is a node, or ``(node, runs_if)`` where ``runs_if(state)`` decides on the
+    state as the earlier steps left it (e.g. the orchestrator only while no stop reason
+    is set). Later steps see earlier steps' updates (the transcript merged by id); the
+    fused node returns all updates together. A LangGraph step has a fixed cost in CPU
+    and, with a checkpointer, one checkpoint write: a dyad turn fused from
+    persona → termination → orchestrator costs one step instead of three. A step that
+    raises fails the whole fused step, which a rerun repeats from its start.
+    """
+    plan = [step if isinstance(step, tuple) else (step, None) for step in steps]
+
+    async def fused(state: DialogueState, runtime: Runtime[RunContext] | None = None) -> dict[str, Any]:
+        view: dict[str, Any] = dict(state)
+        update: dict[str, Any] = {}
+        for node, runs_if in plan:
+            if runs_if is not None and not runs_if(view):  # type: ignore[arg-type]
+                break
+            for key, value in (await node(view, runtime) or {}).items():
+                if key == "transcript":
+                    view[key] = merge_by_id(view.get(key), value)
+                    update[key] = merge_by_id(update.get(key), value)
+                else:
+                    view[key] = update[key] = value
+        return update
+
+    fused.__name__ = name
+    return fused
+
+
+def _running(state: DialogueState) -> bool:
+    return not state.get("stop_reason")
 
 
 def recursion_limit(config: GraphConfig, max_turns: int) -> int:
@@ -73,37 +112,41 @@ def _add_turn(
     speaker: str,
     config: GraphConfig,
     termination: TerminationConfig,
+    orchestrator: Node,
     *,
     gateway: Gateway,
     embedder: Embedder | None,
     memory: Any,
     prompts: PromptSet | None,
-) -> str:
-    """Add ``speaker`` (a persona node) → [critic ⟲ speaker] → [memory] → termination.
+) -> tuple[list[Any], list[str]]:
+    """Add a turn of ``speaker`` (a persona node): speaker → [critic ⟲ speaker] → end of turn.
 
-    Returns the node that follows a committed utterance (memory or termination).
+    The end of a turn, [memory] → termination → orchestrator (the orchestrator only
+    while the conversation goes on), runs as one fused step (``"end_of_turn"``);
+    without a critic the speaker joins it, so a turn is a single LangGraph step.
+
+    Returns the end-of-turn steps (to fuse into another speaker's node, e.g. an
+    interviewer) and the nodes after which the graph routes on ``stop_reason``.
     """
     memory_node, retriever = _memory_parts(config, memory, gateway, prompts)
-    review = config.critic.enabled
-    builder.add_node(
-        speaker,
-        make_persona_node(
-            gateway, prompts=prompts, projection=config.projection, window=config.window, retriever=retriever,
-            review=review, temperature=config.temperature, max_tokens=config.max_tokens,
-        ),
+    persona = make_persona_node(
+        gateway, prompts=prompts, projection=config.projection, window=config.window, retriever=retriever,
+        review=config.critic.enabled, temperature=config.temperature, max_tokens=config.max_tokens,
     )
-    after_commit = "memory" if memory_node is not None else "termination"
-    if review:
-        builder.add_node("critic", make_critic_node(config.critic, gateway=gateway, embedder=embedder, prompts=prompts))
-        builder.add_edge(speaker, "critic")
-        builder.add_conditional_edges("critic", _inline(route_after_critic), {"revise": speaker, "accept": after_commit})
-    else:
-        builder.add_edge(speaker, after_commit)
-    if memory_node is not None:
-        builder.add_node("memory", memory_node)
-        builder.add_edge("memory", "termination")
-    builder.add_node("termination", make_termination_node(termination, gateway=gateway, embedder=embedder, prompts=prompts))
-    return after_commit
+    end_of_turn = [
+        *([memory_node] if memory_node is not None else []),
+        make_termination_node(termination, gateway=gateway, embedder=embedder, prompts=prompts),
+        (orchestrator, _running),
+    ]
+    if not config.critic.enabled:
+        builder.add_node(speaker, fuse_nodes(persona, *end_of_turn, name=speaker))
+        return end_of_turn, [speaker]
+    builder.add_node(speaker, persona)
+    builder.add_node("critic", make_critic_node(config.critic, gateway=gateway, embedder=embedder, prompts=prompts))
+    builder.add_node("end_of_turn", fuse_nodes(*end_of_turn, name="end_of_turn"))
+    builder.add_edge(speaker, "critic")
+    builder.add_conditional_edges("critic", _inline(route_after_critic), {"revise": speaker, "accept": "end_of_turn"})
+    return end_of_turn, ["end_of_turn"]
 
 
 def _conversation(
@@ -115,19 +158,18 @@ def _conversation(
     prompts: PromptSet | None,
     turn_policy: CustomPolicy | None,
 ) -> StateGraph:
-    """orchestrator → persona → [critic ⟲ persona] → [memory] → termination ⟲ orchestrator."""
+    """orchestrator → persona → [critic ⟲ persona] → end of turn ⟲ persona (see :func:`_add_turn`)."""
     builder = StateGraph(DialogueState, context_schema=RunContext)
-    builder.add_node(
-        "orchestrator",
-        make_orchestrator_node(
-            turn_policy or config.policy, gateway=gateway, opener=config.opener, prompts=prompts,
-            moderator_attempts=config.moderator_attempts,
-        ),
+    orchestrator = make_orchestrator_node(
+        turn_policy or config.policy, gateway=gateway, opener=config.opener, prompts=prompts,
+        moderator_attempts=config.moderator_attempts,
     )
-    _add_turn(builder, "persona", config, config.termination, gateway=gateway, embedder=embedder, memory=memory, prompts=prompts)
+    builder.add_node("orchestrator", orchestrator)
+    _, route_from = _add_turn(builder, "persona", config, config.termination, orchestrator, gateway=gateway, embedder=embedder, memory=memory, prompts=prompts)
     builder.add_edge(START, "orchestrator")
     builder.add_edge("orchestrator", "persona")
-    builder.add_conditional_edges("termination", _inline(route_after_termination), {"continue": "orchestrator", "stop": END})
+    for node in route_from:
+        builder.add_conditional_edges(node, _inline(route_after_termination), {"continue": "persona", "stop": END})
     return builder
 
 
@@ -192,19 +234,26 @@ def interview(
     """
     config = _check_kind(config, "interview")
     builder = StateGraph(DialogueState, context_schema=RunContext)
-    builder.add_node("orchestrator", make_orchestrator_node("alternate", opener=config.opener))
-    builder.add_node("interviewer", make_question_node(gateway=gateway, phrase=config.phrase_questions, prompts=prompts))
+    orchestrator = make_orchestrator_node("alternate", opener=config.opener)
+    builder.add_node("orchestrator", orchestrator)
     termination = config.termination.model_copy(
         update={"detector": False, "closing": False, "max_turns": config.termination.max_turns or 2 * len(config.questions)}
     )
-    after_commit = _add_turn(builder, "respondent", config, termination, gateway=gateway, embedder=embedder, memory=memory, prompts=prompts)
+    end_of_turn, route_from = _add_turn(builder, "respondent", config, termination, orchestrator, gateway=gateway, embedder=embedder, memory=memory, prompts=prompts)
+    question = make_question_node(gateway=gateway, phrase=config.phrase_questions, prompts=prompts)
+    builder.add_node("interviewer", fuse_nodes(question, *end_of_turn, name="interviewer"))
+    builder.add_node("extract", make_extract_node(gateway, answer_schema, prompts=prompts))
     builder.add_edge(START, "orchestrator")
     builder.add_conditional_edges("orchestrator", _inline(route_by_speaker), {"interviewer": "interviewer", "respondent": "respondent"})
-    builder.add_edge("interviewer", after_commit)
-    builder.add_node("extract", make_extract_node(gateway, answer_schema, prompts=prompts))
-    builder.add_conditional_edges("termination", _inline(route_after_termination), {"continue": "orchestrator", "stop": "extract"})
+    routes = {"stop": "extract", "interviewer": "interviewer", "respondent": "respondent"}
+    for node in [*route_from, "interviewer"]:
+        builder.add_conditional_edges(node, _inline(_after_interview_turn), routes)
     builder.add_edge("extract", END)
     return builder.compile(checkpointer=checkpointer, name="interview")
+
+
+def _after_interview_turn(state: DialogueState) -> str:
+    return "stop" if route_after_termination(state) == "stop" else route_by_speaker(state)
 
 
 def build_graph(
