@@ -5,7 +5,9 @@ accepts the first draft, so every turn costs exactly one persona call, plus one
 critic call when the critic is on), so the CPU measured with ``time.process_time``
 (all threads of this process) is personae's and LangGraph's own work: projection,
 prompt rendering, gateway wrappers, graph steps, JSON Lines output and, when on,
-the SQLite checkpointer (``AsyncSqliteSaver``) and the critic node. Dyad, T turns,
+the SQLite checkpointer (``AsyncSqliteSaver``) and the critic node. Bytes written
+per conversation (``wchar`` of /proc/self/io: the JSON Lines output plus, when on,
+the checkpointer's WAL and database writes) show what checkpointing costs on disk. Dyad, T turns,
 termination by max turns only, N conversations all admitted at once.
 
 Peak RSS per 1,000 concurrent conversations: 1,000 conversations whose fake model
@@ -46,14 +48,24 @@ async def _batch(n: int, turns: int, *, checkpoint: bool, critic: bool, latency_
     jobs = make_jobs(make_personas(max(2, min(n, 200))), [make_scenario(turns)], graph_config("dyad", max_turns=turns, critic=critic), n_conversations=n, seed=11)
     fake = AgreeableFakeLLM(latency_s=latency_s)
     gateway = Gateway(fake, cache=None, max_concurrency=max(n, 1))
+    written0 = bytes_written()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     result = await simulate_batch(
         jobs, gateway=gateway, out_path=tmp / "out.jsonl", checkpoint_path=(tmp / "checkpoints.sqlite") if checkpoint else None, concurrency=n,
     )
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    written = bytes_written() - written0
     if result.failed or result.completed != n:
         raise RuntimeError(f"overhead batch was not clean: {result}")
-    return {"cpu_s": cpu, "wall_s": wall, "turns": n * turns, "model_calls": fake.calls}
+    return {"cpu_s": cpu, "wall_s": wall, "turns": n * turns, "model_calls": fake.calls, "bytes_written": written, "conversations": n}
+
+
+def bytes_written() -> int:
+    """Bytes this process has handed to write() so far (``wchar`` of /proc/self/io): output, SQLite WAL and database."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    return 0
 
 
 def measure_cpu(n: int, turns: int, repeats: int) -> list[dict[str, Any]]:
@@ -77,6 +89,7 @@ def measure_cpu(n: int, turns: int, repeats: int) -> list[dict[str, Any]]:
                 "cpu_ms_per_turn": 1000 * best["cpu_s"] / best["turns"],
                 "cpu_ms_per_model_call": 1000 * best["cpu_s"] / best["model_calls"],
                 "cpu_ms_per_turn_all_runs": [1000 * x["cpu_s"] / x["turns"] for x in runs],
+                "kb_written_per_conversation": best["bytes_written"] / 1000 / best["conversations"],
             }
             log(f"  {cfg['name']:<20} {row['cpu_ms_per_turn']:.2f} ms CPU per turn ({row['model_calls'] / row['turns']:.1f} calls/turn)")
             rows.append(row)

@@ -108,7 +108,8 @@ def _overhead(o: dict[str, Any] | None) -> str:
         return "_not run_"
     rows = [
         [r["name"], "yes" if r["checkpoint"] else "no", "yes" if r["critic"] else "no", r["turns"], f"{r['model_calls'] / r['turns']:.1f}",
-         f"**{r['cpu_ms_per_turn']:.2f}**", f"{r['cpu_ms_per_model_call']:.2f}", ", ".join(f"{x:.2f}" for x in r["cpu_ms_per_turn_all_runs"])]
+         f"**{r['cpu_ms_per_turn']:.2f}**", f"{r['cpu_ms_per_model_call']:.2f}", ", ".join(f"{x:.2f}" for x in r["cpu_ms_per_turn_all_runs"]),
+         f"{r['kb_written_per_conversation']:.0f}" if "kb_written_per_conversation" in r else "–"]
         for r in o["cpu"]
     ]
     plain = next(r for r in o["cpu"] if not r["checkpoint"] and not r["critic"])
@@ -118,7 +119,7 @@ def _overhead(o: dict[str, Any] | None) -> str:
         for r in o["rss"]
     ]
     return (
-        _table(["configuration", "checkpoint", "critic", "turns", "model calls/turn", "CPU ms/turn", "CPU ms/model call", "CPU ms/turn, every run"], rows)
+        _table(["configuration", "checkpoint", "critic", "turns", "model calls/turn", "CPU ms/turn", "CPU ms/model call", "CPU ms/turn, every run", "KB written/conversation"], rows)
         + f"\n\nTarget ≤ 5 ms CPU per turn without critic: {plain['cpu_ms_per_turn']:.2f} ms → {_ok(plain['cpu_ms_per_turn'] <= 5.0)}"
         + (
             f"; with the SQLite checkpointer (the flows' default) "
@@ -258,7 +259,7 @@ def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead
             "**Overlap at high concurrency is bounded by the client's CPU per call, not by waiting.** "
             "One batch runs on one asyncio event loop (one GIL). Each model call costs the client "
             f"≈ {hi['client_cpu_ms_per_call']:.1f} ms of CPU at C = {hi['concurrency']} (graph steps, prompt rendering and "
-            "projection, the openai SDK and httpx), so one process can sustain at most "
+            "projection, the openai SDK and its aiohttp transport), so one process can sustain at most "
             f"≈ {hi['client_cpu_bound_calls_per_s']:.0f} calls/s; C = {hi['concurrency']} at L = {hi['latency_s'] * 1000:.0f} ms asks for "
             f"{hi['calls'] / hi['ideal_s']:.0f} calls/s. The 'CPU ceiling' column is that ratio; measured efficiency sits at or below "
             "it, and below it further when other processes take CPU from the client (the 'client CPU share' column "
@@ -274,16 +275,16 @@ def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead
                 "and less in practice, because an event loop near saturation also picks up finished replies late; this run "
                 f"measured {p64['client_cpu_ms_per_call']:.2f} ms per call and reached {p64['efficiency']:.2f} "
                 f"(the client was on a CPU {p64['client_cpu_share'] * 100:.0f} % of the wall time). The nearest lever is the "
-                "HTTP client (proposed below, ≈ −0.4 ms per call), then fewer LangGraph steps per turn."
+                "openai SDK's own per-request work (about half of it), then LangGraph's per-step machinery, already down to one step per turn here."
             )
         parts.append(
             "To go further: (1) shard the batch over processes — the simulate flow already shards jobs into Prefect tasks, "
             "and a process pool or Dask/Ray task runner puts one event loop on each core; on this 2-core machine, shared with "
             "the test server, that at best doubles the ceiling, not enough for 1,280 calls/s; (2) trim the per-call CPU: "
-            "profiled with py-spy in this batch, the client's time splits roughly into the openai SDK + httpx "
-            "(about half: request building, header merging, connection-pool bookkeeping, response parsing), "
+            "profiled with py-spy in this batch, the client's time splits roughly into the openai SDK and its HTTP "
+            "transport (about half: request building, header merging, response parsing), "
             "LangGraph's step machinery (~30 %: task preparation, channel copies, callback managers; a dyad turn "
-            "is three steps: orchestrator, persona, termination) and personae's own node code (~15–20 %: prompt "
+            "without critic is one step, its turn policy, termination rules and memory fused into the persona's) and personae's own node code (~15–20 %: prompt "
             "rendering, projection, validating the state into models) — the in-process fake model of the "
             "overhead benchmark shows the non-HTTP part alone. "
             "The fixes already made and the ones proposed are listed below."
@@ -294,10 +295,13 @@ def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead
         if ck and plain:
             parts.append(
                 f"**Checkpointing costs ≈ {ck['cpu_ms_per_turn'] - plain['cpu_ms_per_turn']:.1f} ms CPU per turn** on top of "
-                f"{plain['cpu_ms_per_turn']:.1f} ms: with `durability: sync` LangGraph serialises the whole state after each of a "
-                "turn's three steps and writes it through aiosqlite's single worker thread, whose GIL hand-offs also add wall "
-                "time under load. `durability: async` overlaps the write with the next step; `exit` writes once per conversation "
-                "(no mid-conversation resume)."
+                f"{plain['cpu_ms_per_turn']:.1f} ms: with `durability: sync` LangGraph writes a checkpoint after each "
+                "step (one per turn without critic, three with it) through aiosqlite's single worker thread, whose thread hand-offs also add wall "
+                "time under load. The transcript, participants and scenario are `DeltaChannel`s, so a checkpoint holds "
+                "only what its step wrote plus LangGraph's version bookkeeping (about 1.6 KB), not the whole conversation: "
+                "bytes written grow linearly with a conversation's length instead of quadratically, and the personas are "
+                "stored once, not once per step. `durability: async` overlaps the write with the next step; `exit` writes "
+                "once per conversation (no mid-conversation resume)."
             )
     return "\n\n".join(parts)
 
@@ -308,15 +312,17 @@ FIXES = """Changes made while profiling with py-spy 0.4 (installed into the venv
 |---|---|---|
 | `personae/llm/openai_provider.py` (core) | send chat requests with the SDK's documented raw route `client.post("/chat/completions", cast_to=ChatCompletion, body=...)` instead of `chat.completions.create(**kwargs)`, which recursively re-validates the already plain-JSON body against its TypedDicts | client CPU per call 4.4 → 2.2 ms (64 in flight) |
 | `personae/llm/openai_provider.py` (core) | connection pools of 2 instead of 16 connections (httpcore polls every idle connection of a pool on each request and response) | 2.2 → 1.3–1.5 ms per call |
+| `personae/llm/openai_provider.py` (core) | the SDK's aiohttp transport (`openai.DefaultAioHttpClient`, extra `openai[aiohttp]`) in place of the httpx pools above | whole client CPU per call at C = 64: 3.9 → 3.4 ms (mean of 3 runs each); C = 256: 4.1 → 3.7 ms |
+| `personae/nodes/state.py` ([graphs]) | transcript, participants and scenario as LangGraph `DeltaChannel`s: checkpoints store each step's writes, not the whole state | checkpoint bytes for a 10-turn dyad 134 → 48 KB (personas of a few hundred bytes; the saving grows with persona size and conversation length); CPU unchanged |
+| `personae/graphs/prebuilt.py` ([graphs]) | a turn's bookkeeping (memory write, termination, next-speaker choice) fused into one LangGraph step with `fuse_nodes`: a dyad turn without critic is 1 step instead of 3, with critic 3 instead of 4 | with the SQLite checkpointer 6.8–8.9 → 3.3–4.2 ms CPU per turn and 1.8 → 0.8 MB written per 10-turn conversation; without it 1.4–2.6 → 1.1–1.5 ms (4 runs each, same session); C = 64 / 256 efficiency 0.58 / 0.14 → 0.61 / 0.20 (one run each) |
 | `personae/prompts/__init__.py` (core) | render from the environment's compiled-template cache with `auto_reload=False` instead of re-reading the template file and stat()-ing it on every render | ≈ 10 % of a turn's CPU |
 | `personae/llm/gateway.py` (core) | skip summing the usage counters for the budget check when no budget is set | ≈ 3 % of a turn's CPU |
 | `personae/graphs/prebuilt.py` ([graphs]) | routers passed to LangGraph as coroutine functions: LangGraph runs a sync router in a thread pool on every step | ≈ 10 % of a turn's CPU, and one thread hop less per turn |
 
-Proposed, not made (each needs a decision by the owner):
+Proposed, not made:
 
-- **httpx-aiohttp transport** for the OpenAI client (`openai.DefaultAioHttpClient`, extra `openai[aiohttp]`): measured 1.5 → 1.1 ms client CPU per call; needs a new dependency in pyproject.
-- **Fewer LangGraph steps per turn** ([graphs]): fold the non-LLM turn policies (alternate, round robin, random) and the cheap termination rules into the persona step, leaving separate nodes only when a moderator or detector call is due; each step costs ≈ 0.3–0.4 ms of LangGraph machinery.
-- **State validation** ([graphs]): nodes re-validate the whole transcript into `Utterance` models on every step (`transcript_of`); caching the parsed models per state version makes a turn O(1) in the conversation length.
+- **State validation** ([graphs]): nodes re-validate the whole transcript into `Utterance` models on every step (`transcript_of`). Tried: an identity-keyed cache of parsed models per node (83 % hits); no measurable change at 10 or 30 turns (1.3 ms per turn either way), so not kept: validation is not where a turn's CPU goes.
+- **Fewer checkpoint round trips** ([graphs]): each step's checkpoint is 2–3 hops to aiosqlite's worker thread; a saver that batches the puts of many conversations into one transaction would cut most of the checkpointing CPU per turn measured above.
 - **Qdrant local-mode writes** ([memory]): local mode commits every point separately (~500 memories/s, the write rate in the memory table); putting its SQLite file in WAL mode with `synchronous=NORMAL` measured 3,800–4,400 points/s. Local mode also scores a filtered search in Python over every point (≈ 1 s per retrieval at 100k) and rebuilds the per-agent summary by scrolling the whole collection on first use (tens of seconds at 100k): above ~20k memories use a Qdrant server (`PERSONAE_QDRANT_URL`), as Qdrant itself advises.
 """
 
