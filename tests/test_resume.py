@@ -112,3 +112,31 @@ def test_sigkill_mid_conversation_then_rerun_gives_exactly_the_reference(tmp_pat
     assert not (_checkpointed_threads(work) & set(expected))  # finished conversations' checkpoints are cleared
     print(f"\nresume: reference {total_calls} calls; killed after {calls_before} "
           f"({len(finished_before)} finished, {len(mid)} mid-conversation); rerun made {rerun_calls} calls")
+
+
+async def test_a_batch_that_stops_mid_write_leaves_the_checkpoint_file_writable(tmp_path):
+    """An aborted batch can leave an uncommitted checkpoint write and a read statement kept alive by a traceback.
+
+    SQLite then keeps the closed connection as a zombie holding the write lock, and the rerun
+    failed with "database is locked" (seen as a rare failure of the dead-endpoint rerun test).
+    The checkpointer rolls back on exit, so the lock goes with it.
+    """
+    from personae.graphs.checkpoint import sqlite_checkpointer
+
+    path = tmp_path / "checkpoints.sqlite"
+    insert = "INSERT INTO writes (thread_id, checkpoint_ns, checkpoint_id, task_id, idx, channel) VALUES (?, '', 'c', 't', 0, 'ch')"
+    async with sqlite_checkpointer(path) as saver:
+        await saver.setup()
+        await saver.conn.executemany(insert, [("a",), ("b",)])
+        await saver.conn.commit()
+        half_read = await saver.conn.execute("SELECT thread_id FROM writes")
+        await half_read.fetchone()
+        await saver.conn.execute(insert, ("uncommitted",))  # a cancelled step's write: never committed
+    rerun = sqlite3.connect(path, timeout=1)
+    try:
+        rerun.execute(insert, ("rerun",))
+        rerun.commit()
+        assert sorted(r[0] for r in rerun.execute("SELECT thread_id FROM writes")) == ["a", "b", "rerun"]
+    finally:
+        rerun.close()
+        del half_read

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,4 +30,14 @@ async def sqlite_checkpointer(path: str | os.PathLike, *, fsync_every_commit: bo
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute(f"PRAGMA synchronous={'FULL' if fsync_every_commit else 'NORMAL'}")
         await conn.execute("PRAGMA busy_timeout=30000")
-        yield AsyncSqliteSaver(conn)
+        try:
+            yield AsyncSqliteSaver(conn)
+        finally:
+            # A batch that stops early cancels steps between a checkpoint write and its commit,
+            # and a cancelled read can leave a statement that tracebacks keep alive. SQLite then
+            # closes the connection only when that statement is finalized and, until then, keeps
+            # its open transaction and the write lock: the rerun on the same file would get
+            # "database is locked". Rolling back first releases the lock whatever happens to
+            # the statement; what it discards is the unfinished step, which a rerun repeats.
+            with contextlib.suppress(sqlite3.Error, ValueError):  # a connection already broken: closing is all that is left
+                await conn.rollback()
