@@ -205,6 +205,41 @@ async def test_malformed_body_is_a_clear_call_error_with_the_body():
     assert server.request_count == 2
 
 
+
+@pytest.mark.parametrize(
+    ("body", "names"),
+    [
+        ({"object": "chat.completion", "choices": []}, "no choices"),
+        ({"choices": "text"}, "malformed response body"),
+        ({"choices": [{"message": {"content": 42}}]}, "content is int"),
+        ({"choices": [{"message": None}], "usage": "n/a"}, None),  # an empty reply, usage estimated
+        (["not", "an", "object"], "malformed response body"),
+    ],
+)
+def test_an_odd_completion_body_is_a_retryable_error_naming_the_problem(body, names):
+    """personae reads the completion's JSON itself (no ChatCompletion model): every shape it cannot use is a clear error."""
+    from personae.llm.openai_provider import _read_completion
+
+    if names is None:
+        assert _read_completion(body, tool=False, model="m") == ("", None, "m", None)
+        return
+    with pytest.raises(ModelCallError) as info:
+        _read_completion(body, tool=False, model="m")
+    assert names in str(info.value) and info.value.retryable
+
+
+def test_a_tool_call_reply_is_read_as_its_arguments():
+    from personae.llm.openai_provider import _read_completion
+
+    body = {
+        "model": "served-name",
+        "choices": [{"finish_reason": "tool_calls", "message": {"content": None, "tool_calls": [{"function": {"name": "out", "arguments": '{"a": 1}'}}]}}],
+        "usage": {"prompt_tokens": 7, "completion_tokens": 3},
+    }
+    text, finish, model, usage = _read_completion(body, tool=True, model="m")
+    assert (text, finish, model) == ('{"a": 1}', "tool_calls", "served-name")
+    assert (usage.prompt_tokens, usage.completion_tokens) == (7, 3)
+
 async def test_schema_invalid_replies_end_in_model_output_error_with_raw_reply():
     with OpenAITestServer(TestServerConfig(fault_rate=1.0, faults=["schema_invalid"])) as server:
         async with server_gateway(server) as gateway:
