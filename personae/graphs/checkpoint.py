@@ -30,14 +30,18 @@ async def sqlite_checkpointer(path: str | os.PathLike, *, fsync_every_commit: bo
         await conn.execute("PRAGMA journal_mode=WAL")
         await conn.execute(f"PRAGMA synchronous={'FULL' if fsync_every_commit else 'NORMAL'}")
         await conn.execute("PRAGMA busy_timeout=30000")
+        saver = AsyncSqliteSaver(conn)
         try:
-            yield AsyncSqliteSaver(conn)
+            yield saver
         finally:
             # A batch that stops early cancels steps between a checkpoint write and its commit,
-            # and a cancelled read can leave a statement that tracebacks keep alive. SQLite then
-            # closes the connection only when that statement is finalized and, until then, keeps
-            # its open transaction and the write lock: the rerun on the same file would get
-            # "database is locked". Rolling back first releases the lock whatever happens to
-            # the statement; what it discards is the unfinished step, which a rerun repeats.
-            with contextlib.suppress(sqlite3.Error, ValueError):  # a connection already broken: closing is all that is left
-                await conn.rollback()
+            # and LangGraph's own write tasks of cancelled steps may still be running. A
+            # statement kept alive by a traceback then stops SQLite from really closing the
+            # connection, and the zombie keeps the open transaction and the write lock: the
+            # rerun on the same file got "database is locked". So: under the saver's lock (every
+            # saver operation takes it, so no write slips in between), roll back and close; what
+            # the rollback discards is the unfinished step, which a rerun repeats.
+            async with saver.lock:
+                with contextlib.suppress(sqlite3.Error, ValueError):  # a connection already broken: closing is all that is left
+                    await conn.rollback()
+                await conn.close()
