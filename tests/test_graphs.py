@@ -373,3 +373,37 @@ async def test_prompt_tokens_stay_bounded_with_memory_and_window(tmp_path, hashi
     assert whole[20] > whole[2] * 1.8  # without a window the prompt grows with the conversation
     assert with_memory[20] < whole[20]
     assert max(with_memory[t] for t in range(8, 22)) - min(with_memory[t] for t in range(8, 22)) < 0.25 * with_memory[20]
+
+
+async def test_a_batch_runs_with_fewer_gc_passes_and_restores_the_interpreter_setting(hashing_embedder, tmp_path):
+    import gc
+
+    before = gc.get_threshold()
+    seen: list[int] = []
+    jobs = make_jobs(PERSONAS, [SCENARIO], _plain(), n_conversations=2, seed=5)
+    await simulate_batch(jobs, gateway=Gateway(FakeLLM()), out_path=tmp_path / "a.jsonl", checkpoint_path=None, embedder=hashing_embedder,
+                         on_done=lambda c: seen.append(gc.get_threshold()[0]))
+    assert seen == [50_000, 50_000] and gc.get_threshold() == before
+    seen.clear()
+    await simulate_batch(jobs, gateway=Gateway(FakeLLM()), out_path=tmp_path / "b.jsonl", checkpoint_path=None, embedder=hashing_embedder,
+                         gc_threshold=None, on_done=lambda c: seen.append(gc.get_threshold()[0]))
+    assert seen == [before[0]] * 2 and gc.get_threshold() == before
+
+
+def test_fewer_gc_passes_never_lowers_a_users_setting_nor_undoes_a_later_one():
+    import gc
+
+    from personae.graphs.runner import _fewer_gc_passes
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(80_000, *before[1:])
+        with _fewer_gc_passes(50_000):
+            assert gc.get_threshold()[0] == 80_000  # already higher: left alone
+        gc.set_threshold(*before)
+        with _fewer_gc_passes(50_000):
+            assert gc.get_threshold()[0] == 50_000
+            gc.set_threshold(1_000, *before[1:])  # changed by someone else meanwhile
+        assert gc.get_threshold()[0] == 1_000  # not clobbered on the way out
+    finally:
+        gc.set_threshold(*before)

@@ -11,11 +11,13 @@ there on a rerun. A conversation whose model calls fail for good is recorded as
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import random
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -269,6 +271,10 @@ def latest_conversations(path: str | Path) -> list[Conversation]:
     return list(latest.values())
 
 
+BATCH_GC_THRESHOLD = 50_000
+"""Young-generation threshold of the cyclic garbage collector while a batch runs (see :func:`simulate_batch`)."""
+
+
 async def simulate_batch(
     jobs: Sequence[ConversationJob],
     *,
@@ -283,6 +289,7 @@ async def simulate_batch(
     prompts: Any = None,
     answer_schema: type[BaseModel] | None = None,
     max_consecutive_failures: int | None = 10,
+    gc_threshold: int | None = BATCH_GC_THRESHOLD,
 ) -> BatchResult:
     """Run ``jobs`` concurrently; append each finished conversation to ``out_path``.
 
@@ -296,6 +303,14 @@ async def simulate_batch(
     succeeds (a dead endpoint), the batch stops with :class:`ModelCallError` naming the
     last error instead of burning through every job; what finished is written, in-flight
     conversations stay in their checkpoints, and a rerun resumes.
+
+    While the batch runs, Python's cyclic garbage collector runs its young-generation pass
+    after ``gc_threshold`` net allocations instead of the interpreter's 700 (restored
+    afterwards; ``None`` leaves the interpreter's setting alone). Hundreds of live
+    conversations allocate fast, and with the default the collector took a third of the
+    event loop's CPU, which is what bounds how many model calls overlap (bench/overlap.py:
+    efficiency at 64 calls in flight 0.66 → 0.83). Objects are still freed by reference
+    counting as before; only cycles wait a little longer.
     """
     if concurrency < 1:
         raise ConfigError("concurrency must be at least 1", field="concurrency", got=concurrency)
@@ -308,15 +323,35 @@ async def simulate_batch(
     todo = [j for j in jobs if j.id not in done]
     counts = {"completed": 0, "failed": 0}
     if todo:
-        if checkpoint_path is None:
-            await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
-        else:
-            async with sqlite_checkpointer(checkpoint_path) as saver:
-                await _run_all(todo, saver, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
+        with _fewer_gc_passes(gc_threshold):
+            if checkpoint_path is None:
+                await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
+            else:
+                async with sqlite_checkpointer(checkpoint_path) as saver:
+                    await _run_all(todo, saver, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
     return BatchResult(
         total=len(jobs), completed=counts["completed"], failed=counts["failed"],
         skipped=len(jobs) - len(todo), wall_s=time.perf_counter() - started,
     )
+
+
+@contextlib.contextmanager
+def _fewer_gc_passes(threshold: int | None) -> Iterator[None]:
+    """Raise the collector's young-generation threshold to ``threshold`` for the block, then restore it.
+
+    Only ever raises it; restores only what it set, so a batch nested in another (or a user's
+    own setting made meanwhile) is not undone.
+    """
+    before = gc.get_threshold()
+    if threshold is None or threshold <= before[0]:
+        yield
+        return
+    gc.set_threshold(threshold, *before[1:])
+    try:
+        yield
+    finally:
+        if gc.get_threshold()[0] == threshold:
+            gc.set_threshold(*before)
 
 
 async def _forget_checkpoint(saver: Any, thread_id: str) -> None:
