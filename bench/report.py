@@ -259,7 +259,7 @@ def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead
             "**Overlap at high concurrency is bounded by the client's CPU per call, not by waiting.** "
             "One batch runs on one asyncio event loop (one GIL). Each model call costs the client "
             f"≈ {hi['client_cpu_ms_per_call']:.1f} ms of CPU at C = {hi['concurrency']} (graph steps, prompt rendering and "
-            "projection, the openai SDK and its aiohttp transport), so one process can sustain at most "
+            "projection, the openai SDK and its aiohttp transport, Python's garbage collector), so one process can sustain at most "
             f"≈ {hi['client_cpu_bound_calls_per_s']:.0f} calls/s; C = {hi['concurrency']} at L = {hi['latency_s'] * 1000:.0f} ms asks for "
             f"{hi['calls'] / hi['ideal_s']:.0f} calls/s. The 'CPU ceiling' column is that ratio; measured efficiency sits at or below "
             "it, and below it further when other processes take CPU from the client (the 'client CPU share' column "
@@ -275,7 +275,8 @@ def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead
                 "and less in practice, because an event loop near saturation also picks up finished replies late; this run "
                 f"measured {p64['client_cpu_ms_per_call']:.2f} ms per call and reached {p64['efficiency']:.2f} "
                 f"(the client was on a CPU {p64['client_cpu_share'] * 100:.0f} % of the wall time). The nearest lever is the "
-                "openai SDK's own per-request work (about half of it), then LangGraph's per-step machinery, already down to one step per turn here."
+                "openai SDK's own per-request work (≈ 1 ms per call at 64 in flight, where a bare aiohttp POST costs 0.3 ms), then running "
+                "batches in more than one process (below)."
             )
         parts.append(
             "To go further: (1) shard the batch over processes — the simulate flow already shards jobs into Prefect tasks, "
@@ -314,6 +315,7 @@ FIXES = """Changes made while profiling with py-spy 0.4 (installed into the venv
 | `personae/llm/openai_provider.py` (core) | connection pools of 2 instead of 16 connections (httpcore polls every idle connection of a pool on each request and response) | 2.2 → 1.3–1.5 ms per call |
 | `personae/llm/openai_provider.py` (core) | the SDK's aiohttp transport (`openai.DefaultAioHttpClient`, extra `openai[aiohttp]`) in place of the httpx pools above | whole client CPU per call at C = 64: 3.9 → 3.4 ms (mean of 3 runs each); C = 256: 4.1 → 3.7 ms |
 | `personae/llm/openai_provider.py` (core) | completion bodies read as plain JSON (`client.post(..., cast_to=object)`) with personae's own shape checks, instead of the SDK building a `ChatCompletion` model | provider CPU per call at 64 in flight 1.65–1.80 → 1.29–1.47 ms (2 runs each) |
+| `personae/graphs/runner.py` ([graphs]) | while a batch runs, the cyclic garbage collector's young-generation threshold is 50,000 instead of 700 (`simulate_batch(gc_threshold=...)`, restored afterwards): hundreds of live conversations allocate fast, and the collector's passes took about a third of the event loop's CPU | C = 64 efficiency 0.66–0.69 → 0.82–0.85, C = 256 0.19–0.25 → 0.31–0.39 (3 runs each way, same session) |
 | `personae/nodes/state.py` ([graphs]) | transcript, participants and scenario as LangGraph `DeltaChannel`s: checkpoints store each step's writes, not the whole state | checkpoint bytes for a 10-turn dyad 134 → 48 KB (personas of a few hundred bytes; the saving grows with persona size and conversation length); CPU unchanged |
 | `personae/graphs/prebuilt.py` ([graphs]) | a turn's bookkeeping (memory write, termination, next-speaker choice) fused into one LangGraph step with `fuse_nodes`: a dyad turn without critic is 1 step instead of 3, with critic 3 instead of 4 | with the SQLite checkpointer 6.8–8.9 → 3.3–4.2 ms CPU per turn and 1.8 → 0.8 MB written per 10-turn conversation; without it 1.4–2.6 → 1.1–1.5 ms (4 runs each, same session); C = 64 / 256 efficiency 0.58 / 0.14 → 0.61 / 0.20 (one run each) |
 | `personae/prompts/__init__.py` (core) | render from the environment's compiled-template cache with `auto_reload=False` instead of re-reading the template file and stat()-ing it on every render | ≈ 10 % of a turn's CPU |
