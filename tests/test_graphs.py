@@ -405,5 +405,14 @@ def test_fewer_gc_passes_never_lowers_a_users_setting_nor_undoes_a_later_one():
             assert gc.get_threshold()[0] == 50_000
             gc.set_threshold(1_000, *before[1:])  # changed by someone else meanwhile
         assert gc.get_threshold()[0] == 1_000  # not clobbered on the way out
+        gc.set_threshold(*before)
+        # batches running at once (a flow's shards on threads): the first to end keeps it raised
+        first, second = _fewer_gc_passes(50_000), _fewer_gc_passes(50_000)
+        first.__enter__()
+        second.__enter__()
+        first.__exit__(None, None, None)
+        assert gc.get_threshold()[0] == 50_000
+        second.__exit__(None, None, None)
+        assert gc.get_threshold() == before
     finally:
         gc.set_threshold(*before)

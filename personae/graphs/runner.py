@@ -16,6 +16,7 @@ import gc
 import logging
 import random
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -335,23 +336,45 @@ async def simulate_batch(
     )
 
 
+class _RaisedGcThreshold:
+    """Batches running at once in this process (e.g. a flow's shards on a thread pool) and what they raised.
+
+    The collector's setting is process-wide, so this bookkeeping is too: the first batch raises
+    the threshold and the last one to finish restores it, so a shard that ends early does not
+    slow down the ones still running.
+    """
+
+    lock = threading.Lock()
+    active = 0
+    raised_to: int | None = None
+    before: tuple[int, int, int] = (700, 10, 10)
+
+
 @contextlib.contextmanager
 def _fewer_gc_passes(threshold: int | None) -> Iterator[None]:
-    """Raise the collector's young-generation threshold to ``threshold`` for the block, then restore it.
+    """Raise the collector's young-generation threshold to ``threshold`` while any batch runs, then restore it.
 
-    Only ever raises it; restores only what it set, so a batch nested in another (or a user's
-    own setting made meanwhile) is not undone.
+    Only ever raises it, and restores only what it set: a user's higher setting, or one made
+    while batches run, is left alone.
     """
-    before = gc.get_threshold()
-    if threshold is None or threshold <= before[0]:
+    if threshold is None:
         yield
         return
-    gc.set_threshold(threshold, *before[1:])
+    state = _RaisedGcThreshold
+    with state.lock:
+        if state.active == 0:
+            state.before = gc.get_threshold()
+            state.raised_to = threshold if threshold > state.before[0] else None
+            if state.raised_to is not None:
+                gc.set_threshold(threshold, *state.before[1:])
+        state.active += 1
     try:
         yield
     finally:
-        if gc.get_threshold()[0] == threshold:
-            gc.set_threshold(*before)
+        with state.lock:
+            state.active -= 1
+            if state.active == 0 and state.raised_to is not None and gc.get_threshold()[0] == state.raised_to:
+                gc.set_threshold(*state.before)
 
 
 async def _forget_checkpoint(saver: Any, thread_id: str) -> None:
