@@ -140,3 +140,52 @@ async def test_a_batch_that_stops_mid_write_leaves_the_checkpoint_file_writable(
     finally:
         rerun.close()
         del half_read
+
+
+def _utterances(turns: list[int]):
+    from personae.models import Utterance
+
+    return [Utterance(speaker="p-a" if t % 2 == 0 else "p-b", turn=t, text=f"turn {t}") for t in turns]
+
+
+@pytest.mark.parametrize(
+    ("turns", "stop_reason", "checkpointed", "problem"),
+    [
+        ([], "max_turns", 0, "empty"),
+        ([0, 1, 3], "max_turns", 0, "missing [2]"),
+        ([0, 1, 1], "max_turns", 0, "not 0..2"),
+        ([0, 1], "max_turns", 3, "checkpoint already had 3"),
+        ([0, 1, 2], None, 0, "without a stop reason"),
+        ([0, 1, 2], "max_turns", 3, None),
+    ],
+)
+def test_completeness_problem_names_what_is_missing(turns, stop_reason, checkpointed, problem):
+    from personae.graphs.runner import completeness_problem
+
+    found = completeness_problem(_utterances(turns), stop_reason=stop_reason, checkpointed=checkpointed)
+    assert (found is None) if problem is None else (problem in found)
+
+
+async def test_a_graph_that_ends_without_its_turns_is_recorded_failed_never_complete(tmp_path):
+    """The write-time invariant: a finished graph whose transcript is empty is written failed with the reason."""
+    from langgraph.graph import END, START, StateGraph
+
+    from personae.graphs import GraphConfig, make_jobs
+    from personae.graphs.runner import run_conversation
+    from personae.llm import Gateway
+    from personae.llm.testing import FakeLLM
+    from personae.models import Persona, Role, Scenario
+    from personae.nodes.state import DialogueState
+
+    async def ends_at_once(state: DialogueState) -> dict:
+        return {"next_speaker": None}
+
+    builder = StateGraph(DialogueState)
+    builder.add_node("noop", ends_at_once)
+    builder.add_edge(START, "noop")
+    builder.add_edge("noop", END)
+    scenario = Scenario(name="S", roles=[Role(name="a", goal="x"), Role(name="b", goal="y")])
+    [job] = make_jobs([Persona(name="Ann"), Persona(name="Bob")], [scenario], GraphConfig(), n_conversations=1, seed=1)
+    conversation = await run_conversation(job, gateway=Gateway(FakeLLM()), graph=builder.compile())
+    assert conversation.status.value == "failed"
+    assert conversation.error.startswith("IncompleteConversation: the transcript is empty")

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from personae.embeddings.base import Embedder
 from personae.errors import BudgetExceeded, ConfigError, ModelCallError, PersonaeError
-from personae.graphs.checkpoint import sqlite_checkpointer
+from personae.graphs.checkpoint import checkpointed_threads, sqlite_checkpointer
 from personae.graphs.config import GraphConfig, validate_conversation
 from personae.graphs.prebuilt import build_graph, recursion_limit
 from personae.ids import stable_id
@@ -45,6 +45,7 @@ __all__ = [
     "run_conversation",
     "simulate_batch",
     "conversation_metrics",
+    "completeness_problem",
     "latest_conversations",
 ]
 
@@ -160,8 +161,36 @@ def conversation_metrics(utterances: Sequence[Utterance]) -> dict[str, float]:
     }
 
 
-def _conversation(job: ConversationJob, values: dict[str, Any], *, error: str | None = None) -> Conversation:
+def completeness_problem(utterances: Sequence[Utterance], *, stop_reason: str | None, checkpointed: int = 0) -> str | None:
+    """Why a transcript cannot be a finished conversation, or ``None`` when it can.
+
+    A conversation is written ``complete`` only if its transcript is non-empty, its turns
+    are numbered 0, 1, 2, ... without a gap or a repeat, it holds at least the
+    ``checkpointed`` utterances its checkpoint already had when the run (or resume)
+    started, and its graph ended through a decision to stop (``stop_reason``: every graph
+    ends through a termination node or the interview's last question). Anything else
+    means turns were lost on the way (a misread checkpoint, a bad resume), and recording
+    that as success would be data loss recorded as success.
+    """
+    if not utterances:
+        return "the transcript is empty"
+    turns = [u.turn for u in utterances]
+    if turns != list(range(len(turns))):
+        gaps = sorted(set(range(max(turns) + 1)) - set(turns))
+        return f"its turn numbers are not 0..{len(turns) - 1} in order (missing {gaps[:10]}, got {turns[:20]})"
+    if len(utterances) < checkpointed:
+        return f"it holds {len(utterances)} utterances but its checkpoint already had {checkpointed}"
+    if not stop_reason:
+        return f"its graph ended after {len(utterances)} turns without a stop reason"
+    return None
+
+
+def _conversation(job: ConversationJob, values: dict[str, Any], *, error: str | None = None, checkpointed: int = 0) -> Conversation:
     utterances = [Utterance.model_validate(u) for u in values.get("transcript") or []]
+    problem = None if error is not None else completeness_problem(utterances, stop_reason=values.get("stop_reason"), checkpointed=checkpointed)
+    if problem is not None:
+        log.error("conversation %s finished but cannot be written complete: %s; it is recorded failed and its checkpoint kept", job.id, problem)
+        error = f"IncompleteConversation: {problem} (its checkpoint is kept; rerun with retry_failed to redo it)"
     metadata: dict[str, Any] = {
         "graph": job.graph.kind,
         "projection": job.graph.projection,
@@ -215,13 +244,16 @@ async def run_conversation(
     persistent = getattr(graph, "checkpointer", None) is not None
     config = {"configurable": {"thread_id": job.id}, "recursion_limit": recursion_limit(job.graph, job.scenario.max_turns)}
     context = RunContext(conversation_id=job.id, seed=job.seed)
+    checkpointed = 0
     try:
         snapshot = await graph.aget_state(config) if persistent else None
-        if snapshot is not None and snapshot.values and not snapshot.next:
-            log.debug("%s already finished in the checkpoint", job.id)
-            return _conversation(job, dict(snapshot.values))
         if snapshot is not None and snapshot.values:
-            log.info("resuming %s at %d turns (next: %s)", job.id, len(snapshot.values.get("transcript") or []), snapshot.next)
+            checkpointed = len(snapshot.values.get("transcript") or [])
+        if snapshot is not None and _finished(snapshot):
+            log.debug("%s already finished in the checkpoint", job.id)
+            return _conversation(job, dict(snapshot.values), checkpointed=checkpointed)
+        if snapshot is not None and snapshot.values:
+            log.info("resuming %s at %d turns (next: %s)", job.id, checkpointed, [t.name for t in snapshot.tasks])
             payload = None
         else:
             payload = job_state(job, memory_base=await _memory_base(job, memory))
@@ -238,7 +270,20 @@ async def run_conversation(
             except Exception as state_exc:  # the checkpointer itself may be what failed
                 log.warning("could not read the partial state of %s: %s", job.id, state_exc)
         return _conversation(job, partial, error=f"{type(exc).__name__}: {exc}")
-    return _conversation(job, dict(values))
+    return _conversation(job, dict(values), checkpointed=checkpointed)
+
+
+def _finished(snapshot: Any) -> bool:
+    """Whether a checkpointed conversation has reached the end of its graph.
+
+    A finished thread's latest checkpoint has values and no task left in its step.
+    ``StateSnapshot.next`` alone misleads: it lists only tasks that still have to run, so
+    a process killed after every task of a step saved its writes but before LangGraph
+    wrote the next checkpoint leaves ``next == ()`` mid-conversation (even before the
+    first turn). Those finished tasks are still in ``snapshot.tasks``, and resuming
+    applies their writes and goes on.
+    """
+    return bool(snapshot.values) and not snapshot.tasks
 
 
 async def _memory_base(job: ConversationJob, memory: Any) -> dict[str, int] | None:
@@ -249,18 +294,11 @@ async def _memory_base(job: ConversationJob, memory: Any) -> dict[str, int] | No
     return await memory_bases(memory, job.participants)
 
 
-def _done_ids(out_path: Path, *, retry_failed: bool) -> set[str]:
+def _recorded_status(out_path: Path) -> dict[str, str]:
+    """Id → status of the latest record of each conversation in a batch output file."""
     if not out_path.exists():
-        return set()
-    done: set[str] = set()
-    for _, record in read_jsonl_dicts(out_path):
-        if "id" not in record:
-            continue
-        if record.get("status") == ConversationStatus.FAILED.value and retry_failed:
-            done.discard(record["id"])
-        else:
-            done.add(record["id"])
-    return done
+        return {}
+    return {record["id"]: record.get("status") for _, record in read_jsonl_dicts(out_path) if "id" in record}
 
 
 def latest_conversations(path: str | Path) -> list[Conversation]:
@@ -320,16 +358,22 @@ async def simulate_batch(
     ids = [j.id for j in jobs]
     if len(set(ids)) != len(ids):
         raise ConfigError("job ids must be unique", field="jobs", got=len(ids) - len(set(ids)))
-    done = _done_ids(out_path, retry_failed=retry_failed)
+    recorded = _recorded_status(out_path)
+    complete = {i for i, status in recorded.items() if status == ConversationStatus.COMPLETE.value}
+    done = complete if retry_failed else set(recorded)
     todo = [j for j in jobs if j.id not in done]
     counts = {"completed": 0, "failed": 0}
-    if todo:
-        with _fewer_gc_passes(gc_threshold):
-            if checkpoint_path is None:
-                await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
-            else:
-                async with sqlite_checkpointer(checkpoint_path) as saver:
+    if checkpoint_path is not None and (todo or Path(checkpoint_path).exists()):
+        async with sqlite_checkpointer(checkpoint_path) as saver:
+            for thread_id in await checkpointed_threads(saver) & complete & set(ids):
+                # written out, then killed before its checkpoint was deleted
+                await _forget_checkpoint(saver, thread_id)
+            if todo:
+                with _fewer_gc_passes(gc_threshold):
                     await _run_all(todo, saver, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
+    elif todo:
+        with _fewer_gc_passes(gc_threshold):
+            await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
     return BatchResult(
         total=len(jobs), completed=counts["completed"], failed=counts["failed"],
         skipped=len(jobs) - len(todo), wall_s=time.perf_counter() - started,
