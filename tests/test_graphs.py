@@ -216,6 +216,30 @@ async def test_budget_exceeded_stops_the_batch(tmp_path):
         await simulate_batch(jobs, gateway=gateway, out_path=tmp_path / "c.jsonl", checkpoint_path=None, concurrency=1)
 
 
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [("You are {{ persona.name }}.\n{{ persona.nickname.first }}\n", "persona_system.j2:2: cannot render"),
+     ("You are {{ persona.name }}.\n{% if scenario %}\n", "persona_system.j2:2: prompt template 'persona_system' is not valid Jinja2")],
+)
+async def test_a_broken_prompt_template_stops_the_batch_with_its_file_and_writes_no_failed_records(tmp_path, template, problem):
+    from personae.errors import ConfigError
+    from personae.prompts import PromptSet
+
+    overrides = tmp_path / "prompts"
+    overrides.mkdir()
+    (overrides / "persona_system.j2").write_text(template)
+    jobs = make_jobs(PERSONAS, [SCENARIO], _plain(), n_conversations=30, seed=0)
+    out = tmp_path / "c.jsonl"
+    llm = FakeLLM()
+    with pytest.raises(ConfigError) as caught:
+        await simulate_batch(jobs, gateway=Gateway(llm), out_path=out, checkpoint_path=tmp_path / "ckpt.sqlite",
+                             prompts=PromptSet(overrides), concurrency=4)
+    assert problem in str(caught.value) and str(overrides / "persona_system.j2") in str(caught.value)
+    assert "endpoint" not in str(caught.value)
+    assert not out.exists() or out.read_text() == ""  # no "failed" conversation records
+    assert llm.calls == 0  # the first conversation to render the template stopped the batch
+
+
 async def test_build_graph_dispatches_on_kind():
     gateway = Gateway(FakeLLM())
     assert build_graph(GraphConfig(), gateway=gateway).name == "dyad"

@@ -185,12 +185,15 @@ def completeness_problem(utterances: Sequence[Utterance], *, stop_reason: str | 
     return None
 
 
-def _conversation(job: ConversationJob, values: dict[str, Any], *, error: str | None = None, checkpointed: int = 0) -> Conversation:
+def _conversation(
+    job: ConversationJob, values: dict[str, Any], *, error: str | None = None, error_type: str | None = None, checkpointed: int = 0,
+) -> Conversation:
     utterances = [Utterance.model_validate(u) for u in values.get("transcript") or []]
     problem = None if error is not None else completeness_problem(utterances, stop_reason=values.get("stop_reason"), checkpointed=checkpointed)
     if problem is not None:
         log.error("conversation %s finished but cannot be written complete: %s; it is recorded failed and its checkpoint kept", job.id, problem)
         error = f"IncompleteConversation: {problem} (its checkpoint is kept; rerun with retry_failed to redo it)"
+        error_type = "IncompleteConversation"
     metadata: dict[str, Any] = {
         "graph": job.graph.kind,
         "projection": job.graph.projection,
@@ -201,6 +204,8 @@ def _conversation(job: ConversationJob, values: dict[str, Any], *, error: str | 
     for key in ("qa", "extracted", "extract_error"):
         if key in values:
             metadata[key] = values[key]
+    if error_type is not None:
+        metadata["error_type"] = error_type
     conversation = Conversation(
         id=job.id, scenario=job.scenario, participants=job.participants, utterances=utterances,
         metrics=conversation_metrics(utterances), metadata=metadata,
@@ -231,10 +236,12 @@ async def run_conversation(
 
     With a checkpointer (given, or the one ``graph`` was compiled with) the run is
     resumable: a thread already holding a half-done conversation continues from its
-    last step, a finished one is returned as is. :class:`BudgetExceeded` propagates
-    (the batch must stop); other personae errors (a model failing for good, an
-    unusable reply) and running past the step limit mark the conversation failed;
-    anything else is a bug and propagates.
+    last step, a finished one is returned as is. :class:`BudgetExceeded` and
+    :class:`ConfigError` (e.g. a broken prompt template: every conversation would fail
+    the same way) propagate, since the batch must stop; other personae errors (a model
+    failing for good, an unusable reply) and running past the step limit mark the
+    conversation failed, with the error's type in ``metadata["error_type"]``; anything
+    else is a bug and propagates.
     """
     if graph is None:
         graph = build_graph(
@@ -259,7 +266,7 @@ async def run_conversation(
             payload = job_state(job, memory_base=await _memory_base(job, memory))
         options = {"durability": job.graph.durability} if persistent else {}
         values = await graph.ainvoke(payload, config, context=context, **options)
-    except BudgetExceeded:
+    except (BudgetExceeded, ConfigError):
         raise
     except (PersonaeError, GraphRecursionError) as exc:  # recorded with its error; the batch goes on
         log.warning("conversation %s failed: %s: %s", job.id, type(exc).__name__, exc)
@@ -269,7 +276,7 @@ async def run_conversation(
                 partial = dict((await graph.aget_state(config)).values)
             except Exception as state_exc:  # the checkpointer itself may be what failed
                 log.warning("could not read the partial state of %s: %s", job.id, state_exc)
-        return _conversation(job, partial, error=f"{type(exc).__name__}: {exc}")
+        return _conversation(job, partial, error=f"{type(exc).__name__}: {exc}", error_type=type(exc).__name__)
     return _conversation(job, dict(values), checkpointed=checkpointed)
 
 
@@ -450,8 +457,9 @@ async def _run_all(
 ) -> None:
     graphs: dict[str, Any] = {}
     limit = asyncio.Semaphore(concurrency)
-    # failed conversations since a model call last succeeded: finished order favours failures
-    # (they end early), so a streak only counts while the model answers nothing at all
+    # conversations failed by a model call (ModelCallError) since a call last succeeded: finished
+    # order favours failures (they end early), so a streak only counts while the model answers
+    # nothing at all, and other failures (an unusable reply, the step limit) never count
     streak, answered = 0, gateway.usage.total().calls
 
     def graph_for(job: ConversationJob) -> Any:
@@ -475,7 +483,10 @@ async def _run_all(
             on_done(conversation)
         nonlocal streak, answered
         calls = gateway.usage.total().calls
-        streak = 0 if ok else (1 if calls > answered else streak + 1)
+        if ok or conversation.metadata.get("error_type") != ModelCallError.__name__:
+            streak = 0
+        else:
+            streak = 1 if calls > answered else streak + 1
         answered = calls
         if max_consecutive_failures is not None and streak >= max_consecutive_failures:
             raise ModelCallError(

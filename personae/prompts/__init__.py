@@ -13,9 +13,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jinja2 import StrictUndefined, TemplateNotFound
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
 from jinja2.sandbox import SandboxedEnvironment
-from jinja2 import FileSystemLoader
 
 from personae.errors import ConfigError
 from personae.ids import content_hash
@@ -71,10 +70,28 @@ class PromptSet:
             template = self._env.get_template(f"{name}.j2")
         except TemplateNotFound:
             raise self._not_found(name) from None
+        except TemplateSyntaxError as exc:
+            raise ConfigError(
+                f"prompt template {name!r} is not valid Jinja2: {exc.message}", file=exc.filename, line=exc.lineno,
+                field=name, expected="a template that parses (see personae/prompts/*.j2)",
+            ) from None
         try:
             return template.render(**values).strip()
         except Exception as exc:  # jinja's UndefinedError and friends
-            raise ConfigError(f"cannot render prompt {name!r}: {exc}", field=name) from None
+            raise ConfigError(
+                f"cannot render prompt template {name!r}: {exc}", file=template.filename, line=_template_line(exc, template.filename),
+                field=name, expected=f"only the values this template is given: {sorted(values)}",
+            ) from None
+
+
+def _template_line(exc: BaseException, filename: str | None) -> int | None:
+    """The line of the template where rendering failed (Jinja compiles templates to Python whose frames keep the template's file name and line)."""
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if filename and tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
 
 
 def _tojson_pretty(value: Any) -> str:
