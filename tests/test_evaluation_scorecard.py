@@ -106,7 +106,7 @@ def test_cli_evaluate_standalone(tmp_path, cli_env):
     result = CliRunner().invoke(cli_env, ["evaluate", str(convs), "--personas", str(personas), "--out", str(out), "--judged",
                                           "--compare", str(other)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert "echo excess" in result.output and "PersonaScore" in result.output and "echo_excess" in result.output
+    assert "echo rate" in result.output and "PersonaScore" in result.output and "echo_excess" in result.output
     data = json.loads((out / "scorecard.json").read_text())
     assert data["metrics"]["transcript.n_conversations"] == 4.0
     assert "judged.persona_score" in data["metrics"] and "compare.echo_excess.diff" in data["metrics"]

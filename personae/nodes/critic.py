@@ -43,6 +43,7 @@ __all__ = [
     "CriticConfig",
     "CriticJudgement",
     "cheap_issues",
+    "role_confusion_issues",
     "make_critic_node",
     "route_after_critic",
 ]
@@ -97,7 +98,8 @@ class CriticJudgement(BaseModel):
         return self.in_character and self.role_consistent and self.follows_constraints
 
 
-def _role_confusion(text: str, speaker: Participant, participants: Sequence[Participant]) -> list[str]:
+def role_confusion_issues(text: str, speaker: Participant, participants: Sequence[Participant]) -> list[str]:
+    """Lines ``text`` writes for another participant ("Carmen Ortega (customer): ...") and claims to be another role."""
     labels = speaker_labels(participants)
     found: list[str] = []
     for other in participants:
@@ -143,7 +145,7 @@ async def cheap_issues(
             who = labels.get(recent[best].speaker, recent[best].speaker)
             issues.append({"code": "echo", "detail": who, "similarity": f"{similarity[best]:.3f}"})
     if config.role_confusion:
-        issues += [{"code": "role_confusion", "detail": d} for d in _role_confusion(text, speaker, participants)]
+        issues += [{"code": "role_confusion", "detail": d} for d in role_confusion_issues(text, speaker, participants)]
     for rule in config.rules:
         hit = re.search(rule.pattern, text, re.IGNORECASE) is not None
         if hit == (rule.kind == "forbid"):
