@@ -296,7 +296,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         data["evaluation"] = {**evaluation, "judged": {**judged, "environments": _resolve(base, judged["environments"])}}
     experiment = validate_data(Experiment, data, file=path, what="experiment")
     if experiment.personas_file is not None and not experiment.personas_file.is_file():
-        raise ConfigError("personas file not found", file=str(path), field="personas_file", expected="an existing personas.jsonl", got=str(experiment.personas_file))
+        raise ConfigError("the personas file is a directory" if experiment.personas_file.is_dir() else "personas file not found", file=str(path), field="personas_file", expected="an existing personas.jsonl", got=str(experiment.personas_file))
     experiment._source = path
     return experiment
 

@@ -20,7 +20,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from personae.errors import ConfigError
-from personae.validation import describe_validation_error
+from personae.validation import describe_validation_error, read_input_file
 
 __all__ = ["append_jsonl", "write_jsonl", "read_jsonl", "iter_jsonl", "read_jsonl_dicts"]
 
@@ -120,10 +120,7 @@ def _umask() -> int:
 def read_jsonl_dicts(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for each record; a bad line raises :class:`ConfigError`."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=str(path)) from None
+    raw = read_input_file(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

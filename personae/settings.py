@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from personae.errors import ConfigError
+from personae.paths import require_writable
 from personae.validation import describe_validation_error, load_data_file, validate_data
 
 __all__ = ["Settings"]
@@ -105,6 +106,14 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
+
+    def check_data_dir(self) -> Path:
+        """The data dir, if personae can create and write files there; :class:`ConfigError` otherwise.
+
+        Commands call it before any work starts, so a data dir that is a file or sits on a
+        place the process cannot write fails at once, not after model calls were spent.
+        """
+        return require_writable(self.root, kind="dir", field="data_dir (PERSONAE_DATA_DIR, the settings file, an experiment's data_dir or --data-dir)")
 
     def run_dir(self, name: str) -> Path:
         """Output directory of one experiment run."""

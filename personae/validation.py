@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from personae.errors import ConfigError
 
-__all__ = ["describe_validation_error", "load_data_file", "load_model_file", "validate_data"]
+__all__ = ["describe_validation_error", "load_data_file", "load_model_file", "read_input_file", "validate_data"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -86,17 +87,31 @@ class _BoundedLoader(yaml.SafeLoader):
                 self._count(child, stack)
 
 
+def read_input_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> bytes:
+    """The bytes of an input file, or a :class:`ConfigError` naming it: missing, a directory,
+    a broken symlink or symlink loop, unreadable, or larger than ``max_bytes``."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        problem = "is a broken symlink" if path.is_symlink() else "file not found"
+        raise ConfigError(problem, file=str(path)) from None
+    except OSError as exc:  # a symlink loop, a path below a regular file, no permission
+        raise ConfigError(f"cannot read the file ({exc.strerror})", file=str(path)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError("is a directory, expected a file", file=str(path))
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise ConfigError("file too large", file=str(path), expected=f"at most {max_bytes} bytes", got=info.st_size)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file ({exc.strerror})", file=str(path)) from None
+
+
 def load_data_file(path: str | os.PathLike) -> Any:
     """Read a YAML or JSON file (by extension; YAML otherwise) with clear errors."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError("file not found", file=str(path))
-    if path.is_dir():
-        raise ConfigError("is a directory, expected a file", file=str(path))
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ConfigError("file too large", file=str(path), expected=f"at most {MAX_FILE_BYTES} bytes", got=size)
-    raw = path.read_bytes()
+    raw = read_input_file(path, max_bytes=MAX_FILE_BYTES)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from personae.paths import require_writable
 from personae.settings import Settings
 
 __all__ = ["CheckResult", "run_checks", "register"]
@@ -180,7 +181,7 @@ def check_mlflow(settings: Settings) -> CheckResult:
             db = Path(uri[len("sqlite:///") :])
             if db.exists():
                 return f"{_search_experiments(uri)} experiment(s)"
-            _require_writable(db)
+            require_writable(db, kind="file")
             with tempfile.TemporaryDirectory(prefix="personae-doctor-") as tmp, _quiet("mlflow", "alembic"):
                 _search_experiments(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
             return "store not created yet (made on first run); SQLite backend works"
@@ -200,36 +201,26 @@ def check_prefect(settings: Settings) -> CheckResult:
     return result if result.failed else result.model_copy(update={"status": "info"})
 
 
-def check_path(part: str, path: Path, *, enabled: bool = True) -> CheckResult:
-    """Whether a store file exists or can be created where settings put it."""
+def check_path(part: str, path: Path, *, kind: Literal["file", "dir"] = "file", enabled: bool = True) -> CheckResult:
+    """Whether a store file (or the data dir) exists or can be created where settings put it."""
     if not enabled:
         return CheckResult(part=part, in_use=str(path), status="info", detail="disabled")
 
     def probe() -> str:
-        if path.exists():
-            if not os.access(path, os.W_OK):
-                raise PermissionError(f"{path} is not writable")
-            return f"exists ({path.stat().st_size / 1e6:.1f} MB)" if path.is_file() else "exists"
-        _require_writable(path)
-        return "not created yet (writable)"
+        existed = path.exists()
+        require_writable(path, kind=kind)
+        if not existed:
+            return "not created yet (writable)"
+        return f"exists ({path.stat().st_size / 1e6:.1f} MB)" if path.is_file() else "exists (writable)"
 
     return _attempt(part, str(path), probe)
-
-
-def _require_writable(path: Path) -> None:
-    """Raise unless ``path`` could be created: its nearest existing ancestor is a writable dir."""
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
-        raise PermissionError(f"cannot create {path}: {ancestor} is not a writable directory")
 
 
 def run_checks(settings: Settings, *, skip_model: bool = False, model_timeout_s: float = 120.0) -> list[CheckResult]:
     """Every doctor check, in display order."""
     public = settings.public_dict()
     return [
-        check_path("data dir", settings.root),
+        check_path("data dir", settings.root, kind="dir"),
         check_model(settings, public, skip=skip_model, timeout_s=model_timeout_s),
         check_embedder(settings),
         check_qdrant(settings),

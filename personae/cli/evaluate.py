@@ -51,6 +51,7 @@ async def _evaluate(
     from personae.jsonl import read_jsonl
     from personae.llm import build_gateway
     from personae.models import Conversation, Persona
+    from personae.paths import require_writable
     from personae.settings import Settings
     from personae.validation import load_data_file, load_model_file
 
@@ -68,6 +69,8 @@ async def _evaluate(
         if not isinstance(report, dict):
             raise ConfigError("expected a JSON object", file=str(population_report_path), got=type(report).__name__)
     out = out or settings.run_dir(f"evaluate-{conversations_path.stem}-{content_hash(str(conversations_path.resolve()), length=8)}")
+    settings.check_data_dir()
+    require_writable(out, kind="dir", field="--out")
 
     embedder = build_embedder(settings)
     comparison = None

@@ -126,6 +126,7 @@ def register(app: typer.Typer) -> None:
         stages = check_stages(stage)
         console = Console(stderr=True)
         settings = settings_for(loaded, **({"data_dir": str(data_dir)} if data_dir else {}))
+        settings.check_data_dir()  # before Prefect, MLflow or any model call
         with _maybe_server(loaded, settings, console), _progress(console) as progress:
             result = pipeline_flow(
                 experiment=str(loaded.source), stages=stages, track=not no_track,

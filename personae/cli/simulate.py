@@ -69,6 +69,7 @@ async def _simulate(
     from personae.jsonl import read_jsonl
     from personae.llm import build_gateway
     from personae.models import Persona
+    from personae.paths import require_writable
     from personae.settings import Settings
     from personae.validation import load_data_file, validate_data
 
@@ -92,6 +93,10 @@ async def _simulate(
     jobs = make_jobs(people, scenarios, graph, n_conversations=n, seed=seed)
     out = out or settings.run_dir(f"simulate-{graph.kind}-{content_hash([seed, n, graph.model_dump(mode='json')], length=8)}") / "conversations.jsonl"
     checkpoint_path = None if no_checkpoint else (checkpoint or settings.checkpoint_path)
+    settings.check_data_dir()  # every output place, before a store is opened or a model called
+    require_writable(out, kind="file", field="--out")
+    if checkpoint_path is not None:
+        require_writable(checkpoint_path, kind="file", field="--checkpoint")
 
     embedder = build_embedder(settings)
     gateway = build_gateway(settings)
