@@ -311,7 +311,7 @@ def check_inputs(experiment: Experiment) -> None:
     from personae.models import Persona
 
     if experiment.personas_file is not None:
-        if sum(1 for _ in iter_jsonl(experiment.personas_file, Persona)) == 0:
+        if sum(1 for _ in iter_jsonl(experiment.personas_file, Persona, unique="id")) == 0:
             raise ConfigError("the personas file is empty", file=str(experiment.personas_file), field="personas_file", expected="at least one persona")
     if experiment.population is not None:
         from personae.population import plan_population

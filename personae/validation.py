@@ -60,15 +60,35 @@ def validate_data(model: type[M], data: Any, *, file: str | os.PathLike | None =
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """Safe YAML loader that refuses alias bombs (billion laughs)."""
+    """Safe YAML loader that refuses alias bombs (billion laughs) and duplicate mapping keys.
+
+    A repeated key is an error (YAML requires unique keys; PyYAML would keep the last
+    value without a word). Keys brought in by a merge (``<<: *base``) may be overridden.
+    """
 
     def __init__(self, stream):
         super().__init__(stream)
         self._nodes = 0
+        self._checked: set[int] = set()
 
-    def construct_document(self, node):  # count expanded nodes, aliases included
+    def construct_document(self, node):  # count expanded nodes, aliases included; check keys
         self._count(node, set())
         return super().construct_document(node)
+
+    def _reject_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        if id(node) in self._checked:
+            return
+        self._checked.add(id(node))
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line + 1
 
     def _count(self, node, stack):
         self._nodes += 1
@@ -80,6 +100,7 @@ class _BoundedLoader(yaml.SafeLoader):
         if isinstance(node, yaml.SequenceNode):
             children = node.value
         elif isinstance(node, yaml.MappingNode):
+            self._reject_duplicate_keys(node)
             children = [x for kv in node.value for x in kv]
         if children:
             stack = stack | {id(node)}
@@ -121,9 +142,11 @@ def load_data_file(path: str | os.PathLike) -> Any:
         raise ConfigError("file is empty", file=str(path), expected="a YAML or JSON document")
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"invalid JSON: {exc.msg}", file=str(path), line=exc.lineno) from None
+        except _DuplicateKey as exc:
+            raise ConfigError(f"duplicate key {exc.key!r} in a JSON object", file=str(path), field=exc.key, expected="each key once per object") from None
     try:
         return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -131,6 +154,22 @@ def load_data_file(path: str | os.PathLike) -> Any:
         line = None if mark is None else mark.line + 1
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"invalid YAML: {problem}", file=str(path), line=line) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object from its pairs, refusing a repeated key (``json`` keeps the last one)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
 
 
 def load_model_file(path: str | os.PathLike, model: type[M], *, what: str | None = None) -> M:

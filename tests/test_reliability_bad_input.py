@@ -243,6 +243,22 @@ def _cases() -> list[Case]:
         _gen("generate-data-dir-below-a-file", _yaml({"size": 5}), "population.yaml/data", ("data_dir", "not a directory"), env={"PERSONAE_DATA_DIR": "population.yaml/data"}),
         _eval("evaluate-out-is-a-file", "conversations.jsonl", ("--out", "not a directory"), conversations=_jsonl([_conversation()]), out="conversations.jsonl"),
         _run("personas.jsonl", {exp: _yaml(_experiment(data_dir="personas.jsonl"))}, ("data_dir", "not a directory"), "exp-data-dir-is-a-file"),
+        # ---- silently resolved before: a key given twice, a persona id given twice ---------
+        _run(exp, {exp: _yaml(_experiment()) + "seed: 2\n"}, ("duplicate key 'seed'", "first at line 2", r"re:experiment\.yaml:\d+:"), "exp-duplicate-key"),
+        _run("experiment.json", {"experiment.json": json.dumps(_experiment())[:-1] + ', "seed": 2}'}, ("duplicate key 'seed'",), "exp-json-duplicate-key", args=("experiment.json",)),
+        _run("personas.jsonl", {exp: _yaml(_experiment()), "personas.jsonl": _jsonl([*PERSONAS, PERSONAS[0]])}, ("duplicate id", "personas.jsonl:3", "line 1"), "exp-personas-file-duplicate-id"),
+        _sim("scenario-duplicate-key", "scenario.yaml", ("duplicate key 'max_turns'", r"re:scenario\.yaml:\d+:"), scenario=_yaml(SCENARIO) + "max_turns: 6\n"),
+        _sim("graph-config-duplicate-key", "graph.yaml", ("duplicate key 'kind'", "graph.yaml:2:"), config="kind: dyad\nkind: group\n"),
+        _sim("persona-duplicate-id", "personas.jsonl", ("duplicate id", "personas.jsonl:2", "line 1", "p-1"),
+             personas=_jsonl([{**PERSONAS[0], "id": "p-1"}, {**PERSONAS[1], "id": "p-1"}])),
+        _sim("persona-repeated-line", "personas.jsonl", ("duplicate id", "personas.jsonl:3", "line 1"), personas=_jsonl([*PERSONAS, PERSONAS[0]])),
+        _replace_files(_sim("settings-file-duplicate-key", "settings.yaml", ("duplicate key 'llm_max_concurrency'", "settings.yaml:2:"), env={"PERSONAE_CONFIG": "settings.yaml"}),
+                       {"settings.yaml": "llm_max_concurrency: 3\nllm_max_concurrency: 4\n"}),
+        _gen("pop-duplicate-key", "size: 5\nseed: 1\nsize: 6\n", "population.yaml", ("duplicate key 'size'", "population.yaml:3:", "first at line 1")),
+        _gen("taxonomy-duplicate-key", _yaml({"size": 5, "taxonomy": "taxonomy.yaml"}), "taxonomy.yaml", ("duplicate key 'pastime'", "taxonomy.yaml:4:"),
+             taxonomy="attributes:\n  hobbies:\n    pastime: [chess]\n    pastime: [go]\n"),
+        _eval("evaluation-config-duplicate-key", "evaluation.yaml", ("duplicate key 'judged'",), conversations=_jsonl([_conversation()]),
+              config="judged: {enabled: false}\njudged: {enabled: true}\n"),
     ]
     for case in cases:
         if case.id == "settings-file-unknown-key":

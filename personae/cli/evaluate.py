@@ -61,7 +61,7 @@ async def _evaluate(
     if judged:
         config = config.model_copy(update={"judged": config.judged.model_copy(update={"enabled": True})})
     conversations = _read_conversations(conversations_path, read_jsonl, Conversation)
-    personas = read_jsonl(personas_path, Persona) if personas_path else []
+    personas = read_jsonl(personas_path, Persona, unique="id") if personas_path else []
     other = _read_conversations(compare_path, read_jsonl, Conversation) if compare_path else None
     report = None
     if population_report_path is not None:

@@ -75,7 +75,7 @@ async def _simulate(
 
     console = Console(stderr=True)
     settings = Settings.load()
-    people = read_jsonl(personas_path, Persona)
+    people = read_jsonl(personas_path, Persona, unique="id")
     if not people:
         raise ConfigError("no personas in the file", file=str(personas_path), expected="at least one Persona per line")
     scenarios = load_scenarios(scenario_path)

@@ -75,10 +75,16 @@ class BatchResult(BaseModel):
 
 
 def _unique(personas: Sequence[Persona]) -> list[Persona]:
-    seen: dict[str, Persona] = {}
-    for p in personas:
-        seen.setdefault(p.id, p)
-    return list(seen.values())
+    """``personas`` as a list; two with the same id are an error, never silently one of them."""
+    seen: dict[str, int] = {}
+    for index, p in enumerate(personas):
+        first = seen.setdefault(p.id, index)
+        if first != index:
+            raise ConfigError(
+                f"personas #{first} and #{index} have the same id", field="personas", got=p.id,
+                expected="one persona per id (an id derived from the content repeats when a persona is repeated)",
+            )
+    return list(personas)
 
 
 def _cast(graph: GraphConfig, scenario: Scenario, personas: list[Persona], index: int, rng: random.Random) -> list[Participant]:
