@@ -65,7 +65,8 @@ def check_model(settings: Settings, public: dict[str, Any], *, skip: bool, timeo
         return CheckResult(part="model", in_use=_model_label(public), status="FAIL", detail=f"{type(exc).__name__}: {exc}")
     in_use = f"{provider.provider}:{provider.model}"
     if public.get("llm_base_url"):
-        in_use += f" @ {public['llm_base_url']} (api key {public.get('llm_api_key') or 'not set'})"
+        in_use += (f" @ {public['llm_base_url']} (api key {public.get('llm_api_key') or 'not set'}; "
+                   f"timeout {settings.llm_timeout_s:g}s per call, PERSONAE_LLM_TIMEOUT_S)")
     if skip:
         asyncio.run(provider.aclose())
         return CheckResult(part="model", in_use=in_use, status="skipped", detail="--skip-model")
@@ -74,10 +75,13 @@ def check_model(settings: Settings, public: dict[str, Any], *, skip: bool, timeo
         gateway = Gateway(provider, cache=None, max_concurrency=1, max_retries=0)
         try:
             started = time.perf_counter()
-            reply = await asyncio.wait_for(
-                gateway.text([{"role": "user", "content": "Reply with the word OK."}], temperature=0.0, max_tokens=8, seed=0),
-                timeout=timeout_s,
-            )
+            try:
+                reply = await asyncio.wait_for(
+                    gateway.text([{"role": "user", "content": "Reply with the word OK."}], temperature=0.0, max_tokens=8, seed=0),
+                    timeout=timeout_s,
+                )
+            except TimeoutError:
+                raise TimeoutError(f"no reply within {timeout_s:g}s (--timeout)") from None
             took = time.perf_counter() - started
         finally:
             await gateway.aclose()
