@@ -70,3 +70,33 @@ def test_a_passing_doctor_ends_the_script_with_exit_0(tmp_path):
     done = run_script(["doctor", "--skip-model"], tmp_path, PERSONAE_EMBEDDINGS_PROVIDER="hashing", PERSONAE_LLM_PROVIDER="fake")
     assert done.returncode == 0, done.stdout + done.stderr
     assert "all checks passed" in done.stdout
+
+
+PERSONAS = '{"name": "Ana Ruiz", "age": 34, "occupation": "nurse"}\n{"name": "Ben Okafor", "age": 51, "occupation": "plumber"}\n'
+SCENARIO = "name: refund\nroles: [{name: client, goal: get a refund}, {name: responder, goal: help}]\nmax_turns: 4\n"
+
+
+def test_simulate_exits_1_naming_how_many_failed_until_a_retry_completes_them(tmp_path):
+    import json
+    import socket
+
+    (tmp_path / "personas.jsonl").write_text(PERSONAS)
+    (tmp_path / "scenario.yaml").write_text(SCENARIO)
+    with socket.socket() as sock:  # a port nothing listens on: every model call is refused
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    argv = ["simulate", "--personas", "personas.jsonl", "--scenario", "scenario.yaml", "-n", "3", "--out", "conversations.jsonl"]
+    refused = {"PERSONAE_LLM_BASE_URL": url, "PERSONAE_LLM_MODEL": "m", "PERSONAE_LLM_MAX_RETRIES": "0", "PERSONAE_EMBEDDINGS_PROVIDER": "hashing"}
+    first = run_script(argv, tmp_path, **refused)
+    assert first.returncode == 1, first.stderr
+    assert "3 of 3 conversation(s) failed" in first.stderr and "--retry-failed" in first.stderr and "conversations.jsonl" in first.stderr
+    records = [json.loads(line) for line in (tmp_path / "conversations.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["failed"] * 3
+    assert all(f"endpoint unreachable: connection refused at {url}" in r["error"] for r in records)
+
+    working = {"PERSONAE_LLM_PROVIDER": "fake", "PERSONAE_EMBEDDINGS_PROVIDER": "hashing"}
+    skipped = run_script(argv, tmp_path, **working)  # without --retry-failed the failures stay: still not done
+    assert skipped.returncode == 1 and "(3 recorded by an earlier run)" in skipped.stderr, skipped.stderr
+    retried = run_script([*argv, "--retry-failed"], tmp_path, **working)
+    assert retried.returncode == 0, retried.stderr
+    assert "failed;" not in retried.stderr and "3 completed, 0 failed" in retried.stderr
