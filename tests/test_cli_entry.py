@@ -100,3 +100,11 @@ def test_simulate_exits_1_naming_how_many_failed_until_a_retry_completes_them(tm
     retried = run_script([*argv, "--retry-failed"], tmp_path, **working)
     assert retried.returncode == 0, retried.stderr
     assert "failed;" not in retried.stderr and "3 completed, 0 failed" in retried.stderr
+
+
+def test_help_documents_the_model_timeout_and_the_exit_codes(tmp_path):
+    root = run_script(["--help"], tmp_path)
+    assert root.returncode == 0
+    assert "PERSONAE_LLM_TIMEOUT_S" in root.stdout and "Exit codes" in root.stdout
+    simulate = run_script(["simulate", "--help"], tmp_path)
+    assert simulate.returncode == 0 and "--retry-failed" in simulate.stdout and "Exit code" in simulate.stdout

@@ -20,7 +20,11 @@ app = typer.Typer(
         "as tracked, scheduled experiments.\n\n"
         "With no model endpoint configured, personae runs on a tiny embedded local model "
         "(SmolLM2-135M): fine for trying things, not for research. Point it at a real model "
-        "with PERSONAE_LLM_BASE_URL / PERSONAE_LLM_MODEL (any OpenAI-compatible server)."
+        "with PERSONAE_LLM_BASE_URL / PERSONAE_LLM_MODEL (any OpenAI-compatible server); "
+        "PERSONAE_LLM_TIMEOUT_S (default 60) bounds each call to it, PERSONAE_LLM_MAX_RETRIES (default 5) "
+        "how often a failed call is retried. `personae doctor` checks the set-up.\n\n"
+        "Exit codes: 0 done; 1 ran, but something failed (a conversation, a doctor check); "
+        "2 bad input or usage (one error line, nothing written)."
     ),
     no_args_is_help=True,
     add_completion=False,

@@ -253,7 +253,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def doctor(
         skip_model: bool = typer.Option(False, "--skip-model", help="Do not call the model."),
-        timeout: float = typer.Option(120.0, "--timeout", min=1.0, help="Seconds to wait for the model call."),
+        timeout: float = typer.Option(120.0, "--timeout", min=1.0, help="Seconds to wait for the model call (an HTTP endpoint's call also stops at PERSONAE_LLM_TIMEOUT_S)."),
         config: Path | None = typer.Option(None, "--config", "-c", help="Settings file (default: PERSONAE_CONFIG or ./personae.yaml)."),
     ) -> None:
         """Show which model, embedder and stores personae uses, and check that each works."""
