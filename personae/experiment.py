@@ -296,7 +296,7 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         data["evaluation"] = {**evaluation, "judged": {**judged, "environments": _resolve(base, judged["environments"])}}
     experiment = validate_data(Experiment, data, file=path, what="experiment")
     if experiment.personas_file is not None and not experiment.personas_file.is_file():
-        raise ConfigError("personas file not found", file=str(path), field="personas_file", expected="an existing personas.jsonl", got=str(experiment.personas_file))
+        raise ConfigError("the personas file is a directory" if experiment.personas_file.is_dir() else "personas file not found", file=str(path), field="personas_file", expected="an existing personas.jsonl", got=str(experiment.personas_file))
     experiment._source = path
     return experiment
 
@@ -311,7 +311,7 @@ def check_inputs(experiment: Experiment) -> None:
     from personae.models import Persona
 
     if experiment.personas_file is not None:
-        if sum(1 for _ in iter_jsonl(experiment.personas_file, Persona)) == 0:
+        if sum(1 for _ in iter_jsonl(experiment.personas_file, Persona, unique="id")) == 0:
             raise ConfigError("the personas file is empty", file=str(experiment.personas_file), field="personas_file", expected="at least one persona")
     if experiment.population is not None:
         from personae.population import plan_population

@@ -4,6 +4,10 @@ Appends go through one ``os.write`` per batch on an ``O_APPEND`` descriptor unde
 exclusive ``flock``, so concurrent writers (threads or processes) never interleave.
 A write cut short by a kill leaves at most a partial last line with no newline;
 readers skip it (with a warning) and the next append truncates it first.
+
+A last line without a newline that parses as JSON is not torn: a hand-written file
+often ends that way. Readers take it as a record, and the next append adds the
+missing newline before its own lines instead of cutting it off.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from personae.errors import ConfigError
-from personae.validation import describe_validation_error
+from personae.validation import describe_validation_error, read_input_file
 
 __all__ = ["append_jsonl", "write_jsonl", "read_jsonl", "iter_jsonl", "read_jsonl_dicts"]
 
@@ -61,13 +65,13 @@ def append_jsonl(path: str | os.PathLike, records: Iterable[BaseModel | dict]) -
 
 
 def _drop_torn_tail(fd: int, path: Path) -> None:
+    """Before an append: end a complete last line that lacks its newline, or cut off a torn one."""
     size = os.fstat(fd).st_size
     if size == 0:
         return
     os.lseek(fd, size - 1, os.SEEK_SET)
     if os.read(fd, 1) == b"\n":
         return
-    # A previous writer was killed mid-line: cut back to the last complete line.
     chunk = 1 << 16
     end = size
     while end > 0:
@@ -81,8 +85,24 @@ def _drop_torn_tail(fd: int, path: Path) -> None:
         end = start
     else:
         keep = 0
+    os.lseek(fd, keep, os.SEEK_SET)
+    if _is_complete(os.read(fd, size - keep)):
+        os.write(fd, b"\n")  # O_APPEND: at the end, before the new lines
+        return
+    # A previous writer was killed mid-line: cut back to the last complete line.
     log.warning("%s: dropping a torn last line (%d bytes) left by an interrupted write", path, size - keep)
     os.ftruncate(fd, keep)
+
+
+def _is_complete(line: bytes | str) -> bool:
+    """Whether a last line without newline is a whole JSON value (written in full) rather than torn."""
+    if not line.strip():
+        return False
+    try:
+        json.loads(line)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return False
+    return True
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[BaseModel | dict]) -> int:
@@ -120,17 +140,14 @@ def _umask() -> int:
 def read_jsonl_dicts(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """Yield ``(line_number, object)`` for each record; a bad line raises :class:`ConfigError`."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError("file not found", file=str(path)) from None
+    raw = read_input_file(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError("not valid UTF-8 text", file=str(path), line=line, expected="UTF-8 encoded JSON Lines") from None
     lines = text.split("\n")
-    torn = lines and lines[-1] != ""
+    torn = bool(lines) and lines[-1] != "" and not _is_complete(lines[-1])
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -146,16 +163,31 @@ def read_jsonl_dicts(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
         yield number, obj
 
 
-def iter_jsonl(path: str | os.PathLike, model: type[M]) -> Iterator[M]:
-    """Yield each line of ``path`` validated as ``model``; errors name file, line and field."""
+def iter_jsonl(path: str | os.PathLike, model: type[M], *, unique: str | None = None) -> Iterator[M]:
+    """Yield each line of ``path`` validated as ``model``; errors name file, line and field.
+
+    With ``unique`` (a field name, e.g. ``"id"``), a record repeating an earlier record's
+    value of that field raises :class:`ConfigError` naming both lines.
+    """
+    seen: dict[object, int] = {}
     for number, obj in read_jsonl_dicts(path):
         try:
-            yield model.model_validate(obj)
+            record = model.model_validate(obj)
         except ValidationError as exc:
             field, expected, got = describe_validation_error(exc)
             raise ConfigError(f"invalid {model.__name__} record", file=str(path), line=number, field=field, expected=expected, got=got) from None
+        if unique is not None:
+            value = getattr(record, unique)
+            first = seen.setdefault(value, number)
+            if first != number:
+                raise ConfigError(
+                    f"duplicate {unique}: line {first} has the same {unique}", file=str(path), line=number, field=unique,
+                    expected=f"a distinct {unique} on every line (a {unique} derived from the content repeats when a record is repeated)",
+                    got=value,
+                )
+        yield record
 
 
-def read_jsonl(path: str | os.PathLike, model: type[M]) -> list[M]:
-    """All records of ``path`` validated as ``model``."""
-    return list(iter_jsonl(path, model))
+def read_jsonl(path: str | os.PathLike, model: type[M], *, unique: str | None = None) -> list[M]:
+    """All records of ``path`` validated as ``model`` (``unique``: see :func:`iter_jsonl`)."""
+    return list(iter_jsonl(path, model, unique=unique))

@@ -17,6 +17,7 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from personae.errors import ConfigError
+from personae.paths import require_writable
 from personae.validation import describe_validation_error, load_data_file, validate_data
 
 __all__ = ["Settings"]
@@ -33,7 +34,11 @@ class Settings(BaseSettings):
     llm_base_url: str | None = Field(None, validation_alias=AliasChoices("PERSONAE_LLM_BASE_URL", "OPENAI_BASE_URL", "llm_base_url"))
     llm_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("PERSONAE_LLM_API_KEY", "OPENAI_API_KEY", "llm_api_key"))
     llm_model: str | None = Field(None, description="model name at the endpoint")
-    llm_timeout_s: float = Field(60.0, gt=0)
+    llm_timeout_s: float = Field(
+        60.0, gt=0,
+        description="seconds a model call to an HTTP endpoint may wait, to connect and then for its reply, before it "
+        "fails and is retried; a call that never answers holds its conversation up to (1 + llm_max_retries) times this",
+    )
     llm_max_concurrency: int = Field(64, ge=1, le=100_000)
     llm_max_retries: int = Field(5, ge=0, le=100)
     llm_provider: str | None = Field(None, description="force a provider: openai | local | fake")
@@ -105,6 +110,14 @@ class Settings(BaseSettings):
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
+
+    def check_data_dir(self) -> Path:
+        """The data dir, if personae can create and write files there; :class:`ConfigError` otherwise.
+
+        Commands call it before any work starts, so a data dir that is a file or sits on a
+        place the process cannot write fails at once, not after model calls were spent.
+        """
+        return require_writable(self.root, kind="dir", field="data_dir (PERSONAE_DATA_DIR, the settings file, an experiment's data_dir or --data-dir)")
 
     def run_dir(self, name: str) -> Path:
         """Output directory of one experiment run."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -13,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from personae.errors import ConfigError
 
-__all__ = ["describe_validation_error", "load_data_file", "load_model_file", "validate_data"]
+__all__ = ["describe_validation_error", "load_data_file", "load_model_file", "read_input_file", "validate_data"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -59,15 +60,35 @@ def validate_data(model: type[M], data: Any, *, file: str | os.PathLike | None =
 
 
 class _BoundedLoader(yaml.SafeLoader):
-    """Safe YAML loader that refuses alias bombs (billion laughs)."""
+    """Safe YAML loader that refuses alias bombs (billion laughs) and duplicate mapping keys.
+
+    A repeated key is an error (YAML requires unique keys; PyYAML would keep the last
+    value without a word). Keys brought in by a merge (``<<: *base``) may be overridden.
+    """
 
     def __init__(self, stream):
         super().__init__(stream)
         self._nodes = 0
+        self._checked: set[int] = set()
 
-    def construct_document(self, node):  # count expanded nodes, aliases included
+    def construct_document(self, node):  # count expanded nodes, aliases included; check keys
         self._count(node, set())
         return super().construct_document(node)
+
+    def _reject_duplicate_keys(self, node: yaml.MappingNode) -> None:
+        if id(node) in self._checked:
+            return
+        self._checked.add(id(node))
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key]})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark.line + 1
 
     def _count(self, node, stack):
         self._nodes += 1
@@ -79,6 +100,7 @@ class _BoundedLoader(yaml.SafeLoader):
         if isinstance(node, yaml.SequenceNode):
             children = node.value
         elif isinstance(node, yaml.MappingNode):
+            self._reject_duplicate_keys(node)
             children = [x for kv in node.value for x in kv]
         if children:
             stack = stack | {id(node)}
@@ -86,17 +108,31 @@ class _BoundedLoader(yaml.SafeLoader):
                 self._count(child, stack)
 
 
+def read_input_file(path: str | os.PathLike, *, max_bytes: int | None = None) -> bytes:
+    """The bytes of an input file, or a :class:`ConfigError` naming it: missing, a directory,
+    a broken symlink or symlink loop, unreadable, or larger than ``max_bytes``."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        problem = "is a broken symlink" if path.is_symlink() else "file not found"
+        raise ConfigError(problem, file=str(path)) from None
+    except OSError as exc:  # a symlink loop, a path below a regular file, no permission
+        raise ConfigError(f"cannot read the file ({exc.strerror})", file=str(path)) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise ConfigError("is a directory, expected a file", file=str(path))
+    if max_bytes is not None and info.st_size > max_bytes:
+        raise ConfigError("file too large", file=str(path), expected=f"at most {max_bytes} bytes", got=info.st_size)
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the file ({exc.strerror})", file=str(path)) from None
+
+
 def load_data_file(path: str | os.PathLike) -> Any:
     """Read a YAML or JSON file (by extension; YAML otherwise) with clear errors."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError("file not found", file=str(path))
-    if path.is_dir():
-        raise ConfigError("is a directory, expected a file", file=str(path))
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise ConfigError("file too large", file=str(path), expected=f"at most {MAX_FILE_BYTES} bytes", got=size)
-    raw = path.read_bytes()
+    raw = read_input_file(path, max_bytes=MAX_FILE_BYTES)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -106,9 +142,11 @@ def load_data_file(path: str | os.PathLike) -> Any:
         raise ConfigError("file is empty", file=str(path), expected="a YAML or JSON document")
     if path.suffix.lower() == ".json":
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=_unique_keys)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"invalid JSON: {exc.msg}", file=str(path), line=exc.lineno) from None
+        except _DuplicateKey as exc:
+            raise ConfigError(f"duplicate key {exc.key!r} in a JSON object", file=str(path), field=exc.key, expected="each key once per object") from None
     try:
         return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - SafeLoader subclass
     except yaml.YAMLError as exc:
@@ -116,6 +154,22 @@ def load_data_file(path: str | os.PathLike) -> Any:
         line = None if mark is None else mark.line + 1
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"invalid YAML: {problem}", file=str(path), line=line) from None
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object from its pairs, refusing a repeated key (``json`` keeps the last one)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKey(key)
+        obj[key] = value
+    return obj
 
 
 def load_model_file(path: str | os.PathLike, model: type[M], *, what: str | None = None) -> M:

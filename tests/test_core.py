@@ -154,6 +154,46 @@ def test_torn_tail_is_skipped_on_read_and_dropped_on_append(tmp_path):
     assert path.read_text().splitlines() == ['{"n": 1}', '{"n": 2}', '{"n": 4}']
 
 
+def test_a_whole_last_line_without_newline_is_a_record_and_the_next_append_keeps_it(tmp_path):
+    path = tmp_path / "hand-written.jsonl"
+    path.write_text('{"name": "Ann"}\n{"name": "Bob"}')  # no final newline, as editors often save
+    assert [p.name for p in read_jsonl(path, Persona)] == ["Ann", "Bob"]
+    append_jsonl(path, [{"name": "Cid"}])
+    assert path.read_text() == '{"name": "Ann"}\n{"name": "Bob"}\n{"name": "Cid"}\n'
+    single = tmp_path / "one.jsonl"
+    single.write_text('{"name": "Ann"}')
+    append_jsonl(single, [{"name": "Bob"}])
+    assert [p.name for p in read_jsonl(single, Persona)] == ["Ann", "Bob"]
+
+
+def test_read_jsonl_unique_names_both_lines_of_a_repeated_id(tmp_path):
+    path = tmp_path / "personas.jsonl"
+    path.write_text('{"id": "p1", "name": "Ann"}\n{"id": "p2", "name": "Bob"}\n{"id": "p1", "name": "Cid"}\n')
+    assert len(read_jsonl(path, Persona)) == 3  # without unique=, a reader of appended logs keeps every record
+    with pytest.raises(ConfigError) as info:
+        read_jsonl(path, Persona, unique="id")
+    assert info.value.line == 3 and info.value.field == "id" and "line 1" in info.value.message
+
+
+def test_duplicate_keys_in_yaml_and_json_files_are_refused_with_the_line(tmp_path):
+    doc = tmp_path / "experiment.yaml"
+    doc.write_text("name: a\nseed: 1\nsimulation:\n  concurrency: 2\n  concurrency: 4\n")
+    with pytest.raises(ConfigError) as info:
+        load_data_file(doc)
+    assert info.value.line == 5 and "duplicate key 'concurrency' (first at line 4)" in info.value.message
+    doc.write_text("base: &base {a: 1, b: 2}\nderived:\n  <<: *base\n  a: 3\n")  # a merge may be overridden
+    assert load_data_file(doc)["derived"] == {"a": 3, "b": 2}
+    flow = tmp_path / "flow.yaml"
+    flow.write_text("roles: [{name: a, name: b}]\n")
+    with pytest.raises(ConfigError, match="duplicate key 'name'"):
+        load_data_file(flow)
+    as_json = tmp_path / "experiment.json"
+    as_json.write_text('{"name": "a", "graph": {"kind": "dyad", "kind": "group"}}')
+    with pytest.raises(ConfigError) as info:
+        load_data_file(as_json)
+    assert info.value.field == "kind" and "duplicate key" in info.value.message
+
+
 def _append_many(path: str, writer: int, count: int) -> None:
     for i in range(count):
         append_jsonl(path, [{"writer": writer, "i": i, "pad": "x" * 20_000}])  # far above PIPE_BUF

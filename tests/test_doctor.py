@@ -73,3 +73,30 @@ def test_doctor_calls_the_model_and_opens_an_existing_mlflow_store(data_env, mon
     assert "fake:" in model_row and "replied in" in model_row
     mlflow_row = next(line for line in result.output.splitlines() if "│ mlflow" in line)
     assert "2 experiment(s)" in mlflow_row  # Default + doctor-check
+
+
+def test_doctor_fails_a_data_dir_that_is_a_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").write_text("a file, not a directory\n")
+    monkeypatch.setenv("PERSONAE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("COLUMNS", "400")  # the detail names the long temp path
+    result = CliRunner().invoke(app, ["doctor", "--skip-model", "--config", str(_hashing_config(tmp_path / "data"))])
+    assert result.exit_code == 1
+    row = next(line for line in result.output.splitlines() if "│ data dir" in line)
+    assert "FAIL" in row and "not a directory" in row
+
+
+def test_doctor_reports_a_refused_connection_with_the_url(data_env, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    monkeypatch.setenv("PERSONAE_LLM_BASE_URL", url)
+    monkeypatch.setenv("PERSONAE_LLM_MODEL", "some-model")
+    monkeypatch.setenv("COLUMNS", "400")
+    result = CliRunner().invoke(app, ["doctor", "--config", str(_hashing_config(data_env))])
+    assert result.exit_code == 1
+    row = next(line for line in result.output.splitlines() if "│ model" in line)
+    assert "FAIL" in row and f"connection refused at {url}" in row and "timed out" not in row
+    assert "PERSONAE_LLM_TIMEOUT_S" in row  # the per-call timeout in use is shown

@@ -115,6 +115,24 @@ def test_killed_simulation_resumes_and_writes_every_conversation_once(tmp_path, 
     assert resumed and resumed <= half_done
 
 
+def test_run_exits_1_and_says_so_when_conversations_failed(tmp_path, prefect_api_session, monkeypatch):
+    import socket
+
+    with socket.socket() as sock:  # a port nothing listens on: every model call is refused
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
+    monkeypatch.setenv("PERSONAE_LLM_MAX_RETRIES", "0")
+    exp = fake_experiment(tmp_path, n_conversations=2, generate=False,
+                          extra={"models": {"default": {"provider": "openai", "model": "m", "base_url": url}}})
+    data_dir = tmp_path / "data"
+    result = run_cli(["run", str(exp), "--no-track", "--data-dir", str(data_dir), "--stage", "generate", "--stage", "simulate"])
+    assert result.exit_code == 1, result.output
+    out = Settings(data_dir=data_dir).run_dir("flows-test") / "conversations.jsonl"
+    assert "2 of 2 conversation(s) failed" in result.output and "retry_failed" in result.output
+    assert {c["status"] for c in _conversations(out)} == {"failed"}
+    assert all(f"connection refused at {url}" in c["error"] for c in _conversations(out))
+
+
 def test_simulation_shards_run_on_dask_against_a_real_server(tmp_path, prefect_api_session):
     pytest.importorskip("prefect_dask")
     exp = fake_experiment(tmp_path, n_conversations=4, generate=False,

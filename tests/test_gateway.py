@@ -206,6 +206,53 @@ async def test_malformed_body_is_a_clear_call_error_with_the_body():
 
 
 
+def _closed_port_url() -> str:
+    """A loopback URL nothing listens on: a port the OS just handed out and taken back."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+async def test_a_refused_connection_is_reported_as_unreachable_naming_the_url_not_as_a_timeout():
+    from personae.embeddings.openai import OpenAIEmbedder
+    from personae.llm.openai_provider import OpenAICompatibleLLM
+
+    url = _closed_port_url()
+    gateway = Gateway(OpenAICompatibleLLM("m", base_url=url, api_key="k", timeout_s=30), cache=None, max_retries=0)
+    try:
+        with pytest.raises(ModelCallError) as info:
+            await gateway.text(USER)
+    finally:
+        await gateway.aclose()
+    message = str(info.value)
+    assert "endpoint unreachable: connection refused" in message and url in message, message
+    assert "timed out" not in message
+    assert info.value.retryable  # a server that is still starting may answer the retry
+    embedder = OpenAIEmbedder("e", base_url=url, max_retries=0)
+    with pytest.raises(ModelCallError) as info:
+        embedder.embed(["hello"])
+    assert "unreachable: connection refused" in str(info.value) and url in str(info.value)
+
+
+def test_endpoint_urls_in_errors_carry_no_credentials():
+    from personae.endpoint import public_url
+
+    assert public_url("https://someone:hunter2@llm.example.com:8443/v1?key=abc#x") == "https://llm.example.com:8443/v1"
+    assert public_url("http://[::1]:8000/v1/") == "http://[::1]:8000/v1/"
+
+
+async def test_a_hung_call_is_reported_as_a_timeout_naming_the_limit():
+    with OpenAITestServer(TestServerConfig(fault_rate=1.0, faults=["timeout"])) as server:
+        async with server_gateway(server, timeout_s=0.3, max_retries=0) as gateway:
+            with pytest.raises(ModelCallError) as info:
+                await gateway.text(USER)
+    assert "request timed out after 0.3s" in str(info.value) and "PERSONAE_LLM_TIMEOUT_S" in str(info.value)
+    assert "unreachable" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("body", "names"),
     [

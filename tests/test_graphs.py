@@ -160,6 +160,14 @@ def test_graph_inputs_are_validated():
         make_jobs(PERSONAS, [SCENARIO], GraphConfig(opener="judge"), n_conversations=1, seed=0)
 
 
+def test_make_jobs_refuses_two_personas_with_one_id():
+    twin = PERSONAS[1].model_copy(update={"id": PERSONAS[0].id, "name": "Not Ann"})
+    with pytest.raises(ConfigError, match="#0 and #2 have the same id"):
+        make_jobs([PERSONAS[0], PERSONAS[2], twin], [SCENARIO], GraphConfig(), n_conversations=1, seed=0)
+    with pytest.raises(ConfigError, match="same id"):  # a repeated persona, id derived from the content
+        make_jobs([*PERSONAS, PERSONAS[3]], [SCENARIO], GraphConfig(), n_conversations=1, seed=0)
+
+
 def test_make_jobs_is_deterministic_and_covers_every_persona():
     jobs = make_jobs(PERSONAS, [SCENARIO], GraphConfig(), n_conversations=10, seed=9)
     assert [j.id for j in jobs] == [j.id for j in make_jobs(PERSONAS, [SCENARIO], GraphConfig(), n_conversations=10, seed=9)]

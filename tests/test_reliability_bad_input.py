@@ -87,13 +87,24 @@ BILLION_LAUGHS = textwrap.dedent(
 JUNK = bytes(range(256)) * 3 + b"\x00\xff\xfe\x89PNG\r\n\x1a\n"
 
 
+@dataclass(frozen=True)
+class Link:
+    """A symlink to ``target`` (relative to the case folder) in a case's files."""
+
+    target: str
+
+
+# A place even root cannot create files in (tests run as root, so chmod proves nothing).
+UNWRITABLE = "/proc/personae-bad-input/out"
+
+
 @dataclass
 class Case:
     """One malformed input: the files to write, the command to run, what the error must name."""
 
     id: str
     command: str  # run | generate | simulate | evaluate
-    files: dict[str, str | bytes | None]  # None = a directory
+    files: dict[str, str | bytes | Link | None]  # None = a directory
     target: str  # the file the error must name
     names: tuple[str, ...]  # field (or line/problem) words the error must contain; "re:..." is a regex
     args: tuple[str, ...] = ()
@@ -106,23 +117,23 @@ def _run(target: str, files: dict, names: tuple[str, ...], case_id: str, **kw: A
     return Case(case_id, "run", {**base, **files}, target, names, **kw)
 
 
-def _sim(case_id: str, target: str, names: tuple[str, ...], *, personas: str | bytes | None = None, scenario: str | bytes | None = None, config: str | None = None, env: dict | None = None) -> Case:
-    files: dict[str, str | bytes | None] = {
+def _sim(case_id: str, target: str, names: tuple[str, ...], *, personas: str | bytes | Link | None = None, scenario: str | bytes | None = None, config: str | None = None, env: dict | None = None, out: str = "out/conversations.jsonl", more: tuple[str, ...] = ()) -> Case:
+    files: dict[str, str | bytes | Link | None] = {
         "personas.jsonl": _jsonl(PERSONAS) if personas is None else personas,
         "scenario.yaml": _yaml(SCENARIO) if scenario is None else scenario,
     }
-    args = ["--personas", "personas.jsonl", "--scenario", "scenario.yaml", "-n", "2", "--out", "out/conversations.jsonl"]
+    args = ["--personas", "personas.jsonl", "--scenario", "scenario.yaml", "-n", "2", "--out", out, *more]
     if config is not None:
         files["graph.yaml"] = config
         args += ["--config", "graph.yaml"]
     return Case(case_id, "simulate", files, target, names, tuple(args), env=env or {})
 
 
-def _gen(case_id: str, spec: str | bytes, target: str, names: tuple[str, ...], *, taxonomy: str | bytes | None = None) -> Case:
-    files: dict[str, str | bytes | None] = {"population.yaml": spec}
+def _gen(case_id: str, spec: str | bytes, target: str, names: tuple[str, ...], *, taxonomy: str | bytes | None = None, out: str = "out", env: dict | None = None) -> Case:
+    files: dict[str, str | bytes | Link | None] = {"population.yaml": spec}
     if taxonomy is not None:
         files["taxonomy.yaml"] = taxonomy
-    return Case(case_id, "generate", files, target, names, ("--spec", "population.yaml", "--out", "out", "--no-llm"))
+    return Case(case_id, "generate", files, target, names, ("--spec", "population.yaml", "--out", out, "--no-llm"), env=env or {})
 
 
 def _conversation(**changes: Any) -> dict[str, Any]:
@@ -133,9 +144,9 @@ def _conversation(**changes: Any) -> dict[str, Any]:
     return record
 
 
-def _eval(case_id: str, target: str, names: tuple[str, ...], *, conversations: str | bytes, config: str | None = None) -> Case:
-    files: dict[str, str | bytes | None] = {"conversations.jsonl": conversations}
-    args = ["conversations.jsonl", "--out", "out"]
+def _eval(case_id: str, target: str, names: tuple[str, ...], *, conversations: str | bytes, config: str | None = None, out: str = "out") -> Case:
+    files: dict[str, str | bytes | Link | None] = {"conversations.jsonl": conversations}
+    args = ["conversations.jsonl", "--out", out]
     if config is not None:
         files["evaluation.yaml"] = config
         args += ["--config", "evaluation.yaml"]
@@ -219,11 +230,45 @@ def _cases() -> list[Case]:
         _eval("conversation-missing-participants", "conversations.jsonl", ("participants",), conversations=_jsonl([_conversation(participants=None) | {"participants": []}])),
         _eval("conversations-empty", "conversations.jsonl", ("conversation",), conversations=""),
         _eval("evaluation-config-unknown-key", "evaluation.yaml", ("judgd",), conversations=_jsonl([_conversation()]), config=_yaml({"judgd": {"enabled": True}})),
+        # ---- inputs that are not files, outputs personae cannot write (checked before any model call)
+        _replace_files(_sim("persona-file-is-a-directory", "personas.jsonl", ("directory",)), {"personas.jsonl": None}),
+        _sim("persona-file-is-a-symlink-loop", "personas.jsonl", ("symbolic links",), personas=Link("personas.jsonl")),
+        _sim("simulate-out-below-a-regular-file", "scenario.yaml/conversations.jsonl", ("--out", "not a directory"), out="scenario.yaml/conversations.jsonl"),
+        _replace_files(_sim("simulate-out-is-a-directory", "out", ("--out", "is a directory"), out="out"), {"out": None}),
+        _sim("simulate-out-unwritable-place", UNWRITABLE, ("--out", "cannot be written"), out=f"{UNWRITABLE}/conversations.jsonl"),
+        _sim("simulate-checkpoint-below-a-regular-file", "scenario.yaml/checkpoints.sqlite", ("--checkpoint", "not a directory"), more=("--checkpoint", "scenario.yaml/checkpoints.sqlite")),
+        _sim("simulate-data-dir-is-a-file", "scenario.yaml", ("data_dir", "PERSONAE_DATA_DIR", "not a directory"), env={"PERSONAE_DATA_DIR": "scenario.yaml"}),
+        _gen("generate-out-is-a-file", _yaml({"size": 5}), "population.yaml", ("--out", "not a directory"), out="population.yaml"),
+        _gen("generate-out-unwritable-place", _yaml({"size": 5}), UNWRITABLE, ("--out", "cannot be written"), out=UNWRITABLE),
+        _gen("generate-data-dir-below-a-file", _yaml({"size": 5}), "population.yaml/data", ("data_dir", "not a directory"), env={"PERSONAE_DATA_DIR": "population.yaml/data"}),
+        _eval("evaluate-out-is-a-file", "conversations.jsonl", ("--out", "not a directory"), conversations=_jsonl([_conversation()]), out="conversations.jsonl"),
+        _run("personas.jsonl", {exp: _yaml(_experiment(data_dir="personas.jsonl"))}, ("data_dir", "not a directory"), "exp-data-dir-is-a-file"),
+        # ---- silently resolved before: a key given twice, a persona id given twice ---------
+        _run(exp, {exp: _yaml(_experiment()) + "seed: 2\n"}, ("duplicate key 'seed'", "first at line 2", r"re:experiment\.yaml:\d+:"), "exp-duplicate-key"),
+        _run("experiment.json", {"experiment.json": json.dumps(_experiment())[:-1] + ', "seed": 2}'}, ("duplicate key 'seed'",), "exp-json-duplicate-key", args=("experiment.json",)),
+        _run("personas.jsonl", {exp: _yaml(_experiment()), "personas.jsonl": _jsonl([*PERSONAS, PERSONAS[0]])}, ("duplicate id", "personas.jsonl:3", "line 1"), "exp-personas-file-duplicate-id"),
+        _sim("scenario-duplicate-key", "scenario.yaml", ("duplicate key 'max_turns'", r"re:scenario\.yaml:\d+:"), scenario=_yaml(SCENARIO) + "max_turns: 6\n"),
+        _sim("graph-config-duplicate-key", "graph.yaml", ("duplicate key 'kind'", "graph.yaml:2:"), config="kind: dyad\nkind: group\n"),
+        _sim("persona-duplicate-id", "personas.jsonl", ("duplicate id", "personas.jsonl:2", "line 1", "p-1"),
+             personas=_jsonl([{**PERSONAS[0], "id": "p-1"}, {**PERSONAS[1], "id": "p-1"}])),
+        _sim("persona-repeated-line", "personas.jsonl", ("duplicate id", "personas.jsonl:3", "line 1"), personas=_jsonl([*PERSONAS, PERSONAS[0]])),
+        _replace_files(_sim("settings-file-duplicate-key", "settings.yaml", ("duplicate key 'llm_max_concurrency'", "settings.yaml:2:"), env={"PERSONAE_CONFIG": "settings.yaml"}),
+                       {"settings.yaml": "llm_max_concurrency: 3\nllm_max_concurrency: 4\n"}),
+        _gen("pop-duplicate-key", "size: 5\nseed: 1\nsize: 6\n", "population.yaml", ("duplicate key 'size'", "population.yaml:3:", "first at line 1")),
+        _gen("taxonomy-duplicate-key", _yaml({"size": 5, "taxonomy": "taxonomy.yaml"}), "taxonomy.yaml", ("duplicate key 'pastime'", "taxonomy.yaml:4:"),
+             taxonomy="attributes:\n  hobbies:\n    pastime: [chess]\n    pastime: [go]\n"),
+        _eval("evaluation-config-duplicate-key", "evaluation.yaml", ("duplicate key 'judged'",), conversations=_jsonl([_conversation()]),
+              config="judged: {enabled: false}\njudged: {enabled: true}\n"),
     ]
     for case in cases:
         if case.id == "settings-file-unknown-key":
             case.files["settings.yaml"] = _yaml({"llm_max_concurrencyy": 3})
     return cases
+
+
+def _replace_files(case: Case, files: dict[str, str | bytes | Link | None]) -> Case:
+    case.files.update(files)
+    return case
 
 
 def _gen_yaml_in_json_taxonomy() -> Case:
@@ -237,11 +282,13 @@ CASES = _cases()
 CASE_TIMEOUT_S = 45
 
 
-def _write(folder: Path, files: dict[str, str | bytes | None]) -> None:
+def _write(folder: Path, files: dict[str, str | bytes | Link | None]) -> None:
     for name, content in files.items():
         path = folder / name
         if content is None:
             path.mkdir(parents=True)
+        elif isinstance(content, Link):
+            path.symlink_to(content.target)
         elif isinstance(content, bytes):
             path.write_bytes(content)
         else:

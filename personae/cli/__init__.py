@@ -20,7 +20,11 @@ app = typer.Typer(
         "as tracked, scheduled experiments.\n\n"
         "With no model endpoint configured, personae runs on a tiny embedded local model "
         "(SmolLM2-135M): fine for trying things, not for research. Point it at a real model "
-        "with PERSONAE_LLM_BASE_URL / PERSONAE_LLM_MODEL (any OpenAI-compatible server)."
+        "with PERSONAE_LLM_BASE_URL / PERSONAE_LLM_MODEL (any OpenAI-compatible server); "
+        "PERSONAE_LLM_TIMEOUT_S (default 60) bounds each call to it, PERSONAE_LLM_MAX_RETRIES (default 5) "
+        "how often a failed call is retried. `personae doctor` checks the set-up.\n\n"
+        "Exit codes: 0 done; 1 ran, but something failed (a conversation, a doctor check); "
+        "2 bad input or usage (one error line, nothing written)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -54,21 +58,21 @@ _register_commands()
 
 
 def main() -> None:
-    """Entry point: run the CLI, turning personae errors into one readable message and exit 2."""
+    """Entry point of the ``personae`` script; it always ends the process with an exit code.
+
+    0: done. 1: the command ran but something failed (a ``doctor`` check, a failed
+    conversation). 2: a usage error (typer prints the usage and the problem) or bad input
+    (one ``error:`` line naming the file and field, nothing written). 130: interrupted.
+
+    Typer runs in standalone mode, so it handles its own usage errors and exit codes,
+    whichever click it is built on (recent typer releases bundle their own, which a check against
+    the separate ``click`` package misses).
+    """
     try:
-        app(standalone_mode=False)
+        app()
     except PersonaeError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
-    except (typer.Abort, KeyboardInterrupt):
+    except KeyboardInterrupt:
         typer.secho("aborted", err=True)
         sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors and friends
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise

@@ -99,10 +99,13 @@ def register(app: typer.Typer) -> None:
         data_dir: Path = typer.Option(None, "--data-dir", help="Data dir holding the MLflow store (overrides settings)."),
     ) -> None:
         """Compare the latest pipeline runs of an experiment, side by side."""
+        from personae.paths import require_writable
         from personae.settings import Settings
         from personae.tracking import pipeline_runs
 
         settings = Settings.load(**({"data_dir": data_dir} if data_dir else {}))
+        if plot is not None:
+            require_writable(plot, kind="file", field="--plot")
         runs = pipeline_runs(settings, experiment, limit=limit)
         if not runs:
             raise ConfigError(f"no tracked runs of experiment {experiment!r}", field="EXPERIMENT_NAME", expected=f"an experiment run with `personae run` (tracking store: {settings.mlflow_tracking_uri})")

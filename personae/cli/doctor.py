@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from personae.paths import require_writable
 from personae.settings import Settings
 
 __all__ = ["CheckResult", "run_checks", "register"]
@@ -64,7 +65,8 @@ def check_model(settings: Settings, public: dict[str, Any], *, skip: bool, timeo
         return CheckResult(part="model", in_use=_model_label(public), status="FAIL", detail=f"{type(exc).__name__}: {exc}")
     in_use = f"{provider.provider}:{provider.model}"
     if public.get("llm_base_url"):
-        in_use += f" @ {public['llm_base_url']} (api key {public.get('llm_api_key') or 'not set'})"
+        in_use += (f" @ {public['llm_base_url']} (api key {public.get('llm_api_key') or 'not set'}; "
+                   f"timeout {settings.llm_timeout_s:g}s per call, PERSONAE_LLM_TIMEOUT_S)")
     if skip:
         asyncio.run(provider.aclose())
         return CheckResult(part="model", in_use=in_use, status="skipped", detail="--skip-model")
@@ -73,10 +75,13 @@ def check_model(settings: Settings, public: dict[str, Any], *, skip: bool, timeo
         gateway = Gateway(provider, cache=None, max_concurrency=1, max_retries=0)
         try:
             started = time.perf_counter()
-            reply = await asyncio.wait_for(
-                gateway.text([{"role": "user", "content": "Reply with the word OK."}], temperature=0.0, max_tokens=8, seed=0),
-                timeout=timeout_s,
-            )
+            try:
+                reply = await asyncio.wait_for(
+                    gateway.text([{"role": "user", "content": "Reply with the word OK."}], temperature=0.0, max_tokens=8, seed=0),
+                    timeout=timeout_s,
+                )
+            except TimeoutError:
+                raise TimeoutError(f"no reply within {timeout_s:g}s (--timeout)") from None
             took = time.perf_counter() - started
         finally:
             await gateway.aclose()
@@ -180,7 +185,7 @@ def check_mlflow(settings: Settings) -> CheckResult:
             db = Path(uri[len("sqlite:///") :])
             if db.exists():
                 return f"{_search_experiments(uri)} experiment(s)"
-            _require_writable(db)
+            require_writable(db, kind="file")
             with tempfile.TemporaryDirectory(prefix="personae-doctor-") as tmp, _quiet("mlflow", "alembic"):
                 _search_experiments(f"sqlite:///{Path(tmp) / 'mlflow.db'}")
             return "store not created yet (made on first run); SQLite backend works"
@@ -200,36 +205,26 @@ def check_prefect(settings: Settings) -> CheckResult:
     return result if result.failed else result.model_copy(update={"status": "info"})
 
 
-def check_path(part: str, path: Path, *, enabled: bool = True) -> CheckResult:
-    """Whether a store file exists or can be created where settings put it."""
+def check_path(part: str, path: Path, *, kind: Literal["file", "dir"] = "file", enabled: bool = True) -> CheckResult:
+    """Whether a store file (or the data dir) exists or can be created where settings put it."""
     if not enabled:
         return CheckResult(part=part, in_use=str(path), status="info", detail="disabled")
 
     def probe() -> str:
-        if path.exists():
-            if not os.access(path, os.W_OK):
-                raise PermissionError(f"{path} is not writable")
-            return f"exists ({path.stat().st_size / 1e6:.1f} MB)" if path.is_file() else "exists"
-        _require_writable(path)
-        return "not created yet (writable)"
+        existed = path.exists()
+        require_writable(path, kind=kind)
+        if not existed:
+            return "not created yet (writable)"
+        return f"exists ({path.stat().st_size / 1e6:.1f} MB)" if path.is_file() else "exists (writable)"
 
     return _attempt(part, str(path), probe)
-
-
-def _require_writable(path: Path) -> None:
-    """Raise unless ``path`` could be created: its nearest existing ancestor is a writable dir."""
-    ancestor = path.parent
-    while not ancestor.exists():
-        ancestor = ancestor.parent
-    if not ancestor.is_dir() or not os.access(ancestor, os.W_OK):
-        raise PermissionError(f"cannot create {path}: {ancestor} is not a writable directory")
 
 
 def run_checks(settings: Settings, *, skip_model: bool = False, model_timeout_s: float = 120.0) -> list[CheckResult]:
     """Every doctor check, in display order."""
     public = settings.public_dict()
     return [
-        check_path("data dir", settings.root),
+        check_path("data dir", settings.root, kind="dir"),
         check_model(settings, public, skip=skip_model, timeout_s=model_timeout_s),
         check_embedder(settings),
         check_qdrant(settings),
@@ -258,7 +253,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def doctor(
         skip_model: bool = typer.Option(False, "--skip-model", help="Do not call the model."),
-        timeout: float = typer.Option(120.0, "--timeout", min=1.0, help="Seconds to wait for the model call."),
+        timeout: float = typer.Option(120.0, "--timeout", min=1.0, help="Seconds to wait for the model call (an HTTP endpoint's call also stops at PERSONAE_LLM_TIMEOUT_S)."),
         config: Path | None = typer.Option(None, "--config", "-c", help="Settings file (default: PERSONAE_CONFIG or ./personae.yaml)."),
     ) -> None:
         """Show which model, embedder and stores personae uses, and check that each works."""

@@ -80,6 +80,7 @@ async def _evaluate(
     from personae.jsonl import read_jsonl
     from personae.llm import build_gateway
     from personae.models import Conversation, Persona
+    from personae.paths import require_writable
     from personae.settings import Settings
     from personae.validation import load_data_file, load_model_file
 
@@ -89,7 +90,7 @@ async def _evaluate(
     if judged:
         config = config.model_copy(update={"judged": config.judged.model_copy(update={"enabled": True})})
     conversations = _read_conversations(conversations_path, read_jsonl, Conversation)
-    personas = read_jsonl(personas_path, Persona) if personas_path else []
+    personas = read_jsonl(personas_path, Persona, unique="id") if personas_path else []
     other = _read_conversations(compare_path, read_jsonl, Conversation) if compare_path else None
     report = None
     if population_report_path is not None:
@@ -97,6 +98,8 @@ async def _evaluate(
         if not isinstance(report, dict):
             raise ConfigError("expected a JSON object", file=str(population_report_path), got=type(report).__name__)
     out = out or settings.run_dir(f"evaluate-{conversations_path.stem}-{content_hash(str(conversations_path.resolve()), length=8)}")
+    settings.check_data_dir()
+    require_writable(out, kind="dir", field="--out")
 
     embedder = build_embedder(settings)
     comparison = None

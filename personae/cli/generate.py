@@ -34,12 +34,15 @@ async def _generate(spec_path: Path, out: Path, size: int | None, seed: int | No
     from personae.llm import build_gateway
     from personae.memory.qdrant import open_qdrant
     from personae.population import generate_population, load_population_spec, plan_population
+    from personae.paths import require_writable
     from personae.settings import Settings
 
     console = Console(stderr=True)
     settings = Settings.load(config)
     spec = load_population_spec(spec_path, size=size, seed=seed)
     plan_population(spec)  # a bad taxonomy, rule or quota fails here, before any store is opened
+    settings.check_data_dir()
+    require_writable(out, kind="dir", field="--out")
     embedder = build_embedder(settings) if spec.dedup else None
     gateway = None if no_llm or not (spec.llm_validate or spec.craft) else build_gateway(settings)
     if gateway is not None:

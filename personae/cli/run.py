@@ -115,6 +115,9 @@ def register(app: typer.Typer) -> None:
 
         Reruns skip what is done, resume half-done conversations, and replay model
         calls from the cache. Without a Prefect server, Prefect starts a temporary one.
+
+        Exit code: 0 when done; 1 when any conversation is recorded as failed (the last
+        line says how many; rerun with simulation.retry_failed: true); 2 for bad input.
         """
         from personae.experiment import check_inputs, load_experiment, settings_for
 
@@ -126,12 +129,21 @@ def register(app: typer.Typer) -> None:
         stages = check_stages(stage)
         console = Console(stderr=True)
         settings = settings_for(loaded, **({"data_dir": str(data_dir)} if data_dir else {}))
+        settings.check_data_dir()  # before Prefect, MLflow or any model call
         with _maybe_server(loaded, settings, console), _progress(console) as progress:
             result = pipeline_flow(
                 experiment=str(loaded.source), stages=stages, track=not no_track,
                 data_dir=str(data_dir) if data_dir else None, progress=RichProgressSink(progress),
             )
         _summary(result, Console())
+        failed = int(result.metrics.get("simulate.conversations.failed", 0))
+        if failed:
+            from personae.cli.simulate import failure_summary
+
+            total = int(result.metrics.get("simulate.conversations.total", failed))
+            line = failure_summary(failed, total, 0, Path(result.run_dir) / "conversations.jsonl", "simulation.retry_failed: true in the experiment")
+            console.print(line, soft_wrap=True)
+            raise typer.Exit(1)
 
 
 def _maybe_server(experiment, settings, console: Console):

@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Serve experiments as Prefect deployments on their cron/interval schedules (Ctrl-C stops)."""
         from personae.cli.run import prepare_prefect_env
-        from personae.experiment import load_experiment
+        from personae.experiment import load_experiment, settings_for
         from personae.settings import Settings
 
         prepare_prefect_env(verbose=logging.getLogger().level <= logging.DEBUG)
@@ -62,6 +62,9 @@ def register(app: typer.Typer) -> None:
 
         console = Console()
         settings = Settings.load(**({"data_dir": data_dir} if data_dir else {}))
+        settings.check_data_dir()
+        for experiment in loaded:
+            settings_for(experiment, settings, **({"data_dir": data_dir} if data_dir else {})).check_data_dir()
         _sigterm_as_interrupt()
 
         def started(server) -> None:

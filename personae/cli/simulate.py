@@ -12,7 +12,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from personae.errors import ConfigError
 
-__all__ = ["register", "load_scenarios"]
+__all__ = ["register", "load_scenarios", "failure_summary"]
+
+
+def failure_summary(failed: int, total: int, failed_before: int, where: Path, retry: str) -> str:
+    """The line that ends a simulation with failed conversations: how many, where the errors are, how to retry."""
+    earlier = f" ({failed_before} recorded by an earlier run)" if failed_before else ""
+    return (f"[bold red]{failed} of {total} conversation(s) failed[/]{earlier}; each failed record in {where} "
+            f"has its error. Fix the cause, then rerun with {retry} to try them again.")
 
 
 def register(app: typer.Typer) -> None:
@@ -32,10 +39,18 @@ def register(app: typer.Typer) -> None:
         no_checkpoint: bool = typer.Option(False, "--no-checkpoint", help="do not checkpoint (a killed run restarts its conversations)"),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun conversations recorded as failed"),
     ) -> None:
-        """Simulate conversations; a rerun skips finished ones and resumes interrupted ones mid-conversation."""
-        asyncio.run(
+        """Simulate conversations; a rerun skips finished ones and resumes interrupted ones mid-conversation.
+
+        Exit code: 0 when every conversation is complete; 1 when any is recorded as failed
+        (in this run or, without --retry-failed, an earlier one): the last line says how many,
+        and each failed record's "error" field says why; 2 for bad input or usage.
+        """
+        result, out_path = asyncio.run(
             _simulate(personas, scenario, graph, conversations, out, config, seed, concurrency, checkpoint, no_checkpoint, retry_failed)
         )
+        if result.unfinished:
+            Console(stderr=True).print(failure_summary(result.unfinished, result.total, result.failed_before, out_path, "--retry-failed"), soft_wrap=True)
+            raise typer.Exit(1)
 
 
 def load_scenarios(path: Path) -> list[Any]:
@@ -62,19 +77,21 @@ async def _simulate(
     checkpoint: Path | None,
     no_checkpoint: bool,
     retry_failed: bool,
-) -> None:
+) -> tuple[Any, Path]:
+    """Run the batch; return its :class:`~personae.graphs.BatchResult` and the output file."""
     from personae.embeddings.factory import build_embedder
     from personae.graphs import GraphConfig, make_jobs, simulate_batch
     from personae.ids import content_hash
     from personae.jsonl import read_jsonl
     from personae.llm import build_gateway
     from personae.models import Persona
+    from personae.paths import require_writable
     from personae.settings import Settings
     from personae.validation import load_data_file, validate_data
 
     console = Console(stderr=True)
     settings = Settings.load()
-    people = read_jsonl(personas_path, Persona)
+    people = read_jsonl(personas_path, Persona, unique="id")
     if not people:
         raise ConfigError("no personas in the file", file=str(personas_path), expected="at least one Persona per line")
     scenarios = load_scenarios(scenario_path)
@@ -92,6 +109,10 @@ async def _simulate(
     jobs = make_jobs(people, scenarios, graph, n_conversations=n, seed=seed)
     out = out or settings.run_dir(f"simulate-{graph.kind}-{content_hash([seed, n, graph.model_dump(mode='json')], length=8)}") / "conversations.jsonl"
     checkpoint_path = None if no_checkpoint else (checkpoint or settings.checkpoint_path)
+    settings.check_data_dir()  # every output place, before a store is opened or a model called
+    require_writable(out, kind="file", field="--out")
+    if checkpoint_path is not None:
+        require_writable(checkpoint_path, kind="file", field="--checkpoint")
 
     embedder = build_embedder(settings)
     gateway = build_gateway(settings)
@@ -121,8 +142,6 @@ async def _simulate(
             handle.close()
     console.print(
         f"{result.completed} completed, {result.failed} failed, {result.skipped} already done "
-        f"in {result.wall_s:.1f}s → {out}"
+        f"in {result.wall_s:.1f}s → {out}", soft_wrap=True,
     )
-    if result.failed:
-        console.print(f"[yellow]{result.failed} conversation(s) failed; their errors are in the file. "
-                      "Rerun with --retry-failed to try them again.[/yellow]")
+    return result, out

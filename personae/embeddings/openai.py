@@ -19,6 +19,7 @@ import openai
 from pydantic import SecretStr
 
 from personae.embeddings.base import normalize
+from personae.endpoint import public_url, unreachable_reason
 from personae.errors import ModelCallError, ModelOutputError
 
 __all__ = ["OpenAIEmbedder", "decode_embedding"]
@@ -140,7 +141,7 @@ class OpenAIEmbedder:
             try:
                 reply = client.embeddings.create(model=self._model, input=batch, encoding_format=self.encoding_format)
             except openai.OpenAIError as exc:
-                raise _call_error(exc, self._model) from None
+                raise _call_error(exc, self._model, client.base_url) from None
             parts.append(self._decode(reply, len(batch)))
         return self._join(parts)
 
@@ -154,7 +155,7 @@ class OpenAIEmbedder:
                 try:
                     reply = await client.embeddings.create(model=self._model, input=batch, encoding_format=self.encoding_format)
                 except openai.OpenAIError as exc:
-                    raise _call_error(exc, self._model) from None
+                    raise _call_error(exc, self._model, client.base_url) from None
             return self._decode(reply, len(batch))
 
         parts = await asyncio.gather(*(one(b) for b in self._batches(texts)))
@@ -184,7 +185,7 @@ class OpenAIEmbedder:
         return normalize(np.concatenate(parts, axis=0))
 
 
-def _call_error(exc: openai.OpenAIError, model: str) -> ModelCallError:
+def _call_error(exc: openai.OpenAIError, model: str, url: object = None) -> ModelCallError:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
         return ModelCallError(
@@ -193,8 +194,12 @@ def _call_error(exc: openai.OpenAIError, model: str) -> ModelCallError:
             model=model,
             retryable=status == 429 or status >= 500,
         )
-    if isinstance(exc, openai.APITimeoutError):
-        return ModelCallError("embeddings request timed out", model=model, retryable=True)
     if isinstance(exc, openai.APIConnectionError):
-        return ModelCallError("could not connect to the embeddings endpoint", model=model, retryable=True)
+        where = "" if url is None else f" at {public_url(url)}"
+        reason = unreachable_reason(exc)
+        if reason is not None:  # the SDK may report a refused connection as a timeout
+            return ModelCallError(f"embeddings endpoint unreachable: {reason}{where}", model=model, retryable=True)
+        if isinstance(exc, openai.APITimeoutError):
+            return ModelCallError(f"embeddings request timed out{where}", model=model, retryable=True)
+        return ModelCallError(f"could not connect to the embeddings endpoint{where}", model=model, retryable=True)
     return ModelCallError(f"embeddings request failed: {exc.__class__.__name__}", model=model)

@@ -33,7 +33,7 @@ async def evaluate_task(
     if not paths.conversations.is_file():
         raise ConfigError("no conversations to evaluate: run the simulate stage first", file=str(paths.conversations), field="stages", expected="simulate before evaluate")
     conversations = latest_conversations(paths.conversations)
-    personas = read_jsonl(paths.personas, Persona) if paths.personas.is_file() else []
+    personas = read_jsonl(paths.personas, Persona, unique="id") if paths.personas.is_file() else []
     population_report = _read_json(paths.population_report)
     gateway = build_gateway_for(experiment, settings) if experiment.evaluation.judged.enabled else None
 

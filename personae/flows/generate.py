@@ -29,7 +29,7 @@ async def generate_population_task(
     settings, paths = settings_in_task(experiment, overrides)
     paths.root.mkdir(parents=True, exist_ok=True)
     if experiment.personas_file is not None:
-        personas = read_jsonl(experiment.personas_file, Persona)
+        personas = read_jsonl(experiment.personas_file, Persona, unique="id")
         if not personas:
             raise ConfigError("the personas file is empty", file=str(experiment.personas_file), field="personas_file", expected="at least one persona")
         write_jsonl(paths.personas, personas)

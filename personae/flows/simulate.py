@@ -148,7 +148,7 @@ def simulate_flow(
     exp, paths = ctx.experiment, ctx.paths
     if not paths.personas.is_file():
         raise ConfigError("no personas to simulate: run the generate stage first", file=str(paths.personas), field="stages", expected="generate before simulate")
-    personas = read_jsonl(paths.personas, Persona)
+    personas = read_jsonl(paths.personas, Persona, unique="id")
     jobs = make_jobs(personas, exp.scenarios, exp.graph, n_conversations=exp.simulation.n_conversations, seed=exp.seed)
     shards = shard_jobs(jobs, exp.simulation.shards)
     shard_task = simulate_shard.with_options(retries=exp.simulation.max_retries, retry_delay_seconds=exp.simulation.retry_delay_s)

@@ -65,20 +65,36 @@ class ConversationJob(BaseModel):
 
 
 class BatchResult(BaseModel):
-    """What a batch did: conversations completed, failed and skipped (already done)."""
+    """What a batch did: conversations completed, failed and skipped (already done).
+
+    ``failed_before`` counts the skipped ones recorded as failed by an earlier run (not
+    retried without ``retry_failed``): the batch is whole only when ``unfinished`` is 0.
+    """
 
     total: int
     completed: int
     failed: int
     skipped: int
     wall_s: float
+    failed_before: int = 0
+
+    @property
+    def unfinished(self) -> int:
+        """The batch's conversations whose latest record is failed: this run's and earlier ones."""
+        return self.failed + self.failed_before
 
 
 def _unique(personas: Sequence[Persona]) -> list[Persona]:
-    seen: dict[str, Persona] = {}
-    for p in personas:
-        seen.setdefault(p.id, p)
-    return list(seen.values())
+    """``personas`` as a list; two with the same id are an error, never silently one of them."""
+    seen: dict[str, int] = {}
+    for index, p in enumerate(personas):
+        first = seen.setdefault(p.id, index)
+        if first != index:
+            raise ConfigError(
+                f"personas #{first} and #{index} have the same id", field="personas", got=p.id,
+                expected="one persona per id (an id derived from the content repeats when a persona is repeated)",
+            )
+    return list(personas)
 
 
 def _cast(graph: GraphConfig, scenario: Scenario, personas: list[Persona], index: int, rng: random.Random) -> list[Participant]:
@@ -369,6 +385,7 @@ async def simulate_batch(
     complete = {i for i, status in recorded.items() if status == ConversationStatus.COMPLETE.value}
     done = complete if retry_failed else set(recorded)
     todo = [j for j in jobs if j.id not in done]
+    failed_before = sum(1 for j in jobs if j.id in done and j.id not in complete)  # recorded failed, not retried
     counts = {"completed": 0, "failed": 0}
     if checkpoint_path is not None and (todo or Path(checkpoint_path).exists()):
         async with sqlite_checkpointer(checkpoint_path) as saver:
@@ -383,7 +400,7 @@ async def simulate_batch(
             await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
     return BatchResult(
         total=len(jobs), completed=counts["completed"], failed=counts["failed"],
-        skipped=len(jobs) - len(todo), wall_s=time.perf_counter() - started,
+        skipped=len(jobs) - len(todo), wall_s=time.perf_counter() - started, failed_before=failed_before,
     )
 
 

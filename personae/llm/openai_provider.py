@@ -13,6 +13,7 @@ from typing import Any
 import openai
 from pydantic import SecretStr
 
+from personae.endpoint import public_url, unreachable_reason
 from personae.errors import ModelCallError, UnsupportedFeature
 from personae.llm.base import LLMRequest, LLMResponse, ResponseFormat, Usage, estimate_tokens
 
@@ -45,6 +46,7 @@ class OpenAICompatibleLLM:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._model = model
         self.base_url = base_url
+        self.timeout_s = timeout_s
         # aiohttp as the SDK's transport (its documented `DefaultAioHttpClient`): at 64-256
         # calls in flight it costs less client CPU per call than httpx's pure-Python pool
         # (bench/overlap.py), and CPU per call is what bounds how many calls overlap.
@@ -114,10 +116,8 @@ class OpenAICompatibleLLM:
                 data = json.loads(data)
         except openai.APIStatusError as exc:
             raise _status_error(exc, request, self._model) from None
-        except openai.APITimeoutError:
-            raise ModelCallError("request timed out", model=self._model, retryable=True) from None
-        except openai.APIConnectionError as exc:
-            raise ModelCallError(f"connection failed: {exc.__class__.__name__}", model=self._model, retryable=True) from None
+        except openai.APIConnectionError as exc:  # APITimeoutError included
+            raise _connection_error(exc, str(self._client.base_url), self._model, self.timeout_s) from None
         except (openai.APIResponseValidationError, ValueError) as exc:  # JSONDecodeError and UnicodeDecodeError included
             body = f"; body starts {exc.doc[:200]!r}" if isinstance(exc, json.JSONDecodeError) else ""
             raise ModelCallError(f"malformed response body: {exc.__class__.__name__}{body}", model=self._model, retryable=True) from None
@@ -148,6 +148,19 @@ def _read_completion(data: Any, *, tool: bool, model: str) -> tuple[str, str | N
         return text, choice.get("finish_reason"), data.get("model") or model, counted
     except (AttributeError, KeyError, IndexError, TypeError, ValueError) as exc:
         raise ModelCallError(f"malformed response body: {exc.__class__.__name__}: {str(exc)[:200]}", model=model, retryable=True) from None
+
+
+def _connection_error(exc: openai.APIConnectionError, url: str, model: str, timeout_s: float) -> ModelCallError:
+    """A refused connection or unknown host as such (the SDK may call it a timeout), else a timeout or connection error."""
+    where = public_url(url)
+    reason = unreachable_reason(exc)
+    if reason is not None:
+        message = f"endpoint unreachable: {reason} at {where} (is the server running, and is the base URL right?)"
+    elif isinstance(exc, openai.APITimeoutError):
+        message = f"request timed out after {timeout_s:g}s at {where} (PERSONAE_LLM_TIMEOUT_S or the model's timeout_s)"
+    else:
+        message = f"connection to {where} failed: {exc.__class__.__name__}"
+    return ModelCallError(message, model=model, retryable=True)
 
 
 def _status_error(exc: openai.APIStatusError, request: LLMRequest, model: str) -> ModelCallError:
