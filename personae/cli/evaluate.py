@@ -45,6 +45,7 @@ def register(app: typer.Typer) -> None:
 async def _validate(conversations_path: Path, personas_path: Path | None, out: Path | None) -> None:
     from personae.embeddings.factory import build_embedder
     from personae.evaluation.validation import validate_metrics
+    from personae.paths import require_writable
     from personae.ids import content_hash
     from personae.jsonl import read_jsonl
     from personae.models import Conversation, Persona
@@ -55,6 +56,7 @@ async def _validate(conversations_path: Path, personas_path: Path | None, out: P
     conversations = _read_conversations(conversations_path, read_jsonl, Conversation)
     personas = read_jsonl(personas_path, Persona) if personas_path else []
     out = out or settings.run_dir(f"validate-{conversations_path.stem}-{content_hash(str(conversations_path.resolve()), length=8)}")
+    require_writable(out, kind="dir", field="--out")
     with Progress(TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=True) as progress:
         task = progress.add_task("measuring the clean run")
         report = await validate_metrics(conversations, embedder=build_embedder(settings), personas=personas,
