@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterable, Sequence
 
+from personae.lexical import words
 from personae.models import Persona
 
 __all__ = ["persona_profile", "words", "distinct_n", "gini", "finite_mean"]
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
 def persona_profile(persona: Persona) -> str:
@@ -41,11 +40,6 @@ def persona_profile(persona: Persona) -> str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             parts.append(f"{key.rsplit('.', 1)[-1].replace('_', ' ')}: {value}")
     return "\n".join(parts)
-
-
-def words(text: str) -> list[str]:
-    """Lower-cased word tokens."""
-    return [w.lower() for w in _WORD.findall(text)]
 
 
 def distinct_n(token_lists: Iterable[Sequence[str]], n: int) -> float:

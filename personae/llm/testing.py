@@ -2,6 +2,7 @@
 
 * :class:`FakeLLM` — seeded and deterministic: the same request gives the same
   reply; JSON requests get minimal schema-valid data.
+* :class:`EchoingLLM` — FakeLLM that echoes its partner at a known rate.
 * :class:`ScriptedLLM` — a function you write decides each reply.
 """
 
@@ -16,7 +17,7 @@ from typing import Any
 from personae.ids import content_hash
 from personae.llm.base import LLMRequest, LLMResponse, ResponseFormat, Usage, estimate_tokens
 
-__all__ = ["FakeLLM", "ScriptedLLM", "fake_from_schema"]
+__all__ = ["FakeLLM", "EchoingLLM", "ScriptedLLM", "fake_from_schema"]
 
 _WORDS = (
     "well think really maybe about that idea plan price time help need want know sure "
@@ -72,6 +73,31 @@ class FakeLLM(_RecordingLLM):
         else:
             text = json.dumps(fake_from_schema(request.json_schema, rng))
         return self._response(request, text)
+
+
+class EchoingLLM(FakeLLM):
+    """A fake that echoes its partner at a known rate (a fake: for testing critics and echo metrics).
+
+    For a text request it returns, with probability ``rate`` (drawn from the request, so
+    the same request gives the same reply), the last partner line of the conversation
+    word for word; otherwise a fresh FakeLLM sentence. Structured requests get FakeLLM's
+    schema-valid data. A revision that changes the seed draws again, as a real model
+    sampled afresh would.
+    """
+
+    def __init__(self, *, rate: float = 0.5, seed: int = 0, model: str = "fake-echo", latency_s: float = 0.0, words: int = 12) -> None:
+        super().__init__(seed=seed, model=model, latency_s=latency_s, words=words)
+        self.rate = rate
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        if request.response_format is not ResponseFormat.TEXT and request.json_schema is not None:
+            return await super().complete(request)
+        partner = [m.content for m in request.messages[1:] if m.role == "user" and "could not be used" not in m.content and "cannot be used" not in m.content]
+        rng = random.Random(content_hash([self.seed, "echo", request.cache_payload()]))
+        if len(partner) > 1 and rng.random() < self.rate:  # the first user message is the opening instruction
+            self.requests.append(request)
+            return self._response(request, partner[-1])
+        return await super().complete(request)
 
 
 class ScriptedLLM(_RecordingLLM):

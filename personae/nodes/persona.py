@@ -134,10 +134,12 @@ def make_persona_node(
             )
         messages = _messages(state, speaker, participants, scenario, transcript, memories)
         if revising:
-            messages += [
-                Message(role="assistant", content=draft["text"] or "…"),
-                Message(role="user", content=render_with(prompts, "persona_revise", {"feedback": draft["feedback"]})),
-            ]
+            # first revision: show the rejected reply with the feedback; later ones leave it out, since a
+            # small model asked to fix a reply it can see tends to copy it again
+            shown = attempt < 2
+            if shown:
+                messages.append(Message(role="assistant", content=draft["text"] or "…"))
+            messages.append(Message(role="user", content=render_with(prompts, "persona_revise", {"feedback": draft["feedback"], "shown": shown})))
         seed = derive_seed(ctx.seed, ctx.conversation_id, turn, attempt)
         response = await gateway.text(
             messages, role=speaker.model or role, seed=seed, temperature=temperature, max_tokens=max_tokens
