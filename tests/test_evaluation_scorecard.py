@@ -113,6 +113,24 @@ def test_cli_evaluate_standalone(tmp_path, cli_env):
     assert (out / "scorecard.html").exists()
 
 
+def test_cli_evaluate_counts_the_latest_record_of_a_retried_conversation(tmp_path, cli_env):
+    # a run with retry_failed appends a retried failure again: the file holds its stale failed record first
+    from personae.models import ConversationStatus, StopReason
+
+    retried = control("conv-retried")
+    failed = retried.model_copy(update={"status": ConversationStatus.FAILED, "stop_reason": StopReason.ERROR,
+                                        "error": "ModelCallError: HTTP 500", "utterances": retried.utterances[:1]})
+    convs = tmp_path / "conversations.jsonl"
+    write_jsonl(convs, [failed, retried])
+    out = tmp_path / "out"
+    result = CliRunner().invoke(cli_env, ["evaluate", str(convs), "--out", str(out)], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "scorecard.json").read_text())["metrics"]
+    assert metrics["n_conversations"] == 1.0
+    assert metrics["transcript.n_measured"] == 1.0
+    assert metrics["transcript.status.complete"] == 1.0 and "transcript.status.failed" not in metrics
+
+
 def test_cli_bad_files_are_config_errors(tmp_path, cli_env):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x"}\n')

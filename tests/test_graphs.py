@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from personae.errors import BudgetExceeded, ConfigError, ModelCallError
 from personae.graphs import (
     GraphConfig,
+    done_ids,
     build_graph,
     dyad,
     fuse_nodes,
@@ -208,12 +209,15 @@ async def test_batch_writes_skips_done_and_records_failures(tmp_path):
     calls = llm.calls
     again = await simulate_batch(jobs, gateway=Gateway(llm), out_path=out, checkpoint_path=tmp_path / "ckpt.sqlite")
     assert (again.skipped, again.completed, again.failed) == (5, 0, 0) and llm.calls == calls
+    assert done_ids(out) == {j.id for j in jobs}
+    assert done_ids(out, retry_failed=True) == {j.id for j in jobs} - {j.id for j in bob_jobs}
     # the model is back: --retry-failed reruns only the failures, resuming from their checkpoints
     fixed = ScriptedLLM(_failing_for("nobody"))
     retry = await simulate_batch(jobs, gateway=Gateway(fixed), out_path=out, checkpoint_path=tmp_path / "ckpt.sqlite", retry_failed=True)
     assert (retry.skipped, retry.completed) == (5 - len(bob_jobs), len(bob_jobs))
     latest = {c.id: c for c in latest_conversations(out)}
     assert len(latest) == 5 and all(c.status is ConversationStatus.COMPLETE for c in latest.values())
+    assert done_ids(out, retry_failed=True) == {j.id for j in jobs}  # judged by each id's latest record
     assert all([u.turn for u in c.utterances] == list(range(8)) for c in latest.values())
 
 

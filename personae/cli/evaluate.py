@@ -48,12 +48,12 @@ async def _validate(conversations_path: Path, personas_path: Path | None, out: P
     from personae.paths import require_writable
     from personae.ids import content_hash
     from personae.jsonl import read_jsonl
-    from personae.models import Conversation, Persona
+    from personae.models import Persona
     from personae.settings import Settings
 
     console = Console()
     settings = Settings.load()
-    conversations = _read_conversations(conversations_path, read_jsonl, Conversation)
+    conversations = _read_conversations(conversations_path)
     personas = read_jsonl(personas_path, Persona) if personas_path else []
     out = out or settings.run_dir(f"validate-{conversations_path.stem}-{content_hash(str(conversations_path.resolve()), length=8)}")
     require_writable(out, kind="dir", field="--out")
@@ -81,7 +81,7 @@ async def _evaluate(
     from personae.ids import content_hash
     from personae.jsonl import read_jsonl
     from personae.llm import build_gateway
-    from personae.models import Conversation, Persona
+    from personae.models import Persona
     from personae.paths import require_writable
     from personae.settings import Settings
     from personae.validation import load_data_file, load_model_file
@@ -91,9 +91,9 @@ async def _evaluate(
     config = load_model_file(config_path, EvaluationConfig, what="evaluation config") if config_path else EvaluationConfig()
     if judged:
         config = config.model_copy(update={"judged": config.judged.model_copy(update={"enabled": True})})
-    conversations = _read_conversations(conversations_path, read_jsonl, Conversation)
+    conversations = _read_conversations(conversations_path)
     personas = read_jsonl(personas_path, Persona, unique="id") if personas_path else []
-    other = _read_conversations(compare_path, read_jsonl, Conversation) if compare_path else None
+    other = _read_conversations(compare_path) if compare_path else None
     report = None
     if population_report_path is not None:
         report = load_data_file(population_report_path)
@@ -134,8 +134,11 @@ async def _evaluate(
     console.print(f"scorecard: {Path(out) / 'scorecard.html'}")
 
 
-def _read_conversations(path: Path, read_jsonl, model) -> list:
-    conversations = read_jsonl(path, model)
+def _read_conversations(path: Path) -> list:
+    """The file's conversations, the latest record per id (a file rewritten by ``retry_failed`` holds stale failures)."""
+    from personae.graphs.runner import latest_conversations
+
+    conversations = latest_conversations(path)
     if not conversations:
         raise ConfigError("no conversations in the file", file=str(path), expected="one Conversation JSON object per line")
     return conversations

@@ -23,8 +23,8 @@ from personae.errors import ConfigError, MissingExtra
 from personae.experiment import Experiment, SimulationConfig, build_gateway_for
 from personae.flows.context import RunPaths, StageResult, embedder_for, open_context, open_memory, settings_in_task
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
-from personae.graphs.runner import ConversationJob, latest_conversations, make_jobs, simulate_batch
-from personae.jsonl import read_jsonl, read_jsonl_dicts
+from personae.graphs.runner import ConversationJob, done_ids, latest_conversations, make_jobs, simulate_batch
+from personae.jsonl import read_jsonl
 from personae.memory import AgentMemory
 from personae.models import ConversationStatus, Persona
 
@@ -37,14 +37,6 @@ def shard_jobs(jobs: list[ConversationJob], shards: int) -> list[list[Conversati
     """Split ``jobs`` round-robin into at most ``shards`` non-empty shards (deterministic)."""
     shards = max(1, min(shards, len(jobs)))
     return [jobs[i::shards] for i in range(shards)]
-
-
-def done_ids(path: os.PathLike, *, retry_failed: bool = False) -> set[str]:
-    """Ids of the conversations already in an output file (failed ones too unless ``retry_failed``)."""
-    if not os.path.exists(path):
-        return set()
-    latest = {str(obj.get("id")): obj.get("status") for _, obj in read_jsonl_dicts(path)}
-    return {i for i, status in latest.items() if not (retry_failed and status == "failed")}
 
 
 def task_runner_for(simulation: SimulationConfig):

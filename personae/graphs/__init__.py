@@ -9,6 +9,7 @@ from personae.graphs.prebuilt import build_graph, dyad, fuse_nodes, group, inter
 from personae.graphs.runner import (
     BatchResult,
     ConversationJob,
+    done_ids,
     job_state,
     latest_conversations,
     make_jobs,
@@ -26,6 +27,7 @@ __all__ = [
     "MemoryConfig",
     "RunContext",
     "build_graph",
+    "done_ids",
     "dyad",
     "fuse_nodes",
     "group",

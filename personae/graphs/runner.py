@@ -46,6 +46,7 @@ __all__ = [
     "simulate_batch",
     "conversation_metrics",
     "completeness_problem",
+    "done_ids",
     "latest_conversations",
 ]
 
@@ -324,9 +325,25 @@ def _recorded_status(out_path: Path) -> dict[str, str]:
     return {record["id"]: record.get("status") for _, record in read_jsonl_dicts(out_path) if "id" in record}
 
 
+def done_ids(path: str | Path, *, retry_failed: bool = False) -> set[str]:
+    """Ids of the conversations a batch output file already holds, judged by each id's latest record.
+
+    With ``retry_failed`` only the complete ones count (a retried failure is appended
+    again, so the latest record is what holds). A missing file holds nothing.
+    """
+    recorded = _recorded_status(Path(path))
+    if not retry_failed:
+        return set(recorded)
+    return {i for i, status in recorded.items() if status == ConversationStatus.COMPLETE.value}
+
+
 def latest_conversations(path: str | Path) -> list[Conversation]:
-    """Conversations in a batch output file, the latest record per id (a retried failure
-    is appended again), in first-seen order."""
+    """Conversations in a batch output file, the latest record per id, in first-seen order.
+
+    This is how every reader of a ``conversations.jsonl`` gets its conversations: a rerun
+    with ``retry_failed`` appends a retried failure again, so the file may hold an id's
+    stale ``failed`` record before its current one.
+    """
     latest: dict[str, Conversation] = {}
     for conversation in iter_jsonl(path, Conversation):
         latest[conversation.id] = conversation
