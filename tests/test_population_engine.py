@@ -153,14 +153,25 @@ def test_resume_after_interruption_matches_uninterrupted_run(small_taxonomy, tmp
     assert (part / "rejects.jsonl").read_text() == (full / "rejects.jsonl").read_text()
     assert report.produced == 30 and report.quotas_exact
     full_report = json.loads((full / "population_report.json").read_text())
-    for key in ("rejects", "revised_attributes", "uniqueness", "distinct_1", "distinct_2", "attribute_coverage", "valid_first_try"):
+    # the report of the run that finished the population covers all of it, not just the personas it added
+    for key in ("produced", "rejects", "revised_attributes", "uniqueness", "distinct_1", "distinct_2", "attribute_coverage", "valid_first_try", "usage"):
         assert getattr(report, key) == pytest.approx(full_report[key]), key
+    assert json.loads((part / "population_report.json").read_text()) == report.model_dump(mode="json")
+    work = [r for _, r in read_jsonl_dicts(part / "population_work.jsonl")]
+    assert [r["first"] for r in work] == [0, 7, 14, 18, 22, 26] and sum(r["personas"] for r in work) == 30
+    assert report.wall_s == pytest.approx(sum(r["wall_s"] for r in work))
+    assert report.personas_per_s == pytest.approx(30 / report.wall_s)
     if llm:
+        assert report.usage["total.model_calls"] == full_report["usage"]["total.model_calls"] > 0
         assert report.revised_personas > 0
         assert all(not (p.name == "Bob" and p.attributes["who.food"] == "bread") for p in read_jsonl(part / "personas.jsonl", Persona))
-    # rerunning a finished population changes nothing
-    _run(spec, HashingEmbedder(256), part, gateway=_scripted_gateway() if llm else None)
+    else:
+        assert report.usage == {}
+    # rerunning a finished population changes nothing, its report included
+    again = _run(spec, HashingEmbedder(256), part, gateway=_scripted_gateway() if llm else None)
     assert (part / "personas.jsonl").read_text() == (full / "personas.jsonl").read_text()
+    assert again.model_dump(exclude={"uniqueness", "min_nn_distance"}) == report.model_dump(exclude={"uniqueness", "min_nn_distance"})
+    assert again.uniqueness == pytest.approx(report.uniqueness)
 
 
 def test_resume_with_different_spec_is_refused(small_taxonomy, tmp_path):

@@ -6,9 +6,10 @@ index and the personas before it (through de-duplication), so a rerun that finds
 the population an uninterrupted run would have produced.
 
 Files in ``out_dir``: ``personas.jsonl`` (appended batch by batch), ``rejects.jsonl``
-(every rejected proposal with its reason), ``population_spec.json`` (the spec and its
-fingerprint, which a resumed run must match), ``population_report.json`` and
-``population_marginals.png``.
+(every rejected proposal with its reason), ``population_work.jsonl`` (each written batch's
+time and model usage, so the report of a resumed run covers the whole population),
+``population_spec.json`` (the spec and its fingerprint, which a resumed run must match),
+``population_report.json`` and ``population_marginals.png``.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 PERSONAS_FILE = "personas.jsonl"
 REJECTS_FILE = "rejects.jsonl"
+WORK_FILE = "population_work.jsonl"
 SPEC_FILE = "population_spec.json"
 REPORT_FILE = "population_report.json"
 PLOT_FILE = "population_marginals.png"
@@ -261,11 +263,23 @@ class _Run:
             self.report.add(persona)
             self._keep(persona)
         self.report.add_rejects(rejects)
+        self._load_work()
         if self.index is not None and done:
             self.index.load([p.id for p in done], [self._text(p) for p in done])
         if done:
             log.info("resuming population %s at %d of %d", self.spec.name, len(done), self.spec.size)
         return len(done)
+
+    def _load_work(self) -> None:
+        """Count the time and model usage of the batches earlier runs wrote."""
+        path = self.out_dir / WORK_FILE
+        if not path.exists():  # a population from before the work was recorded
+            return
+        for number, record in read_jsonl_dicts(path):
+            wall_s, usage = record.get("wall_s"), record.get("usage")
+            if not isinstance(wall_s, (int, float)) or not isinstance(usage, dict) or not all(isinstance(v, (int, float)) for v in usage.values()):
+                raise ConfigError("invalid work record", file=str(path), line=number, expected='{"wall_s": seconds, "usage": {counter: number}}', got=record)
+            self.report.add_work(float(wall_s), usage)
 
     def _keep(self, persona: Persona) -> None:
         if self.out_dir is None:
@@ -278,14 +292,30 @@ class _Run:
         append_jsonl(self.out_dir / REJECTS_FILE, rejects)
         append_jsonl(self.out_dir / PERSONAS_FILE, personas)
 
+    def _usage(self) -> dict[str, float]:
+        """The gateway's counters so far (empty when this run makes no model call)."""
+        return self.gateway.usage.snapshot() if (self.gateway is not None and self.llm_used) else {}
+
+    def _record_work(self, first: int, count: int, started: float, usage_before: dict[str, float]) -> None:
+        """Count a written batch's time and model usage, and append them to the work file.
+
+        Appended after the batch's personas: a crash in between loses only this batch's
+        time and usage from later reports, never counts a batch twice.
+        """
+        usage = {k: v - usage_before.get(k, 0) for k, v in self._usage().items()}
+        wall_s = time.perf_counter() - started
+        self.report.add_work(wall_s, usage)
+        if self.out_dir is not None:
+            append_jsonl(self.out_dir / WORK_FILE, [{"first": first, "personas": count, "wall_s": wall_s, "usage": usage}])
+
     # ---- the loop -----------------------------------------------------------------------
     async def run(self) -> PopulationReport:
-        started = time.perf_counter()
         size = self.spec.size
         done = self._resume()
         if self.on_progress is not None:
             self.on_progress(done, size)
         for start in range(done, size, self.spec.batch_size):
+            started, usage_before = time.perf_counter(), self._usage()
             indices = range(start, min(size, start + self.spec.batch_size))
             if self.llm_used:
                 built = list(await asyncio.gather(*(self.pipeline.build(i) for i in indices)))
@@ -299,9 +329,9 @@ class _Run:
                 self.report.add(persona)
                 self._keep(persona)
             self.report.add_rejects(rejects)
+            self._record_work(start, len(personas), started, usage_before)
             if self.on_progress is not None:
                 self.on_progress(start + len(personas), size)
-        wall = time.perf_counter() - started
         report = self.report.finish(
             name=self.spec.name,
             seed=self.spec.seed,
@@ -310,8 +340,6 @@ class _Run:
             llm_validated=self.pipeline.llm is not None,
             crafted=self.pipeline.gateway is not None,
             dedup_threshold=self.spec.dedup_threshold if self.index is not None else None,
-            wall_s=wall,
-            usage=self.gateway.usage.snapshot() if (self.gateway is not None and self.llm_used) else None,
         )
         if self.out_dir is not None:
             _write_json(self.out_dir / REPORT_FILE, report.model_dump(mode="json"))

@@ -76,9 +76,9 @@ class PopulationReport(BaseModel):
     min_nn_distance: float | None = None
     distinct_1: float = 0.0
     distinct_2: float = 0.0
-    wall_s: float = 0.0
+    wall_s: float = Field(0.0, description="time spent producing the personas, summed over every run that added to the population")
     personas_per_s: float = 0.0
-    usage: dict[str, Any] = Field(default_factory=dict)
+    usage: dict[str, Any] = Field(default_factory=dict, description="model usage producing the personas, summed over those runs")
 
     @property
     def validity_rate(self) -> float:
@@ -167,6 +167,8 @@ class ReportBuilder:
         self.llm_failures = 0
         self._grams = {1: set(), 2: set()}
         self._gram_totals = {1: 0, 2: 0}
+        self.wall_s = 0.0
+        self.usage: Counter = Counter()
 
     def add(self, persona: Persona) -> None:
         """Count one accepted persona."""
@@ -215,8 +217,24 @@ class ReportBuilder:
             reason = str(record.get("reason", ""))[:160]
             self.reject_reasons[reason] += 1
 
+    def add_work(self, wall_s: float, usage: Mapping[str, float] | None = None) -> None:
+        """Count the time and model usage (flat counters, as in ``UsageTracker.snapshot``) spent producing personas.
+
+        A resumed run adds the work of the runs before it too, so the report's time, throughput
+        and usage are the whole population's.
+        """
+        self.wall_s += wall_s
+        self.usage.update(usage or {})
+
     def finish(self, *, name: str, seed: int, fingerprint: str = "", nearest: np.ndarray | None = None, llm_validated: bool = False, crafted: bool = False, dedup_threshold: float | None = None, wall_s: float = 0.0, usage: Mapping[str, Any] | None = None) -> PopulationReport:
-        """The report; ``nearest`` is each persona's highest similarity to another."""
+        """The report; ``nearest`` is each persona's highest similarity to another.
+
+        ``wall_s`` and ``usage`` are work not yet counted with :meth:`add_work`; the report holds
+        the sum of all of it.
+        """
+        wall_s += self.wall_s
+        total_usage = Counter(self.usage)
+        total_usage.update(usage or {})
         cells = [CellCount(values=c.values, target=c.target, achieved=int(n)) for c, n in zip(self.plan.cells, self.cell_counts)]
         margins: dict[str, dict[str, MarginCount]] = {}
         for path, targets in self.plan.marginal_targets.items():
@@ -264,7 +282,7 @@ class ReportBuilder:
             distinct_2=len(self._grams[2]) / self._gram_totals[2] if self._gram_totals[2] else 0.0,
             wall_s=wall_s,
             personas_per_s=self.produced / wall_s if wall_s > 0 else 0.0,
-            usage=dict(usage or {}),
+            usage=dict(total_usage),
         )
 
 
