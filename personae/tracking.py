@@ -3,7 +3,9 @@
 One parent run per pipeline and one child run per stage. Params are the flattened
 experiment, model names, seeds and prompt versions; metrics are counts, calls,
 tokens, cost, latency and evaluation scores; artifacts are the stage outputs and the
-experiment file; tags are the git commit and the personae version.
+experiment file; tags are the git commit, the personae version and the process that
+owns the run. A run whose process was killed stays RUNNING in MLflow; the next run of
+the same experiment marks it KILLED once it is sure that process has ended.
 
 No secret reaches MLflow: the experiment names API keys only by environment
 variable, and :func:`scrub_params` additionally redacts anything key/token/secret
@@ -26,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from personae.llm.gateway import RoleUsage, UsageTracker
+from personae.processes import ProcessOwner
 from personae.settings import Settings
 
 __all__ = [
@@ -250,6 +253,7 @@ class Tracker:
         self._secrets = secret_values(settings)
         self._client = None
         self._experiment_id: str | None = None
+        self._stale_checked = False
 
     # ---- client -------------------------------------------------------------
     @property
@@ -296,13 +300,22 @@ class Tracker:
 
     # ---- runs ---------------------------------------------------------------
     def start_run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> TrackedRun:
-        """Start a run (a child of ``parent_run_id`` if given)."""
+        """Start a run (a child of ``parent_run_id`` if given), tagged with the process that owns it.
+
+        The first run a tracker starts first ends the experiment's stale runs
+        (:meth:`end_stale_runs`).
+        """
         if not self.enabled:
             return TrackedRun(self, None)
-        all_tags = {k: str(v) for k, v in (tags or {}).items() if v is not None}
+        owner = ProcessOwner.current()
+        experiment_id = self.experiment_id()
+        if not self._stale_checked:
+            self._stale_checked = True
+            self.end_stale_runs(owner)
+        all_tags = {**owner.tags(), **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
         if parent_run_id:
             all_tags["mlflow.parentRunId"] = parent_run_id
-        run = self.client().create_run(self.experiment_id(), run_name=name, tags=all_tags)
+        run = self.client().create_run(experiment_id, run_name=name, tags=all_tags)
         log.info("MLflow run %s (%s) started in %s", run.info.run_id, name, self.experiment_name)
         return TrackedRun(self, run.info.run_id)
 
@@ -310,6 +323,46 @@ class Tracker:
         """Mark a run FINISHED, FAILED or KILLED."""
         if self.enabled and run_id:
             self.client().set_terminated(run_id, status=status)
+
+    def end_stale_runs(self, here: ProcessOwner | None = None) -> list[str]:
+        """Mark KILLED the experiment's RUNNING runs whose owning process has ended; return their ids.
+
+        A process killed mid-run (SIGKILL, OOM, a closed terminal) never ends its run. Only
+        runs whose recorded owner ran on this host, boot and pid namespace are judged, and
+        only a free, zombie or reused pid counts as ended (see :class:`ProcessOwner`), so a
+        live run of another process, here or elsewhere, is never touched. Failing to read
+        or update the store is logged, never fatal: it must not stop a new run.
+        """
+        if not self.enabled:
+            return []
+        from mlflow.exceptions import MlflowException
+
+        here = here or ProcessOwner.current()
+        ended: list[str] = []
+        try:
+            experiment_id = self.experiment_id(create=False)
+            if experiment_id is None:
+                return []
+            client = self.client()
+            running, token = [], None
+            while True:  # collect every page first: ending runs changes what the filter matches
+                page = client.search_runs([experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000, page_token=token)
+                running.extend(page)
+                token = page.token
+                if not token:
+                    break
+            for run in running:
+                owner = ProcessOwner.from_tags(run.data.tags)
+                if owner is None or not owner.has_ended(here):
+                    continue
+                client.set_tag(run.info.run_id, "personae.ended_by", f"process {here.pid} on {here.host}: the run's process {owner.pid} had ended")
+                self.end_run(run.info.run_id, status="KILLED")
+                ended.append(run.info.run_id)
+        except MlflowException as exc:
+            log.warning("could not check %s for runs left RUNNING by killed processes: %s", self.experiment_name, exc)
+        if ended:
+            log.warning("marked %d MLflow run(s) of %s KILLED: their process had ended without ending them (%s)", len(ended), self.experiment_name, ", ".join(ended))
+        return ended
 
     @contextmanager
     def run(self, name: str, *, parent_run_id: str | None = None, tags: Mapping[str, Any] | None = None) -> Iterator[TrackedRun]:

@@ -129,6 +129,17 @@ def _latest_pipeline_run(data_dir: Path) -> Any:
     return runs[0]
 
 
+def _run_statuses(data_dir: Path) -> dict[str, int]:
+    """How many of the experiment's MLflow runs are in each status."""
+    from collections import Counter
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=Settings(data_dir=data_dir).mlflow_tracking_uri)
+    experiment = client.get_experiment_by_name(NAME)
+    return dict(Counter(r.info.status for r in client.search_runs([experiment.experiment_id])))
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, prefect_api_session) -> dict[str, Any]:
     """The outputs of one uninterrupted run."""
@@ -190,5 +201,8 @@ def test_killed_run_reruns_to_the_same_outputs(prefect_api_session, reference, k
     assert outputs["population_size"] == expected["population_size"]
     run = _latest_pipeline_run(data_dir)
     assert run.info.status == "FINISHED"
+    statuses = _run_statuses(data_dir)
+    assert "RUNNING" not in statuses, statuses  # the rerun marked the killed process's runs KILLED
+    assert statuses.get("KILLED", 0) >= 2, statuses  # its pipeline run and the stage it was in
     for key in ("generate.personas", "simulate.conversations.complete", "simulate.conversations.failed", "simulate.conversations.total"):
         assert run.data.metrics.get(key) == reference["metrics"].get(key), key

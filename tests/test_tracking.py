@@ -185,3 +185,85 @@ def test_compare_prints_runs_side_by_side_and_plots(tmp_path):
     assert "wall_s" in only.output and "usage.calls" not in only.output
     missing = runner.invoke(app, ["compare", "nope", "--data-dir", str(tmp_path / "data")])
     assert missing.exit_code != 0
+
+
+# ---- runs left RUNNING by killed processes -----------------------------------------------
+
+_OWNER_SCRIPT = """
+import sys
+from personae.settings import Settings
+from personae.tracking import Tracker
+
+tracker = Tracker(Settings(data_dir=sys.argv[1]), "stale")
+parent = tracker.start_run("pipeline")
+child = tracker.start_run("simulate", parent_run_id=parent.run_id)
+print(parent.run_id, child.run_id, flush=True)
+sys.stdin.read()  # hold the runs open until told to go
+"""
+
+
+def _start_owner(data_dir: Path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, "-c", _OWNER_SCRIPT, str(data_dir)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+
+def test_runs_of_a_killed_process_are_marked_killed_and_live_ones_are_left_alone(tmp_path):
+    from personae.processes import ProcessOwner
+
+    data_dir = tmp_path / "data"
+    settings = Settings(data_dir=data_dir)
+    tracker = Tracker(settings, "stale")
+    tracker.experiment_id()  # the store is created once: MLflow's first migration is not safe to race
+    killed, live = _start_owner(data_dir), _start_owner(data_dir)
+    try:
+        killed_ids = killed.stdout.readline().split()
+        live_ids = live.stdout.readline().split()
+        assert len(killed_ids) == len(live_ids) == 2
+        killed.kill()
+        killed.wait()
+
+        client = tracker.client()
+        here = ProcessOwner.current()
+        # a run recorded by a process on another host, and one whose pid is now another process's
+        elsewhere = client.create_run(tracker.experiment_id(), run_name="elsewhere",
+                                      tags=ProcessOwner("another-host", 1, here.boot_id, here.pid_namespace, "1").tags()).info.run_id
+        reused = client.create_run(tracker.experiment_id(), run_name="reused",
+                                   tags=ProcessOwner(here.host, here.pid, here.boot_id, here.pid_namespace, "1").tags()).info.run_id
+        no_owner = client.create_run(tracker.experiment_id(), run_name="older-version").info.run_id
+
+        with tracker.run("pipeline") as new:
+            status = {run_id: client.get_run(run_id).info.status for run_id in [*killed_ids, *live_ids, elsewhere, reused, no_owner, new.run_id]}
+        assert [status[i] for i in killed_ids] == ["KILLED", "KILLED"]  # the parent and its child
+        assert "had ended" in client.get_run(killed_ids[0]).data.tags["personae.ended_by"]
+        if here.started is not None:  # Linux tells a reused pid by the process's start time
+            assert status[reused] == "KILLED"
+        assert [status[i] for i in live_ids] == ["RUNNING", "RUNNING"]  # another live process's runs
+        assert status[elsewhere] == status[no_owner] == status[new.run_id] == "RUNNING"  # cannot tell: left alone
+        assert client.get_run(new.run_id).data.tags["personae.owner.pid"] == str(here.pid)
+
+        # the live process's run is not touched by a second tracker either; it ends it itself
+        assert Tracker(settings, "stale").end_stale_runs() == []
+    finally:
+        for process in (killed, live):
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            process.stdout.close()
+            process.stdin.close()
+
+
+def test_process_owner_round_trips_through_tags_and_judges_only_what_it_can_tell():
+    from personae.processes import ProcessOwner
+
+    here = ProcessOwner.current()
+    assert ProcessOwner.from_tags(here.tags()) == here
+    assert ProcessOwner.from_tags({}) is None and ProcessOwner.from_tags({"personae.owner.host": "h", "personae.owner.pid": "x"}) is None
+    assert not here.has_ended(here)
+    assert not ProcessOwner("another-host", 999_999_999).has_ended(here)
+    assert ProcessOwner(here.host, 999_999_999, here.boot_id, here.pid_namespace).has_ended(here)  # no such pid
+    other_boot = ProcessOwner(here.host, 999_999_999, "another-boot", here.pid_namespace)
+    assert not other_boot.has_ended(here) or here.boot_id is None
