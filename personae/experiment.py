@@ -45,9 +45,6 @@ __all__ = [
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$"
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_CRON_ALIASES = {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@hourly"}
-_CRON_RANGES = ((0, 59), (0, 23), (1, 31), (1, 12), (0, 7))
-_CRON_ITEM = re.compile(r"^(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?$")
 
 
 class _Strict(BaseModel):
@@ -142,18 +139,16 @@ class MemorySpec(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    """When ``personae serve`` runs the experiment: a cron string or an interval, not both."""
+    """When ``personae serve`` runs the experiment: a cron string or an interval, not both.
+
+    The cron string, time zone and interval are checked by Prefect's own validators when the
+    CLI or a flow loads the experiment (``personae.flows.schedule.check_schedule``): this
+    module is below ``flows/`` and does not import Prefect.
+    """
 
     cron: str | None = None
     interval_s: float | None = Field(None, gt=0)
     timezone: str | None = Field(None, description="IANA name for cron, e.g. Europe/Paris")
-
-    @field_validator("cron")
-    @classmethod
-    def _valid_cron(cls, value: str | None) -> str | None:
-        if value is not None:
-            _check_cron(value)
-        return value
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ScheduleConfig:
@@ -224,23 +219,6 @@ class Experiment(_Strict):
     def memory_enabled(self) -> bool:
         """Whether conversations use agent memory (``memory.enabled`` or ``graph.memory.enabled``)."""
         return self.graph.memory.enabled
-
-
-def _check_cron(value: str) -> None:
-    text = value.strip()
-    if text.lower() in _CRON_ALIASES:
-        return
-    fields = text.split()
-    if len(fields) != 5:
-        raise ValueError(f"a cron string has 5 fields (minute hour day month weekday), got {value!r}")
-    for field, (low, high) in zip(fields, _CRON_RANGES):
-        for item in field.split(","):
-            match = _CRON_ITEM.match(item)
-            if not match:
-                raise ValueError(f"invalid cron field {field!r} in {value!r}")
-            for number in re.findall(r"(?<![/0-9])[0-9]+", match.group(1)):
-                if not low <= int(number) <= high:
-                    raise ValueError(f"cron value {number} outside {low}-{high} in {value!r}")
 
 
 # ---- loading ----------------------------------------------------------------

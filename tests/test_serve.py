@@ -44,6 +44,54 @@ def test_schedules_map_to_prefect_schedules(tmp_path):
     assert prefect_schedule(None) is None
 
 
+@pytest.mark.parametrize(
+    ("schedule", "field", "message"),
+    [
+        ({"cron": "61 * * * *"}, "schedule.cron", "Invalid cron string"),
+        ({"cron": "0 3 * *"}, "schedule.cron", "Invalid cron string"),
+        ({"cron": "MON * * * *"}, "schedule.cron", "Invalid cron string"),  # a name in the minute field
+        ({"cron": "*/0 * * * *"}, "schedule.cron", "Invalid cron string"),
+        ({"cron": "H 3 * * *"}, "schedule.cron", "Invalid cron string"),  # the hashed syntax, which Prefect refuses
+        ({"cron": "0 3 * * *", "timezone": "Mars/Olympus_Mons"}, "schedule.timezone", "Invalid timezone"),
+        ({"interval_s": 60, "timezone": "Mars/Olympus_Mons"}, "schedule.timezone", "Invalid timezone"),
+        ({"interval_s": 1e-9}, "schedule.interval_s", "greater than 0"),  # rounds to zero microseconds
+        ({"interval_s": 1e300}, "schedule.interval_s", "too long"),
+        ({"interval_s": float("inf")}, "schedule.interval_s", "too long"),
+    ],
+)
+def test_a_schedule_prefect_would_refuse_is_refused_when_the_experiment_is_loaded(tmp_path, schedule, field, message):
+    from personae.errors import ConfigError
+    from personae.flows.context import open_context
+    from personae.flows.deploy import check_schedule
+
+    path = fake_experiment(tmp_path, extra={"schedule": schedule})
+    with pytest.raises(ConfigError, match=message) as info:
+        check_schedule(load_experiment(path))
+    assert (info.value.file, info.value.field) == (str(path), field)
+    with pytest.raises(ConfigError, match=message):  # every flow loads the experiment through open_context
+        open_context(str(path), data_dir=str(tmp_path / "data"), track=False)
+    assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("cron", ["@daily", "0 0 * * MON-FRI", "5-10 * * * *", "0 0 L * *", "0 9 * * 1#2"])
+def test_cron_strings_prefect_accepts_are_accepted(tmp_path, cron):
+    from personae.flows.deploy import check_schedule
+
+    check_schedule(load_experiment(fake_experiment(tmp_path, extra={"schedule": {"cron": cron, "timezone": "Europe/Paris"}})))
+
+
+def test_serve_refuses_a_bad_schedule_before_starting_anything(tmp_path):
+    from typer.testing import CliRunner
+
+    from personae.cli import app
+    from personae.errors import ConfigError
+
+    path = fake_experiment(tmp_path, extra={"schedule": {"cron": "0 25 * * *"}})
+    result = CliRunner().invoke(app, ["serve", str(path), "--data-dir", str(tmp_path / "data"), "--no-ui"])
+    assert isinstance(result.exception, ConfigError) and result.exception.field == "schedule.cron"
+    assert not (tmp_path / "data").exists()
+
+
 def test_a_second_local_server_on_the_same_database_is_refused(tmp_path):
     from personae.errors import StoreLockedError
 

@@ -124,6 +124,9 @@ def register(app: typer.Typer) -> None:
         prepare_prefect_env(verbose=logging.getLogger().level <= logging.DEBUG)
         loaded = load_experiment(experiment)  # fail on a bad file before starting anything
         check_inputs(loaded)
+        from personae.flows.schedule import check_schedule
+
+        check_schedule(loaded)
         from personae.flows.pipeline import check_stages, pipeline_flow
 
         stages = check_stages(stage)

@@ -50,6 +50,10 @@ def register(app: typer.Typer) -> None:
 
         prepare_prefect_env(verbose=logging.getLogger().level <= logging.DEBUG)
         loaded = [load_experiment(path) for path in experiments]
+        from personae.flows.schedule import check_schedule
+
+        for experiment in loaded:  # before any server starts
+            check_schedule(experiment)
         names = [e.name for e in loaded]
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:

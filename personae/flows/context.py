@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 
 from personae.embeddings import Embedder, build_embedder
 from personae.experiment import Experiment, describe_models, load_experiment, model_prices, settings_for
+from personae.flows.schedule import check_schedule
 from personae.llm import Gateway
 from personae.memory import AgentMemory, QdrantHandle, open_qdrant
 from personae.prompts import default_prompts
@@ -187,8 +188,9 @@ def run_stage(
 
 
 def open_context(experiment: str | Experiment, *, data_dir: str | None = None, track: bool = True) -> StageContext:
-    """Load ``experiment`` (a path or a loaded one) and build its settings and tracker."""
+    """Load ``experiment`` (a path or a loaded one), check its schedule, and build its settings and tracker."""
     loaded = experiment if isinstance(experiment, Experiment) else load_experiment(experiment)
+    check_schedule(loaded)
     overrides: dict[str, Any] = {"data_dir": data_dir} if data_dir else {}
     settings = settings_for(loaded, **overrides)
     tracker = Tracker(settings, loaded.name, enabled=track and loaded.tracking.enabled)

@@ -2,36 +2,14 @@
 
 from __future__ import annotations
 
-import datetime
 from collections.abc import Sequence
 
 from personae.errors import ConfigError
-from personae.experiment import Experiment, ScheduleConfig
+from personae.experiment import Experiment
 from personae.flows.pipeline import pipeline_flow
+from personae.flows.schedule import check_schedule, describe_schedule, prefect_schedule
 
-__all__ = ["deployment_for", "prefect_schedule", "describe_schedule"]
-
-
-def prefect_schedule(schedule: ScheduleConfig | None):
-    """The Prefect schedule of an experiment's ``schedule`` (``None`` = run on demand only)."""
-    if schedule is None:
-        return None
-    from prefect.schedules import Cron, Interval
-
-    if schedule.cron is not None:
-        return Cron(schedule.cron, timezone=schedule.timezone)
-    # anchored in the past so the first run is due at once, then every interval
-    anchor = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(seconds=1)
-    return Interval(datetime.timedelta(seconds=schedule.interval_s), anchor_date=anchor, timezone=schedule.timezone)
-
-
-def describe_schedule(schedule: ScheduleConfig | None) -> str:
-    """A short human description, e.g. ``every 3600s`` or ``cron 0 3 * * *``."""
-    if schedule is None:
-        return "on demand (no schedule)"
-    if schedule.cron is not None:
-        return f"cron {schedule.cron}" + (f" ({schedule.timezone})" if schedule.timezone else "")
-    return f"every {schedule.interval_s:g}s"
+__all__ = ["deployment_for", "prefect_schedule", "describe_schedule", "check_schedule"]
 
 
 def deployment_for(
@@ -51,7 +29,7 @@ def deployment_for(
 
     if experiment.source is None:
         raise ConfigError("a deployment needs an experiment loaded from a file", field="experiment", expected="load_experiment(path)")
-    schedule = prefect_schedule(experiment.schedule)
+    schedule = prefect_schedule(experiment.schedule, file=experiment.source)
     return pipeline_flow.to_deployment(
         name=experiment.name,
         parameters={"experiment": str(experiment.source), "track": track, "data_dir": data_dir, "stages": list(stages) if stages else None},
