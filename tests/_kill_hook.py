@@ -51,10 +51,10 @@ def _kill_at_model_call(roles: set[str], limit: int) -> None:
     hit = _counter(limit)
 
     @functools.wraps(original)
-    async def complete(self, request, *, role: str = "default"):
+    async def complete(self, request, *, role: str = "default", **options):
         if role in roles and hit():
             _die(f"model call {limit} for {role}")
-        return await original(self, request, role=role)
+        return await original(self, request, role=role, **options)
 
     Gateway.complete = complete
 

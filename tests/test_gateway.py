@@ -151,6 +151,81 @@ async def test_identical_rerun_is_served_from_the_persistent_cache(openai_server
     assert usage2["total.cached_calls"] == 7 and usage2["total.model_calls"] == 0
 
 
+async def test_a_reply_that_fails_validation_is_not_cached_so_a_rerun_asks_the_model_again(tmp_path):
+    cache_path = tmp_path / "cache.sqlite"
+    with OpenAITestServer(TestServerConfig(fault_rate=1.0, faults=["schema_invalid"])) as server:
+        async with server_gateway(server, cache=ResponseCache(cache_path)) as gateway:
+            with pytest.raises(ModelOutputError):
+                await gateway.structured(USER, Profile, seed=1)
+        failed_calls = server.request_count
+        assert failed_calls == 4  # JSON schema, tool call, JSON mode + one repair round
+        assert len(ResponseCache(cache_path)) == 0  # valid JSON, but not a Profile: nothing stored
+
+        server.reset_counts()
+        async with server_gateway(server, cache=ResponseCache(cache_path)) as gateway:  # the same failing rerun
+            with pytest.raises(ModelOutputError):
+                await gateway.structured(USER, Profile, seed=1)
+        assert server.request_count == failed_calls  # the failure was not replayed: the model was asked again
+
+        server.configure(fault_rate=0.0)  # the model behaves now: its reply is stored...
+        server.reset_counts()
+        async with server_gateway(server, cache=ResponseCache(cache_path)) as gateway:
+            profile = await gateway.structured(USER, Profile, seed=1)
+        assert server.request_count == 1
+        server.reset_counts()
+        async with server_gateway(server, cache=ResponseCache(cache_path)) as gateway:  # ...and replayed
+            assert await gateway.structured(USER, Profile, seed=1) == profile
+        assert server.request_count == 0
+
+
+async def test_a_reply_the_caller_refuses_is_not_cached_and_a_stale_cached_one_is_evicted(openai_server, tmp_path):
+    cache = tmp_path / "cache.sqlite"
+    async with server_gateway(openai_server, cache=ResponseCache(cache)) as gateway:
+        accepted = await gateway.text(USER, seed=2)  # no check: accepted and stored
+    assert openai_server.request_count == 1
+
+    def refuse(reply):
+        raise ModelOutputError("not what the caller needs", raw=reply.text)
+
+    async with server_gateway(openai_server, cache=ResponseCache(cache)) as gateway:
+        with pytest.raises(ModelOutputError, match="not what the caller needs"):
+            await gateway.text(USER, seed=2, check=refuse)  # the cached reply is refused now: evicted, asked again
+        assert openai_server.request_count == 2
+        with pytest.raises(ModelOutputError):
+            await gateway.text(USER, seed=2, check=refuse)  # and the refused fresh reply was not stored
+        assert openai_server.request_count == 3
+        assert (await gateway.text(USER, seed=2)).text == accepted.text  # asked again, stored again
+        assert openai_server.request_count == 4
+        assert (await gateway.text(USER, seed=2)).cached
+
+
+async def test_replicates_are_independent_samples_and_each_replays_from_the_cache(openai_server, tmp_path):
+    async def run() -> tuple[list[str], list[Profile]]:
+        async with server_gateway(openai_server, cache=ResponseCache(tmp_path / "cache.sqlite")) as gateway:
+            texts = [(await gateway.text(USER, seed=5, temperature=1.0, replicate=r)).text for r in (0, 1)]
+            profiles = [await gateway.structured(USER, Profile, seed=5, replicate=r) for r in (0, 1)]
+            return texts, profiles
+
+    texts, profiles = await run()
+    assert openai_server.request_count == 4  # two replicates each: two calls each
+    seeds = [body["seed"] for body in openai_server.requests]
+    assert seeds[0] == seeds[2] == 5 and seeds[1] == seeds[3] != 5  # replicate 0 keeps the seed; 1 samples with its own
+    assert texts[0] != texts[1]
+    openai_server.reset_counts()
+    assert await run() == (texts, profiles)  # an identical rerun replays every replicate
+    assert openai_server.request_count == 0
+
+
+def test_replicate_zero_keeps_the_cache_key_of_a_request_without_replicates():
+    from personae.llm.base import LLMRequest, Message
+
+    plain = LLMRequest(messages=(Message(role="user", content="hi"),), seed=3)
+    assert "replicate" not in plain.cache_payload() and plain.sampling_seed == 3
+    second = plain.model_copy(update={"replicate": 1})
+    assert second.cache_payload()["replicate"] == 1 and second.sampling_seed not in (None, 3)
+    assert plain.model_copy(update={"seed": None, "replicate": 1}).sampling_seed is None
+
+
 # ---- faults and retries ------------------------------------------------------------------------
 
 

@@ -85,9 +85,9 @@ DRIVER = textwrap.dedent(
             setattr(cls, name, wrapped)
 
         original_complete = Gateway.complete
-        async def complete(self, request, *, role="default"):
+        async def complete(self, request, *, role="default", **options):
             event("call:" + role)
-            return await original_complete(self, request, role=role)
+            return await original_complete(self, request, role=role, **options)
         Gateway.complete = complete
         around(AsyncSqliteSaver, "aput_writes", "writes")
         around(AsyncSqliteSaver, "aput", "checkpoint")

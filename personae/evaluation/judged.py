@@ -190,10 +190,16 @@ async def generate_questions(
         task_title=task_title(task),
         n=n,
     )
-    reply = await gateway.structured([Message(role="user", content=prompt)], QuestionSet, role=role, seed=seed, temperature=0.7)
-    questions = list(dict.fromkeys(q.strip() for q in reply.questions if q and q.strip()))
-    if not questions:
-        raise ModelOutputError(f"no usable questions for task {task}", raw=reply.model_dump_json())
+
+    def distinct(reply: QuestionSet) -> list[str]:
+        return list(dict.fromkeys(q.strip() for q in reply.questions if q and q.strip()))
+
+    def usable(reply: QuestionSet) -> None:  # a reply without questions is refused, so it is never cached
+        if not distinct(reply):
+            raise ModelOutputError(f"no usable questions for task {task}", raw=reply.model_dump_json())
+
+    reply = await gateway.structured([Message(role="user", content=prompt)], QuestionSet, role=role, seed=seed, temperature=0.7, check=usable)
+    questions = distinct(reply)
     if len(questions) < n:
         log.debug("persona %s task %s: asked for %d questions, got %d", persona.id, task, n, len(questions))
     return questions[:n]

@@ -7,6 +7,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from personae.ids import content_hash
+
 __all__ = [
     "Message",
     "ResponseFormat",
@@ -50,10 +52,28 @@ class LLMRequest(BaseModel):
     response_format: ResponseFormat = ResponseFormat.TEXT
     json_schema: dict[str, Any] | None = None
     schema_name: str = "output"
+    replicate: int = Field(
+        0, ge=0,
+        description="which independent sample of this same request this is: replicates 0, 1, 2… of one prompt are "
+        "drawn and cached separately (each with its own sampling seed), and each replays from the cache on a rerun",
+    )
 
     def cache_payload(self) -> dict[str, Any]:
-        """Everything that determines the reply (and nothing else, e.g. no wall clock)."""
-        return self.model_dump(mode="json")
+        """Everything that determines the reply (and nothing else, e.g. no wall clock).
+
+        ``replicate`` 0 is left out, so the first sample's cache key is the same as before
+        replicates existed.
+        """
+        return self.model_dump(mode="json", exclude={"replicate"} if self.replicate == 0 else None)
+
+    @property
+    def sampling_seed(self) -> int | None:
+        """The seed a provider samples with: ``seed`` for replicate 0, a seed derived from
+        ``(seed, replicate)`` for the others (so a seeded provider does not give the same
+        sample again), ``None`` when unseeded."""
+        if self.seed is None or self.replicate == 0:
+            return self.seed
+        return int(content_hash(["replicate", self.seed, self.replicate], length=8), 16)
 
 
 class Usage(BaseModel):

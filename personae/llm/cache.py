@@ -1,8 +1,9 @@
 """Persistent, content-addressed response cache (SQLite).
 
 The key is a SHA-256 over provider, model and the canonical request (messages,
-parameters, seed, response format): never the wall clock, so an identical rerun
-replays every reply without calling a model.
+parameters, seed, response format, replicate): never the wall clock, so an identical
+rerun replays every reply without calling a model. The gateway stores a reply only once
+it has passed its validation, so a failure is never replayed.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ class ResponseCache:
         payload = response.model_copy(update={"cached": False}).model_dump_json()
         with self._lock:
             self._conn.execute("INSERT OR REPLACE INTO responses (key, response) VALUES (?, ?)", (key, payload))
+
+    def delete(self, key: str) -> None:
+        """Forget the response stored under ``key``, if any."""
+        with self._lock:
+            self._conn.execute("DELETE FROM responses WHERE key = ?", (key,))
 
     def __len__(self) -> int:
         with self._lock:

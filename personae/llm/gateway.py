@@ -1,9 +1,13 @@
 """The gateway: the single way any part of personae calls a model.
 
-It routes each call to a model by *role* (persona, critic, judge, ...), stacks
-the cross-cutting wrappers (cache → retries → shared concurrency limit →
-provider), does structured output with a fallback chain, and accounts calls and
-tokens per role.
+It routes each call to a model by *role* (persona, critic, judge, ...), serves
+repeated requests from the response cache, stacks the cross-cutting wrappers
+(retries → shared concurrency limit → provider), does structured output with a
+fallback chain, and accounts calls and tokens per role.
+
+The cache stores a reply only once it has passed its validation (a structured reply
+parsed and schema-valid, or whatever ``check`` the caller gives), so a rerun never
+replays a failure: it asks the model again.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -20,9 +24,9 @@ from pydantic import BaseModel
 
 from personae.errors import BudgetExceeded, ConfigError, ModelOutputError, UnsupportedFeature
 from personae.llm.base import LLM, LLMRequest, LLMResponse, Message, ResponseFormat
-from personae.llm.cache import ResponseCache
+from personae.llm.cache import ResponseCache, cache_key
 from personae.llm.structured import parse_structured, schema_for
-from personae.llm.wrappers import CachedLLM, LimitedLLM, RetryingLLM, WrapperLLM
+from personae.llm.wrappers import LimitedLLM, RetryingLLM, WrapperLLM
 
 __all__ = ["Gateway", "RoleUsage", "UsageTracker", "Budget"]
 
@@ -119,7 +123,8 @@ class Gateway:
             in a mapping and serves every role not routed elsewhere.
         roles: role → model name, e.g. ``{"critic": "judge"}``; a role that names a
             model in ``models`` directly needs no entry.
-        cache: response cache shared by all models; ``None`` disables caching.
+        cache: response cache shared by all models; ``None`` disables caching. Only
+            replies that pass their validation are stored (see :meth:`complete`).
         max_concurrency: calls in flight at once, shared by every caller and model.
         max_retries: retries per call for 429/5xx/timeouts.
         budget: optional hard limits.
@@ -152,10 +157,7 @@ class Gateway:
         self._models: dict[str, LLM] = {}
         for name, model in raw.items():
             wrapped: LLM = LimitedLLM(model, max_concurrency)
-            wrapped = RetryingLLM(wrapped, max_retries=max_retries, base_delay_s=retry_base_delay_s)
-            if cache is not None:
-                wrapped = CachedLLM(wrapped, cache)
-            self._models[name] = wrapped
+            self._models[name] = RetryingLLM(wrapped, max_retries=max_retries, base_delay_s=retry_base_delay_s)
 
     # ---- routing ---------------------------------------------------------
     def model_for(self, role: str = "default") -> LLM:
@@ -168,10 +170,29 @@ class Gateway:
         return {name: f"{m.provider}:{m.model}" for name, m in self._providers.items()}
 
     # ---- calls -------------------------------------------------------------
-    async def complete(self, request: LLMRequest, *, role: str = "default") -> LLMResponse:
-        """Send ``request`` to the model serving ``role``."""
+    async def complete(
+        self, request: LLMRequest, *, role: str = "default", check: Callable[[LLMResponse], Any] | None = None
+    ) -> LLMResponse:
+        """Send ``request`` to the model serving ``role``, or replay its reply from the cache.
+
+        ``check`` validates a reply before it is cached: it refuses one by raising
+        :class:`ModelOutputError`, which propagates, and the refused reply is not stored,
+        so an identical rerun asks the model again instead of replaying the failure. A
+        cached reply is checked as well; one refused now is evicted and the model asked
+        again. Without ``check`` every reply is accepted. ``request.replicate`` draws an
+        independent sample of the same request (see :class:`LLMRequest`).
+        """
         self._check_budget()
         model = self.model_for(role)
+        key = cache_key(model.provider, model.model, request) if self.cache is not None else None
+        if key is not None:
+            hit = self.cache.get(key)
+            if hit is not None and _accepts(check, hit):
+                self.usage.record(role, hit)
+                return hit
+            if hit is not None:
+                log.info("a cached %s reply is refused by its check now; asking the model again", role)
+                self.cache.delete(key)
         started = time.perf_counter()
         try:
             response = await model.complete(request)
@@ -181,6 +202,10 @@ class Gateway:
         if not response.cached and not response.latency_s:
             response = response.model_copy(update={"latency_s": time.perf_counter() - started})
         self.usage.record(role, response)
+        if check is not None:
+            check(response)
+        if key is not None:
+            self.cache.put(key, response)
         return response
 
     async def text(
@@ -192,16 +217,25 @@ class Gateway:
         max_tokens: int | None = 256,
         seed: int | None = None,
         stop: Sequence[str] | None = None,
+        replicate: int = 0,
+        check: Callable[[LLMResponse], Any] | None = None,
     ) -> LLMResponse:
-        """A plain text reply."""
+        """A plain text reply.
+
+        ``replicate`` picks which independent sample of this same prompt to draw: replicates
+        0, 1, 2… are separate model calls, each cached on its own, so a rerun replays every
+        one of them without a call. ``check`` refuses a reply by raising
+        :class:`ModelOutputError` (it is then not cached; see :meth:`complete`).
+        """
         request = LLMRequest(
             messages=_messages(messages),
             temperature=temperature,
             max_tokens=max_tokens,
             seed=seed,
             stop=tuple(stop) if stop else None,
+            replicate=replicate,
         )
-        return await self.complete(request, role=role)
+        return await self.complete(request, role=role, check=check)
 
     async def structured(
         self,
@@ -213,13 +247,19 @@ class Gateway:
         max_tokens: int | None = 512,
         seed: int | None = None,
         repair_attempts: int = 1,
+        replicate: int = 0,
+        check: Callable[[T], Any] | None = None,
     ) -> T:
         """A reply validated as ``schema``, through the fallback chain.
 
         JSON-schema response format first; if the provider rejects it, a forced tool
         call; then JSON mode with the schema in the prompt and up to
-        ``repair_attempts`` rounds that show the model its error. Raises
-        :class:`ModelOutputError` with the raw reply when nothing validates.
+        ``repair_attempts`` rounds that show the model its error. ``check`` validates
+        further what the schema cannot say (raise :class:`ModelOutputError` to refuse:
+        the chain goes on as for a schema error). Only a reply that parsed, matched the
+        schema and passed ``check`` is cached. ``replicate`` draws an independent sample
+        of the same prompt (see :meth:`text`). Raises :class:`ModelOutputError` with the
+        raw reply when nothing validates.
         """
         msgs = _messages(messages)
         json_schema = schema_for(schema)
@@ -241,23 +281,27 @@ class Gateway:
                     response_format=fmt,
                     json_schema=json_schema,
                     schema_name=schema.__name__,
+                    replicate=replicate,
                 )
+                reading = _StructuredReply(schema, key, check)
                 try:
-                    response = await self.complete(request, role=role)
+                    await self.complete(request, role=role, check=reading)
                 except UnsupportedFeature as exc:
                     log.info("%s does not support %s (%s); falling back", key, fmt.value, exc)
                     unsupported.add(fmt)
                     break
-                try:
-                    return parse_structured(response.text, schema, model=key)
                 except ModelOutputError as exc:
+                    if exc is not reading.refusal:  # not about this reply: nothing to repair
+                        raise
                     last_error = exc
                     if round_no + 1 < rounds:
                         attempt_msgs = (
                             *attempt_msgs,
-                            Message(role="assistant", content=response.text),
+                            Message(role="assistant", content=reading.text),
                             Message(role="user", content=_repair_prompt(exc)),
                         )
+                    continue
+                return reading.value
             # a format that answered but did not validate: try the next one too
         if last_error is not None:
             raise last_error
@@ -291,6 +335,41 @@ class Gateway:
         await asyncio.gather(*(m.aclose() for m in self._providers.values()))
         if self.cache is not None:
             self.cache.close()
+
+
+def _accepts(check: Callable[[LLMResponse], Any] | None, response: LLMResponse) -> bool:
+    """Whether ``check`` accepts ``response`` (a :class:`ModelOutputError` refuses it)."""
+    if check is None:
+        return True
+    try:
+        check(response)
+    except ModelOutputError:
+        return False
+    return True
+
+
+class _StructuredReply:
+    """The check of one structured call: parses the reply as ``schema`` (then the caller's
+    ``check``) and keeps the value, or the refusal and the raw text for a repair round."""
+
+    def __init__(self, schema: type[BaseModel], model: str, check: Callable[[Any], Any] | None) -> None:
+        self.schema = schema
+        self.model = model
+        self.check = check
+        self.text = ""
+        self.value: Any = None
+        self.refusal: ModelOutputError | None = None
+
+    def __call__(self, response: LLMResponse) -> None:
+        self.text = response.text
+        try:
+            value = parse_structured(response.text, self.schema, model=self.model)
+            if self.check is not None:
+                self.check(value)
+        except ModelOutputError as exc:
+            self.refusal = exc
+            raise
+        self.value, self.refusal = value, None
 
 
 def _messages(messages: MessagesLike) -> tuple[Message, ...]:

@@ -222,7 +222,7 @@ class LocalLlamaLLM:
             "messages": [{"role": m.role, "content": m.content} for m in messages],
             "temperature": request.temperature,
             "max_tokens": max_tokens,
-            "seed": request.seed if request.seed is not None else _derived_seed(request),
+            "seed": request.sampling_seed if request.seed is not None else _derived_seed(request),
         }
         if request.stop:
             kwargs["stop"] = list(request.stop)

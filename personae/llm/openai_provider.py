@@ -77,8 +77,8 @@ class OpenAICompatibleLLM:
         }
         if request.max_tokens is not None:
             kwargs["max_tokens"] = request.max_tokens
-        if request.seed is not None:
-            kwargs["seed"] = request.seed
+        if request.sampling_seed is not None:
+            kwargs["seed"] = request.sampling_seed
         if request.stop:
             kwargs["stop"] = list(request.stop)
         fmt = request.response_format

@@ -45,7 +45,12 @@ class WrapperLLM:
 
 
 class CachedLLM(WrapperLLM):
-    """Serves identical requests from a :class:`ResponseCache`; calls ``inner`` only on a miss."""
+    """Serves identical requests from a :class:`ResponseCache`; calls ``inner`` only on a miss.
+
+    It stores every reply ``inner`` returns, usable or not. The :class:`~personae.llm.Gateway`
+    does not use it: it caches itself, so that it stores only replies that passed their
+    validation (``Gateway.complete(check=...)``).
+    """
 
     def __init__(self, inner: LLM, cache: ResponseCache) -> None:
         super().__init__(inner)
