@@ -420,7 +420,14 @@ def test_stopped_server_has_no_url():
 )
 def test_standalone_server_prints_its_url_and_stops_on_ctrl_c(command):
     env = {**os.environ, "PYTHONWARNINGS": "error::RuntimeWarning"}
-    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as proc:
+    # a shell starts background jobs with SIGINT ignored and a child inherits that, so the Ctrl-C
+    # below would never arrive: start the server with SIGINT at its default, as in a terminal
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    finally:
+        signal.signal(signal.SIGINT, inherited)
+    with proc:
         try:
             url = proc.stdout.readline().strip()
             assert url.startswith("http://127.0.0.1:") and url.endswith("/v1")
