@@ -27,7 +27,7 @@ SCENARIO = {
 
 PREFECT_ENV = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "600",  # a hang guard: start-up is slow on a loaded machine
     "PREFECT_LOGGING_LEVEL": "WARNING",
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
@@ -122,7 +122,7 @@ def prefect_api_session(tmp_path_factory):
     if _SESSION["server"] is None:
         home = tmp_path_factory.mktemp("prefect-home")
         os.environ["PREFECT_HOME"] = str(home)
-        _SESSION["server"] = LocalPrefectServer(home / "server", ui=False, port=0).start()
+        _SESSION["server"] = LocalPrefectServer(home / "server", ui=False, port=0, startup_timeout_s=600).start()
     server = _SESSION["server"]
     _SESSION["users"] += 1
     try:

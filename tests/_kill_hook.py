@@ -7,7 +7,9 @@ The kill tests run ``personae`` in a child process (``_fork_cli``) that calls
   (``validator``/``crafter`` = generation, ``persona`` = mid-conversation, ``judge_a`` = evaluation);
 * ``append:N`` — during the N-th append of a finished conversation: half the line is written,
   then the process dies (a torn JSONL line);
-* ``artifact:NAME`` — when MLflow is asked to log the artifact file NAME (during MLflow logging).
+* ``artifact:NAME`` — when MLflow is asked to log the artifact file NAME (during MLflow logging);
+* ``written:N`` — at the first model call after N finished conversations were appended whole: the
+  conversation making that call is mid-way (its checkpoint is written), N others are done.
 
 Before dying it writes what it hit to ``PERSONAE_TEST_KILL_MARK``, so a test can tell a kill at
 the chosen point from a crash anywhere else. Nothing here is imported by personae itself.
@@ -80,6 +82,33 @@ def _kill_mid_append(limit: int) -> None:
     runner.append_jsonl = append_jsonl
 
 
+def _kill_after_written(limit: int) -> None:
+    import personae.graphs.runner as runner
+    from personae.llm.gateway import Gateway
+
+    original_append, original_complete = runner.append_jsonl, Gateway.complete
+    written = 0
+
+    def append_jsonl(path, records):
+        nonlocal written
+        records = list(records)
+        result = original_append(path, records)
+        with _lock:
+            written += len(records)
+        return result
+
+    @functools.wraps(original_complete)
+    async def complete(self, request, *, role: str = "default"):
+        with _lock:
+            armed = written >= limit
+        if armed:
+            _die(f"model call ({role}) after {limit} conversations were written")
+        return await original_complete(self, request, role=role)
+
+    runner.append_jsonl = append_jsonl
+    Gateway.complete = complete
+
+
 def _kill_at_artifact(name: str) -> None:
     from mlflow import MlflowClient
 
@@ -104,5 +133,7 @@ def install(spec: str) -> None:
         _kill_mid_append(int(rest))
     elif kind == "artifact":
         _kill_at_artifact(rest)
+    elif kind == "written":
+        _kill_after_written(int(rest))
     else:
         raise ValueError(f"unknown kill point {spec!r}")

@@ -364,14 +364,15 @@ async def test_custom_graph_example_runs_offline_with_a_one_sided_critic():
 
 @pytest.mark.slow
 @pytest.mark.timeout(170)
-@pytest.mark.openai_server(latency_s=0.2)
+@pytest.mark.openai_server(latency_s=0.2, hold_until_in_flight=100, hold_s=120.0)
 async def test_100_dyads_overlap_against_the_test_server(openai_server, tmp_path, hashing_embedder):
+    """The server answers nothing until 100 calls are in flight at once: the batch must run all 100 conversations together."""
     from personae.testing.pytest_plugin import server_gateway
 
     personas = [persona(f"P{i}") for i in range(20)]
     config = GraphConfig(critic={"enabled": False}, termination={"detector": False, "max_turns": 10})
     jobs = make_jobs(personas, [SCENARIO.model_copy(update={"max_turns": 10})], config, n_conversations=100, seed=0)
-    async with server_gateway(openai_server, max_concurrency=256) as gateway:
+    async with server_gateway(openai_server, max_concurrency=256, timeout_s=120.0) as gateway:
         result = await simulate_batch(
             jobs, gateway=gateway, out_path=tmp_path / "c.jsonl", checkpoint_path=tmp_path / "ckpt.sqlite",
             embedder=hashing_embedder, concurrency=100,
@@ -379,12 +380,12 @@ async def test_100_dyads_overlap_against_the_test_server(openai_server, tmp_path
         peak = gateway.peak_in_flight
     turns = [len(r["utterances"]) for _, r in read_jsonl_dicts(tmp_path / "c.jsonl")]
     assert result.completed == 100 and turns == [10] * 100
+    assert openai_server.gate_opened and peak == openai_server.peak_in_flight == 100
+    assert openai_server.request_count == 100 * 10  # one call per turn, none retried
     ideal = 10 * 0.2  # every conversation overlapped: one chain of 10 model calls
     sequential = 100 * ideal
     print(f"\n100 dyads x 10 turns @200 ms: wall {result.wall_s:.1f}s, ideal {ideal:.1f}s "
           f"(ratio {result.wall_s / ideal:.1f}), sequential {sequential:.0f}s, peak in flight {peak}")
-    assert peak >= 20
-    assert result.wall_s < sequential / 4  # generous: the machine is shared; measured ratio is reported
 
 
 async def test_prompt_tokens_stay_bounded_with_memory_and_window(tmp_path, hashing_embedder):

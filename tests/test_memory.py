@@ -304,7 +304,7 @@ def test_store_locked_in_another_process_and_in_process(tmp_path):
     path = tmp_path / "qdrant"
 
     def child() -> str:
-        done = subprocess.run([sys.executable, "-c", _OPEN_IN_CHILD, str(path)], capture_output=True, text=True, timeout=60)
+        done = subprocess.run([sys.executable, "-c", _OPEN_IN_CHILD, str(path)], capture_output=True, text=True, timeout=300)  # a hang guard
         assert done.returncode == 0, done.stderr
         return done.stdout.strip()
 

@@ -25,7 +25,7 @@ from personae.errors import StoreLockedError
 from personae.jsonl import append_jsonl, read_jsonl_dicts
 from personae.memory import open_qdrant
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(600)  # a guard against a hang, not a measure of speed
 
 PY = sys.executable
 
@@ -69,7 +69,7 @@ def test_second_process_on_the_same_local_qdrant_gets_a_clear_error_and_data_is_
     holder = _spawn(_HOLDER, str(path))
     try:
         assert holder.stdout.readline().strip() == "ready", holder.stderr.read()
-        second = subprocess.run([PY, "-c", textwrap.dedent(_SECOND), str(path)], capture_output=True, text=True, timeout=60)
+        second = subprocess.run([PY, "-c", textwrap.dedent(_SECOND), str(path)], capture_output=True, text=True, timeout=300)
         assert second.returncode == 3, second.stdout + second.stderr
         assert "Traceback" not in second.stderr
         message = second.stdout
@@ -83,7 +83,7 @@ def test_second_process_on_the_same_local_qdrant_gets_a_clear_error_and_data_is_
         holder.stdin.write("stop\n")
         holder.stdin.flush()
         assert holder.stdout.readline().strip() == "closed"
-        holder.wait(30)
+        holder.wait(300)
     # the holder's data survived the refused opens, and the lock is free again
     with open_qdrant(path=path) as handle:
         assert handle.client.count("c").count == 50
@@ -106,12 +106,12 @@ def test_cli_on_a_locked_qdrant_exits_with_one_clear_error_and_writes_nothing(tm
         proc = subprocess.run(
             [PY, "-c", "from personae.cli import main; main()", "simulate", "--personas", "personas.jsonl",
              "--scenario", "scenario.yaml", "--config", "graph.yaml", "-n", "2", "--out", "out/conversations.jsonl"],
-            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
         )
     finally:
         holder.stdin.write("stop\n")
         holder.stdin.flush()
-        holder.wait(30)
+        holder.wait(300)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -129,7 +129,7 @@ def test_a_killed_holder_releases_the_qdrant_lock(tmp_path):
     with pytest.raises(StoreLockedError):
         open_qdrant(path=path)
     holder.send_signal(signal.SIGKILL)
-    holder.wait(30)
+    holder.wait(300)
     with open_qdrant(path=path) as handle:
         assert handle.client.count("c").count == 50
 
@@ -158,7 +158,7 @@ def test_concurrent_process_writers_never_interleave_lines(tmp_path):
     path = tmp_path / "out.jsonl"
     procs = [_spawn(_WRITER, str(path), str(w), str(APPENDS)) for w in range(WRITERS)]
     for p in procs:
-        p.wait(90)
+        p.wait(300)
         assert p.returncode == 0, p.stderr.read()
     raw = path.read_bytes()
     assert raw.endswith(b"\n")
@@ -209,7 +209,7 @@ _TORN = """
 
 def test_a_writer_killed_mid_line_leaves_a_tail_that_the_next_append_repairs(tmp_path, caplog):
     path = tmp_path / "out.jsonl"
-    proc = subprocess.run([PY, "-c", textwrap.dedent(_TORN), str(path)], capture_output=True, timeout=60)
+    proc = subprocess.run([PY, "-c", textwrap.dedent(_TORN), str(path)], capture_output=True, timeout=300)
     assert proc.returncode == -signal.SIGKILL
     assert not path.read_bytes().endswith(b"\n")
     # readers skip the torn line (with a warning) instead of failing or returning garbage
@@ -238,12 +238,15 @@ def test_sigkill_during_large_appends_never_leaves_a_bad_line(tmp_path, delay_s)
     """A real kill at an arbitrary moment of 4 MB appends: at most a torn tail, repaired next time."""
     path = tmp_path / "big.jsonl"
     proc = _spawn(_BIG_WRITER, str(path))
-    deadline = time.monotonic() + 20
-    while not (path.exists() and path.stat().st_size > 0) and time.monotonic() < deadline:
+    # wait for the first bytes however long the start takes (the module's timeout guards a hang);
+    # the delay after that only varies where the kill lands, and any moment must be safe
+    while not (path.exists() and path.stat().st_size > 0):
+        assert proc.poll() is None, proc.stderr.read()
         time.sleep(0.01)
     time.sleep(delay_s)
     proc.send_signal(signal.SIGKILL)
-    proc.wait(30)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the writer ended before it was killed"
     complete = [obj["seq"] for _, obj in read_jsonl_dicts(path)]
     assert complete == list(range(len(complete)))  # whole records, in order, none garbled
     append_jsonl(path, [{"seq": "after"}])

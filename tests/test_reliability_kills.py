@@ -25,7 +25,7 @@ from _flows_support import PREFECT_ENV, prefect_api_session, run_cli  # noqa: F4
 from _fork_cli import CliCase, run_cli_cases
 from personae.settings import Settings
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(900)  # a guard against a hang: the first test pays for 5 pipeline runs (86 s under a 2-core hog)
 
 NAME = "kills"
 N_PERSONAS = 6
@@ -166,7 +166,7 @@ def killed(tmp_path_factory, prefect_api_session) -> dict[str, Any]:
         experiment = _experiment(folder)
         env = {**PREFECT_ENV, "PREFECT_API_URL": prefect_api_session.api_url,
                "PERSONAE_TEST_KILL": spec, "PERSONAE_TEST_KILL_MARK": str(folder / "killed.txt")}
-        cases.append(CliCase(point, ["run", str(experiment), "--data-dir", str(folder / "data")], folder, env, timeout_s=120))
+        cases.append(CliCase(point, ["run", str(experiment), "--data-dir", str(folder / "data")], folder, env, timeout_s=600))  # a hang guard
         folders[point] = folder
     outcomes = run_cli_cases(cases, logs)
     return {point: (folders[point], outcomes[point]) for point, _ in KILL_POINTS}

@@ -27,7 +27,7 @@ from personae.llm.testing import ScriptedLLM, fake_from_schema
 from personae.models import Participant, Persona, Role, Scenario
 from personae.nodes.projection import render_system_prompt
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(600)  # a guard against a hang, not a measure of speed
 
 # Template syntax of every engine a Python app might run text through, plus prompt injection.
 PAYLOADS = (

@@ -21,15 +21,19 @@ from personae.settings import Settings
 from personae.tracking import pipeline_runs
 
 
-def _post(url: str, body: dict) -> list | dict:
+def _post(url: str, body: dict) -> list | dict | None:
+    """The JSON reply, or ``None`` when the server did not answer this time (it is polled again)."""
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as reply:  # noqa: S310 - loopback
-        return json.loads(reply.read())
-
-
-def _healthy(api_url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as reply:  # noqa: S310
+        with urllib.request.urlopen(request, timeout=60) as reply:  # noqa: S310 - loopback
+            return json.loads(reply.read())
+    except OSError:
+        return None
+
+
+def _healthy(api_url: str, timeout_s: float = 10.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=timeout_s) as reply:  # noqa: S310
             return reply.status == 200
     except OSError:
         return False
@@ -105,7 +109,7 @@ def test_a_second_local_server_on_the_same_database_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)  # a guard against a hang: two scheduled runs take minutes on a loaded machine
 def test_serve_starts_a_local_server_and_scheduled_runs_complete(tmp_path):
     exp = fake_experiment(tmp_path, name="served", n_conversations=1, generate=False, max_turns=2,
                           extra={"schedule": {"interval_s": 10}})
@@ -123,16 +127,15 @@ def test_serve_starts_a_local_server_and_scheduled_runs_complete(tmp_path):
     api = f"http://127.0.0.1:{port}/api"
     try:
         completed: list = []
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and len(completed) < 2:
+        # wait for two scheduled runs to finish, however long the machine takes (the test's timeout guards a hang)
+        while len(completed) < 2:
             assert proc.poll() is None, "".join(lines)
-            if _healthy(api):
-                runs = _post(f"{api}/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}})
+            runs = _post(f"{api}/flow_runs/filter", {"flow_runs": {"state": {"type": {"any_": ["COMPLETED", "FAILED", "CRASHED"]}}}})
+            if runs is not None:
                 bad = [r for r in runs if r["state_type"] != "COMPLETED"]
                 assert not bad, f"{bad[0]['state']}\n{''.join(lines)}"
                 completed = [r for r in runs if r.get("deployment_id")]
             time.sleep(1)
-        assert len(completed) >= 2, "".join(lines)
         output = "".join(lines)
         assert "Started a local Prefect server" in output
         assert f"Prefect UI: http://127.0.0.1:{port}" in output
@@ -140,11 +143,11 @@ def test_serve_starts_a_local_server_and_scheduled_runs_complete(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(60)
+            proc.wait(300)  # a guard against a hang, not a measure of speed
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-    assert not _healthy(api), "serve must stop the server it started"
+    assert not _healthy(api, timeout_s=60), "serve must stop the server it started"
     assert (data_dir / "prefect" / "prefect.db").is_file()  # SQLite under the data dir
     runs = pipeline_runs(Settings(data_dir=data_dir), "served")
     assert len(runs) >= 2 and all(r.tags.get("prefect.flow_run_id") for r in runs)

@@ -12,6 +12,10 @@ injected at ``fault_rate`` from a seeded generator: 429 (with ``Retry-After``),
 body is broken JSON), truncated (JSON content cut short) and schema_invalid
 (valid JSON that violates the schema).
 
+``hold_until_in_flight=N`` holds every reply until N requests are in flight at once
+(:attr:`~OpenAITestServer.gate_opened`), which proves that a client overlaps N calls
+whatever the machine's speed, where a wall-clock bound would not.
+
 Run it on its own with ``python -m personae.testing.server --port 8765`` or
 ``personae testserver``.
 """
@@ -64,6 +68,12 @@ class TestServerConfig(BaseModel):
     seed: int = Field(0, description="seeds replies and the fault draw")
     embedding_dim: int = Field(256, ge=8, description="embedding size unless the request sets 'dimensions'")
     hang_s: float = Field(30.0, gt=0.0, description="longest a 'timeout' fault hangs before closing the connection")
+    hold_until_in_flight: int = Field(
+        0, ge=0,
+        description="hold every reply until this many requests are in flight at once, then answer them all (0: off); "
+        "the gate opens once and stays open",
+    )
+    hold_s: float = Field(60.0, gt=0.0, description="longest a reply waits for the hold_until_in_flight gate before it is answered anyway")
 
 
 @dataclass
@@ -136,6 +146,9 @@ class OpenAITestServer:
         self._in_flight = 0
         self.peak_in_flight = 0
         """Most requests the server was handling at once (since start or :meth:`reset_counts`)."""
+        self._gate: asyncio.Event | None = None
+        self.gate_opened = False
+        """Whether ``hold_until_in_flight`` requests were once in flight at the same time (the gate opened)."""
 
     # ---- lifecycle ---------------------------------------------------------
     def start(self) -> OpenAITestServer:
@@ -270,6 +283,10 @@ class OpenAITestServer:
                     return
                 self._in_flight += 1
                 self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+                hold = self.config.hold_until_in_flight
+                if hold and self._in_flight >= hold and not self.gate_opened:
+                    self.gate_opened = True
+                    self._gate_event().set()
                 try:
                     reply = await self._dispatch(request)
                 finally:
@@ -289,6 +306,21 @@ class OpenAITestServer:
             if task is not None:
                 self._handlers.discard(task)
             writer.close()
+
+    def _gate_event(self) -> asyncio.Event:
+        if self._gate is None:  # created on the server's loop, the only one that touches it
+            self._gate = asyncio.Event()
+        return self._gate
+
+    async def _wait_for_gate(self) -> None:
+        """Hold the reply until ``hold_until_in_flight`` requests were in flight at once (at most ``hold_s``)."""
+        if not self.config.hold_until_in_flight or self.gate_opened:
+            return
+        try:
+            await asyncio.wait_for(self._gate_event().wait(), timeout=self.config.hold_s)
+        except (TimeoutError, asyncio.TimeoutError):
+            log.warning("the gate of %d requests in flight did not open within %gs (peak %d); answering anyway",
+                        self.config.hold_until_in_flight, self.config.hold_s, self.peak_in_flight)
 
     async def _hang(self, reader: asyncio.StreamReader) -> None:
         """Answer nothing until the client gives up (closes) or ``hang_s`` passes."""
@@ -335,7 +367,8 @@ class OpenAITestServer:
             return kind
 
     async def _serve(self, endpoint: str, body: dict[str, Any] | None, build: Callable[..., _Reply], applicable: set[str] = _TRANSPORT_FAULTS) -> _Reply | _Hang:
-        """Inject a transport fault or sleep ``latency_s``, then build the reply."""
+        """Wait for the gate, inject a transport fault or sleep ``latency_s``, then build the reply."""
+        await self._wait_for_gate()
         cfg = self.config
         fault = self._draw_fault(set(applicable))
         if fault == "429":
