@@ -98,12 +98,12 @@ def _kill_after_written(limit: int) -> None:
         return result
 
     @functools.wraps(original_complete)
-    async def complete(self, request, *, role: str = "default"):
+    async def complete(self, request, *, role: str = "default", **options):
         with _lock:
             armed = written >= limit
         if armed:
             _die(f"model call ({role}) after {limit} conversations were written")
-        return await original_complete(self, request, role=role)
+        return await original_complete(self, request, role=role, **options)
 
     runner.append_jsonl = append_jsonl
     Gateway.complete = complete
