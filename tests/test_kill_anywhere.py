@@ -60,6 +60,8 @@ DRIVER = textwrap.dedent(
     jobs = (make_jobs(personas, [support], GraphConfig(termination={"detector_every": 3}), n_conversations=4, seed=11)
             + make_jobs(personas, [meeting], GraphConfig(kind="group", group_size=3), n_conversations=1, seed=12))
 
+    pending_kill = threading.Event()
+
     def arm(events_path, kill_at, delay_s):
         # count the events of this run's life; SIGKILL the process at event kill_at
         count = 0
@@ -72,6 +74,7 @@ DRIVER = textwrap.dedent(
             if kill_at is not None and count == kill_at:
                 kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
                 if delay_s:
+                    pending_kill.set()
                     threading.Timer(delay_s, kill).start()
                 else:
                     kill()
@@ -112,6 +115,8 @@ DRIVER = textwrap.dedent(
             embedder=HashingEmbedder(), concurrency=3, retry_failed=case.get("retry_failed", False),
         ))
         (work / "result.json").write_text(result.model_dump_json())
+        if pending_kill.is_set():  # a delayed kill armed near the end lands during shutdown, not after it
+            time.sleep(60)
 
     results = []
     for case in json.loads(sys.stdin.read()):
@@ -194,8 +199,8 @@ def test_sigkill_anywhere_under_load_then_rerun_gives_exactly_the_reference(tmp_
     rng = random.Random(20261201)
     # kill moments over the whole life: before the first event (0 → at once, 1), every phase, and after the last append
     moments = sorted({1, len(life), *rng.sample(range(2, len(life)), KILL_MOMENTS - 2)})
-    # at once, or a little later from another thread (not after the very last event: the process may be gone by then)
-    kills = [{"work": str(tmp_path / f"kill{i:02d}"), "kill_at": k, "delay_s": 0.0 if k == len(life) else rng.choice([0.0, 0.0, 0.001, 0.004])}
+    # at once, or a little later from another thread (a run whose work ends first waits for its kill)
+    kills = [{"work": str(tmp_path / f"kill{i:02d}"), "kill_at": k, "delay_s": rng.choice([0.0, 0.0, 0.001, 0.004])}
              for i, k in enumerate(moments)]
     outcomes = _drive(kills, tmp_path)
     assert len(outcomes) >= 30 and all(o["signal"] == 9 for o in outcomes), [(k, o) for k, o in zip(kills, outcomes) if o["signal"] != 9]
