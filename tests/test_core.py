@@ -273,7 +273,7 @@ def test_yaml_alias_bomb_is_rejected_quickly(tmp_path, monkeypatch):
         load_data_file(path)
     assert "alias bomb" in str(info.value) and info.value.file == str(path)
     assert work["counted"] == validation._MAX_YAML_NODES + 1  # stopped at the limit, not at 9**9
-    assert work["built"] == 0
+    assert work["built"] <= len(lines)  # only the top mapping's keys (the duplicate-key check), no value of the bomb
 
 
 def test_shared_yaml_aliases_within_limits_still_load(tmp_path):
