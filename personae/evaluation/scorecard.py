@@ -29,6 +29,7 @@ from personae.evaluation.compare import ComparisonReport
 from personae.evaluation.config import EvaluationConfig
 from personae.evaluation.judged import JudgedReport
 from personae.evaluation.plots import scorecard_plots
+from personae.evaluation.reference import ReferenceReport
 from personae.evaluation.validation import HEADLINE_METRICS, measured_validity
 from personae.evaluation.transcript import TranscriptReport
 from personae.jsonl import write_jsonl
@@ -128,6 +129,7 @@ class Scorecard(BaseModel):
     judged: JudgedReport | None = None
     population: dict[str, float] | None = None
     comparison: ComparisonReport | None = None
+    reference: ReferenceReport | None = None
     prompt_versions: dict[str, str] = Field(default_factory=dict)
 
     # ---- numbers ---------------------------------------------------------------
@@ -142,6 +144,8 @@ class Scorecard(BaseModel):
             out.update({f"population.{k}": v for k, v in self.population.items()})
         if self.comparison is not None:
             out.update(self.comparison.metrics("compare"))
+        if self.reference is not None:
+            out.update(self.reference.metrics("reference"))
         return {_metric_key(k): v for k, v in out.items()}
 
     def headline(self) -> list[tuple[str, float | None]]:
@@ -154,6 +158,8 @@ class Scorecard(BaseModel):
             agg = self.transcript.aggregate
             valid = validity_for(self.transcript.embedder)
             rows += [(label, agg.get(name)) for name, label in _HEADLINE if valid.get(name, name in _LEXICAL)]
+        if self.reference is not None:
+            rows.append(("human-likeness (vs reference)", self.reference.score))
         return rows
 
     def summary_table(self) -> Table:
@@ -220,6 +226,7 @@ class Scorecard(BaseModel):
             "judged": _judged_context(self.judged) if self.judged is not None else None,
             "transcript": _transcript_context(self.transcript) if self.transcript is not None else None,
             "comparison": _comparison_context(self.comparison) if self.comparison is not None else None,
+            "reference": _reference_context(self.reference) if self.reference is not None else None,
             "population": sorted((k, _fmt(v)) for k, v in (self.population or {}).items()),
             "config_json": json.dumps(self.config.model_dump(mode="json"), indent=2),
             "prompt_versions": sorted(self.prompt_versions.items()),
@@ -250,6 +257,26 @@ def _transcript_context(t: TranscriptReport) -> dict[str, Any]:
         ],
         "stop_reasons": list(t.stop_reasons.items()),
         "statuses": list(t.statuses.items()),
+    }
+
+
+_UNITS = {"turn": "turns", "reply": "replies", "conversation": "conversations"}
+
+
+def _reference_context(r: ReferenceReport) -> dict[str, Any]:
+    return {
+        "label": r.reference,
+        "provenance": r.provenance,
+        "n_reference": r.n_reference,
+        "n_simulated": r.n_simulated,
+        "score": _fmt(r.score),
+        "split": _fmt(r.human_split_score),
+        "rows": [
+            {"name": f.name, "help": f.help, "unit": f.unit, "n": f"{f.n_human}/{f.n_simulated} {_UNITS.get(f.unit, f.unit)}", "human": _fmt(f.human_mean),
+             "human_std": _fmt(f.human_std), "sim": _fmt(f.simulated_mean), "sim_std": _fmt(f.simulated_std),
+             "distance": _fmt(f.distance), "similarity": _fmt(f.similarity), "direction": f.direction}
+            for f in r.features
+        ],
     }
 
 
