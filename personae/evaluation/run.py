@@ -84,6 +84,6 @@ async def evaluate_run(
         reference=reference,
         prompt_versions={n: v for n, v in ps.versions().items() if n.startswith("eval_")},
     )
-    paths = scorecard.write(out_dir)
+    paths = scorecard.write(out_dir, conversations=conversations)
     log.info("scorecard written to %s", paths["html"])
     return scorecard

@@ -17,11 +17,13 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
 from pydantic import BaseModel, Field
 from rich.table import Table
 
@@ -32,7 +34,9 @@ from personae.evaluation.plots import scorecard_plots
 from personae.evaluation.reference import ReferenceReport
 from personae.evaluation.validation import HEADLINE_METRICS, measured_validity
 from personae.evaluation.transcript import TranscriptReport
+from personae.evaluation.viewer import MAX_CONVERSATIONS, embed_json, transcript_view
 from personae.jsonl import write_jsonl
+from personae.models import Conversation
 
 __all__ = ["Scorecard", "population_metrics", "METRIC_HELP"]
 
@@ -189,16 +193,22 @@ class Scorecard(BaseModel):
         data["metrics"] = self.metrics()
         return data
 
-    def html(self, plots: dict[str, bytes] | None = None) -> str:
-        """The self-contained HTML report."""
+    def html(self, plots: dict[str, bytes] | None = None, *, conversations: Sequence[Conversation] | None = None,
+             max_conversations: int = MAX_CONVERSATIONS) -> str:
+        """The self-contained HTML report; with ``conversations``, a transcript viewer of the first ``max_conversations``."""
         if plots is None:
             plots = scorecard_plots(self.transcript, self.judged, self.comparison) if self.config.plots else {}
         env = SandboxedEnvironment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True, undefined=StrictUndefined,
                                    trim_blocks=True, lstrip_blocks=True)
-        return env.get_template("scorecard.html.j2").render(**self._html_context(plots))
+        ctx = self._html_context(plots)
+        ctx["viewer"] = _viewer_context(conversations, self.transcript, max_conversations) if conversations else None
+        return env.get_template("scorecard.html.j2").render(**ctx)
 
-    def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        """Write the JSON, HTML, plots and detail files into ``out_dir``; return name → path."""
+    def write(self, out_dir: str | os.PathLike, *, conversations: Sequence[Conversation] | None = None) -> dict[str, Path]:
+        """Write the JSON, HTML, plots and detail files into ``out_dir``; return name → path.
+
+        ``conversations`` feed the HTML's transcript viewer only (not ``scorecard.json``).
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         plots = scorecard_plots(self.transcript, self.judged, self.comparison) if self.config.plots else {}
@@ -212,7 +222,7 @@ class Scorecard(BaseModel):
             paths["judged_items"] = out / "judged_items.jsonl"
             write_jsonl(paths["judged_items"], self.judged.items)
         paths["json"] = _write_atomic(out / "scorecard.json", json.dumps(self.to_json_dict(), indent=2, ensure_ascii=False).encode("utf-8"))
-        paths["html"] = _write_atomic(out / "scorecard.html", self.html(plots).encode("utf-8"))
+        paths["html"] = _write_atomic(out / "scorecard.html", self.html(plots, conversations=conversations).encode("utf-8"))
         return paths
 
     def _html_context(self, plots: dict[str, bytes]) -> dict[str, Any]:
@@ -278,6 +288,12 @@ def _reference_context(r: ReferenceReport) -> dict[str, Any]:
             for f in r.features
         ],
     }
+
+
+def _viewer_context(conversations: Sequence[Conversation], report: TranscriptReport | None, limit: int) -> dict[str, Any]:
+    view = transcript_view(conversations, report, limit=limit)
+    script = (_TEMPLATES / "transcript_viewer.js").read_text(encoding="utf-8")
+    return {"n_total": view["n_total"], "n_shown": view["n_shown"], "data": Markup(embed_json(view)), "script": Markup(script)}
 
 
 def _judged_context(j: JudgedReport) -> dict[str, Any]:
