@@ -131,14 +131,12 @@ class ReferenceReport(BaseModel):
 def load_reference(path: str | os.PathLike) -> list[Conversation]:
     """The complete conversations of a reference JSONL; a :class:`ConfigError` naming the file otherwise.
 
-    Raises when the file is missing, empty, not conversations (the error names the line
-    and field), or holds no complete conversation with at least two turns.
+    Raises when the file is missing, a directory, empty, not conversations (the error
+    names the line and field), or holds no complete conversation with at least two turns.
     """
     from personae.jsonl import read_jsonl
 
     path = Path(path)
-    if path.is_dir():
-        raise ConfigError("the reference is a directory", file=str(path), expected="a JSONL file of conversations")
     conversations = read_jsonl(path, Conversation)
     if not conversations:
         raise ConfigError("the reference file has no conversations", file=str(path), expected="one Conversation JSON object per line")
