@@ -272,6 +272,8 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
     judged = evaluation.get("judged") if isinstance(evaluation, dict) else None
     if isinstance(judged, dict) and isinstance(judged.get("environments"), str):
         data["evaluation"] = {**evaluation, "judged": {**judged, "environments": _resolve(base, judged["environments"])}}
+    if isinstance(evaluation, dict) and isinstance(evaluation.get("reference"), str):
+        data["evaluation"] = {**data["evaluation"], "reference": _resolve(base, evaluation["reference"])}
     experiment = validate_data(Experiment, data, file=path, what="experiment")
     if experiment.personas_file is not None and not experiment.personas_file.is_file():
         raise ConfigError("the personas file is a directory" if experiment.personas_file.is_dir() else "personas file not found", file=str(path), field="personas_file", expected="an existing personas.jsonl", got=str(experiment.personas_file))
@@ -282,8 +284,9 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
 def check_inputs(experiment: Experiment) -> None:
     """Read every input file the experiment refers to, so a bad one fails before anything starts.
 
-    Validates each record of ``personas_file`` (and that there is one), and plans the
-    population (taxonomy, rules, quotas) without a model. Raises :class:`ConfigError`.
+    Validates each record of ``personas_file`` (and that there is one) and the human
+    reference (``evaluation.reference``), and plans the population (taxonomy, rules,
+    quotas) without a model. Raises :class:`ConfigError`.
     """
     from personae.jsonl import iter_jsonl
     from personae.models import Persona
@@ -291,6 +294,10 @@ def check_inputs(experiment: Experiment) -> None:
     if experiment.personas_file is not None:
         if sum(1 for _ in iter_jsonl(experiment.personas_file, Persona, unique="id")) == 0:
             raise ConfigError("the personas file is empty", file=str(experiment.personas_file), field="personas_file", expected="at least one persona")
+    if experiment.evaluation.reference is not None:
+        from personae.evaluation.reference import load_reference
+
+        load_reference(experiment.evaluation.reference)
     if experiment.population is not None:
         from personae.population import plan_population
 

@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
         compare: Path | None = typer.Option(None, "--compare", help="another conversations.jsonl to compare with, metric by metric"),
         config: Path | None = typer.Option(None, "--config", help="YAML/JSON EvaluationConfig (judges, tasks, …)"),
         population_report: Path | None = typer.Option(None, "--population-report", help="population_report.json to include"),
+        reference: Path | None = typer.Option(None, "--reference", help=(
+            "a JSONL of human conversations (conversations.jsonl schema): score how human-like the run's text statistics "
+            "are (turn length, diversity, questions, turn-taking, hedges, readability); overrides the config's reference")),
         validate: bool = typer.Option(False, "--validate", help=(
             "validate the transcript metrics on these conversations instead: inject known defects (echo, repetition, "
             "speaker swaps, drift, monopoly, off-scenario turns) at 5-40 % doses and report each metric's detection AUC")),
@@ -39,7 +42,7 @@ def register(app: typer.Typer) -> None:
         if validate:
             asyncio.run(_validate(conversations, personas, out))
             return
-        asyncio.run(_evaluate(conversations, personas, out, judged, compare, config, population_report))
+        asyncio.run(_evaluate(conversations, personas, out, judged, compare, config, population_report, reference))
 
 
 async def _validate(conversations_path: Path, personas_path: Path | None, out: Path | None) -> None:
@@ -75,9 +78,11 @@ async def _evaluate(
     compare_path: Path | None,
     config_path: Path | None,
     population_report_path: Path | None,
+    reference_path: Path | None = None,
 ) -> None:
     from personae.embeddings.factory import build_embedder
     from personae.evaluation import EvaluationConfig, acompare_arms, evaluate_run
+    from personae.evaluation.reference import load_reference
     from personae.ids import content_hash
     from personae.jsonl import read_jsonl
     from personae.llm import build_gateway
@@ -91,6 +96,10 @@ async def _evaluate(
     config = load_model_file(config_path, EvaluationConfig, what="evaluation config") if config_path else EvaluationConfig()
     if judged:
         config = config.model_copy(update={"judged": config.judged.model_copy(update={"enabled": True})})
+    if reference_path is not None:
+        config = config.model_copy(update={"reference": reference_path})
+    if config.reference is not None:
+        load_reference(config.reference)  # a bad reference fails before any work
     conversations = _read_conversations(conversations_path)
     personas = read_jsonl(personas_path, Persona, unique="id") if personas_path else []
     other = _read_conversations(compare_path) if compare_path else None

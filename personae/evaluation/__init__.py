@@ -5,6 +5,7 @@ from personae.evaluation.compare import ComparisonReport, MetricComparison, acom
 from personae.evaluation.config import TASKS, EvaluationConfig, JudgedConfig
 from personae.evaluation.environments import Environment, load_environments, select_environments
 from personae.evaluation.judged import JudgedItem, JudgedReport, Judgement, evaluate_judged
+from personae.evaluation.reference import ReferenceReport, human_likeness, load_reference
 from personae.evaluation.run import evaluate_run
 from personae.evaluation.scorecard import Scorecard, population_metrics
 from personae.evaluation.transcript import ConversationMetrics, TranscriptReport, evaluate_transcripts, transcript_metrics
@@ -21,6 +22,7 @@ __all__ = [
     "JudgedReport",
     "Judgement",
     "MetricComparison",
+    "ReferenceReport",
     "Scorecard",
     "TranscriptReport",
     "acompare_arms",
@@ -30,9 +32,11 @@ __all__ = [
     "evaluate_judged",
     "evaluate_run",
     "evaluate_transcripts",
+    "human_likeness",
     "judge_agreement",
     "krippendorff_alpha_interval",
     "load_environments",
+    "load_reference",
     "population_metrics",
     "select_environments",
     "transcript_metrics",

@@ -79,3 +79,8 @@ class EvaluationConfig(BaseModel):
     echo_window: int = Field(1, ge=1, le=20, description="preceding partner turns an utterance is compared with")
     hit_k: int = Field(5, ge=1, le=1000, description="k of adherence hit@k")
     plots: bool = True
+    reference: Path | None = Field(
+        None,
+        description="JSONL of human conversations (conversations.jsonl schema) to score human-likeness against "
+        "(reference.* metrics); None = off",
+    )

@@ -16,6 +16,7 @@ from personae.errors import ConfigError
 from personae.evaluation.compare import ComparisonReport
 from personae.evaluation.config import EvaluationConfig
 from personae.evaluation.judged import evaluate_judged
+from personae.evaluation.reference import human_likeness, load_reference
 from personae.evaluation.scorecard import Scorecard, population_metrics
 from personae.evaluation.transcript import evaluate_transcripts, population_for
 from personae.llm.gateway import Gateway
@@ -47,7 +48,8 @@ async def evaluate_run(
         conversations: the run's conversations (failed ones are counted, not measured).
         personas: the population; adherence ranks among it (plus every participant), and
             the judged suite evaluates it (the participants' personas when empty).
-        config: what to evaluate; the judged suite runs only if ``config.judged.enabled``.
+        config: what to evaluate; the judged suite runs only if ``config.judged.enabled``, the
+            human-likeness metrics only if ``config.reference`` names a reference JSONL.
         gateway: model gateway for the judged suite (may be ``None`` when it is off).
         embedder: embedder for transcript metrics and environment selection.
         population_report: the population engine's report (dict), passed through.
@@ -59,6 +61,7 @@ async def evaluate_run(
     judged_personas = list(personas) if personas else population_for(conversations)
     if config.judged.enabled and gateway is None:
         raise ConfigError("the judged evaluation is enabled but no model gateway was given", field="judged.enabled")
+    human = load_reference(config.reference) if config.reference is not None else None  # fails before any work
     transcript = None
     if config.transcript and conversations:
         transcript = await evaluate_transcripts(conversations, embedder=embedder, personas=population, config=config)
@@ -66,6 +69,7 @@ async def evaluate_run(
     if config.judged.enabled:
         judged = await evaluate_judged(judged_personas, config=config.judged, gateway=gateway, embedder=embedder, prompts=prompts,
                                        on_progress=on_progress)
+    reference = human_likeness(conversations, human, label=config.reference.name) if human is not None else None
     ps = prompts or default_prompts()
     scorecard = Scorecard(
         title=title,
@@ -77,8 +81,9 @@ async def evaluate_run(
         judged=judged,
         population=population_metrics(population_report) or None,
         comparison=comparison,
+        reference=reference,
         prompt_versions={n: v for n, v in ps.versions().items() if n.startswith("eval_")},
     )
-    paths = scorecard.write(out_dir)
+    paths = scorecard.write(out_dir, conversations=conversations)
     log.info("scorecard written to %s", paths["html"])
     return scorecard

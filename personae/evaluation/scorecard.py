@@ -17,11 +17,13 @@ import math
 import os
 import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from jinja2 import FileSystemLoader, StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
 from pydantic import BaseModel, Field
 from rich.table import Table
 
@@ -29,9 +31,12 @@ from personae.evaluation.compare import ComparisonReport
 from personae.evaluation.config import EvaluationConfig
 from personae.evaluation.judged import JudgedReport
 from personae.evaluation.plots import scorecard_plots
+from personae.evaluation.reference import ReferenceReport
 from personae.evaluation.validation import HEADLINE_METRICS, measured_validity
 from personae.evaluation.transcript import TranscriptReport
+from personae.evaluation.viewer import MAX_CONVERSATIONS, embed_json, transcript_view
 from personae.jsonl import write_jsonl
+from personae.models import Conversation
 
 __all__ = ["Scorecard", "population_metrics", "METRIC_HELP"]
 
@@ -128,6 +133,7 @@ class Scorecard(BaseModel):
     judged: JudgedReport | None = None
     population: dict[str, float] | None = None
     comparison: ComparisonReport | None = None
+    reference: ReferenceReport | None = None
     prompt_versions: dict[str, str] = Field(default_factory=dict)
 
     # ---- numbers ---------------------------------------------------------------
@@ -142,6 +148,8 @@ class Scorecard(BaseModel):
             out.update({f"population.{k}": v for k, v in self.population.items()})
         if self.comparison is not None:
             out.update(self.comparison.metrics("compare"))
+        if self.reference is not None:
+            out.update(self.reference.metrics("reference"))
         return {_metric_key(k): v for k, v in out.items()}
 
     def headline(self) -> list[tuple[str, float | None]]:
@@ -154,6 +162,8 @@ class Scorecard(BaseModel):
             agg = self.transcript.aggregate
             valid = validity_for(self.transcript.embedder)
             rows += [(label, agg.get(name)) for name, label in _HEADLINE if valid.get(name, name in _LEXICAL)]
+        if self.reference is not None:
+            rows.append(("human-likeness (vs reference)", self.reference.score))
         return rows
 
     def summary_table(self) -> Table:
@@ -183,16 +193,22 @@ class Scorecard(BaseModel):
         data["metrics"] = self.metrics()
         return data
 
-    def html(self, plots: dict[str, bytes] | None = None) -> str:
-        """The self-contained HTML report."""
+    def html(self, plots: dict[str, bytes] | None = None, *, conversations: Sequence[Conversation] | None = None,
+             max_conversations: int = MAX_CONVERSATIONS) -> str:
+        """The self-contained HTML report; with ``conversations``, a transcript viewer of the first ``max_conversations``."""
         if plots is None:
             plots = scorecard_plots(self.transcript, self.judged, self.comparison) if self.config.plots else {}
         env = SandboxedEnvironment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True, undefined=StrictUndefined,
                                    trim_blocks=True, lstrip_blocks=True)
-        return env.get_template("scorecard.html.j2").render(**self._html_context(plots))
+        ctx = self._html_context(plots)
+        ctx["viewer"] = _viewer_context(conversations, self.transcript, max_conversations) if conversations else None
+        return env.get_template("scorecard.html.j2").render(**ctx)
 
-    def write(self, out_dir: str | os.PathLike) -> dict[str, Path]:
-        """Write the JSON, HTML, plots and detail files into ``out_dir``; return name → path."""
+    def write(self, out_dir: str | os.PathLike, *, conversations: Sequence[Conversation] | None = None) -> dict[str, Path]:
+        """Write the JSON, HTML, plots and detail files into ``out_dir``; return name → path.
+
+        ``conversations`` feed the HTML's transcript viewer only (not ``scorecard.json``).
+        """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         plots = scorecard_plots(self.transcript, self.judged, self.comparison) if self.config.plots else {}
@@ -206,7 +222,7 @@ class Scorecard(BaseModel):
             paths["judged_items"] = out / "judged_items.jsonl"
             write_jsonl(paths["judged_items"], self.judged.items)
         paths["json"] = _write_atomic(out / "scorecard.json", json.dumps(self.to_json_dict(), indent=2, ensure_ascii=False).encode("utf-8"))
-        paths["html"] = _write_atomic(out / "scorecard.html", self.html(plots).encode("utf-8"))
+        paths["html"] = _write_atomic(out / "scorecard.html", self.html(plots, conversations=conversations).encode("utf-8"))
         return paths
 
     def _html_context(self, plots: dict[str, bytes]) -> dict[str, Any]:
@@ -220,6 +236,7 @@ class Scorecard(BaseModel):
             "judged": _judged_context(self.judged) if self.judged is not None else None,
             "transcript": _transcript_context(self.transcript) if self.transcript is not None else None,
             "comparison": _comparison_context(self.comparison) if self.comparison is not None else None,
+            "reference": _reference_context(self.reference) if self.reference is not None else None,
             "population": sorted((k, _fmt(v)) for k, v in (self.population or {}).items()),
             "config_json": json.dumps(self.config.model_dump(mode="json"), indent=2),
             "prompt_versions": sorted(self.prompt_versions.items()),
@@ -251,6 +268,32 @@ def _transcript_context(t: TranscriptReport) -> dict[str, Any]:
         "stop_reasons": list(t.stop_reasons.items()),
         "statuses": list(t.statuses.items()),
     }
+
+
+_UNITS = {"turn": "turns", "reply": "replies", "conversation": "conversations"}
+
+
+def _reference_context(r: ReferenceReport) -> dict[str, Any]:
+    return {
+        "label": r.reference,
+        "provenance": r.provenance,
+        "n_reference": r.n_reference,
+        "n_simulated": r.n_simulated,
+        "score": _fmt(r.score),
+        "split": _fmt(r.human_split_score),
+        "rows": [
+            {"name": f.name, "help": f.help, "unit": f.unit, "n": f"{f.n_human}/{f.n_simulated} {_UNITS.get(f.unit, f.unit)}", "human": _fmt(f.human_mean),
+             "human_std": _fmt(f.human_std), "sim": _fmt(f.simulated_mean), "sim_std": _fmt(f.simulated_std),
+             "distance": _fmt(f.distance), "similarity": _fmt(f.similarity), "direction": f.direction}
+            for f in r.features
+        ],
+    }
+
+
+def _viewer_context(conversations: Sequence[Conversation], report: TranscriptReport | None, limit: int) -> dict[str, Any]:
+    view = transcript_view(conversations, report, limit=limit)
+    script = (_TEMPLATES / "transcript_viewer.js").read_text(encoding="utf-8")
+    return {"n_total": view["n_total"], "n_shown": view["n_shown"], "data": Markup(embed_json(view)), "script": Markup(script)}
 
 
 def _judged_context(j: JudgedReport) -> dict[str, Any]:
