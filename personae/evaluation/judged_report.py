@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, Field
 
 from personae.evaluation.agreement import AgreementReport, judge_agreement
 from personae.evaluation.config import JudgedConfig
+from personae.evaluation.judges import JudgeReliabilityReport
 from personae.evaluation.text import finite_mean
 from personae.evaluation.verdicts import JudgedItem
 from personae.models import Persona
 
-__all__ = ["PersonaJudged", "ConfidenceSplit", "JudgedReport", "aggregate_judged"]
+__all__ = ["PersonaJudged", "ConfidenceSplit", "JudgedReport", "aggregate_judged", "distinct_model_judges", "same_model_warnings"]
 
 
 class PersonaJudged(BaseModel):
@@ -49,11 +50,19 @@ class JudgedReport(BaseModel):
     per_task: dict[str, float | None]
     per_judge_task: dict[str, dict[str, float | None]]
     personas: list[PersonaJudged]
-    agreement: AgreementReport
+    agreement: AgreementReport | None = Field(description="between judges on distinct models; None when there are fewer than two")
+    agreement_judges: list[str] = Field(default_factory=list, description="the judges the agreement is between (one per model)")
     by_confidence: ConfidenceSplit
     n_items: int
     n_failures: int
+    n_abstained: int = Field(0, description="verdicts below the abstention confidence: reported, not scored")
+    n_invalid: int = Field(0, description="verdicts whose rationale copies the prompt: reported, not scored")
     question_failures: int = 0
+    judge_models: dict[str, str] = Field(default_factory=dict, description="judge → the model it reaches")
+    warnings: list[str] = Field(default_factory=list)
+    reliability: JudgeReliabilityReport | None = None
+    questions_source: str | None = Field(None, description="external question set, if one was used")
+    rubrics_source: str | None = Field(None, description="external rubrics, if used")
     items: list[JudgedItem] = Field(default_factory=list)
 
     def metrics(self, prefix: str = "judged") -> dict[str, float]:
@@ -63,6 +72,8 @@ class JudgedReport(BaseModel):
             f"{prefix}.n_personas": float(len(self.personas)),
             f"{prefix}.n_items": float(self.n_items),
             f"{prefix}.n_failures": float(self.n_failures),
+            f"{prefix}.n_abstained": float(self.n_abstained),
+            f"{prefix}.n_invalid": float(self.n_invalid),
             f"{prefix}.question_failures": float(self.question_failures),
         }
         for task, value in self.per_task.items():
@@ -80,8 +91,39 @@ class JudgedReport(BaseModel):
             f"{prefix}.confidence.agreement_low_mad": c.agreement_low_mad,
         })
         clean = {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
-        clean.update(self.agreement.metrics(f"{prefix}.agreement"))
+        if self.agreement is not None:
+            clean.update(self.agreement.metrics(f"{prefix}.agreement"))
+        if self.reliability is not None:
+            clean.update(self.reliability.metrics(f"{prefix}.reliability"))
         return clean
+
+
+def distinct_model_judges(judges: Sequence[str], judge_models: Mapping[str, str] | None) -> list[str]:
+    """The first judge of each model (all judges when their models are unknown)."""
+    if not judge_models:
+        return list(judges)
+    seen: dict[str, str] = {}
+    for judge in judges:
+        seen.setdefault(judge_models.get(judge, judge), judge)
+    return list(seen.values())
+
+
+def same_model_warnings(judges: Sequence[str], judge_models: Mapping[str, str] | None) -> list[str]:
+    """A warning per model that serves more than one judge."""
+    by_model: dict[str, list[str]] = {}
+    for judge in judges:
+        by_model.setdefault((judge_models or {}).get(judge, judge), []).append(judge)
+    out = []
+    for model, group in by_model.items():
+        if len(group) > 1:
+            whole = len(by_model) == 1
+            out.append(
+                f"judges {', '.join(group)} all resolve to one model ({model}): "
+                + ("no inter-judge agreement is reported, since one model judging twice measures its own sampling, not agreement; "
+                   if whole else "only one of them enters the inter-judge agreement; ")
+                + "route the judge roles to different models (experiment `models`/`roles`, or `personae evaluate --judge-model ROLE=MODEL`)"
+            )
+    return out
 
 
 def aggregate_judged(
@@ -90,8 +132,15 @@ def aggregate_judged(
     *,
     config: JudgedConfig,
     env_by_persona: dict[str, list[str]] | None = None,
+    judge_models: Mapping[str, str] | None = None,
+    reliability: JudgeReliabilityReport | None = None,
 ) -> JudgedReport:
-    """PersonaScore, per-task and per-judge scores, agreement and the confidence split."""
+    """PersonaScore, per-task and per-judge scores, agreement and the confidence split.
+
+    Only verdicts that count (not abstained, not invalid) enter scores and agreement.
+    Agreement is between judges on distinct models (``judge_models``: judge → model);
+    with fewer than two models there is none.
+    """
     tasks = list(config.tasks)
     judges = list(config.judges)
     persona_rows = []
@@ -108,10 +157,10 @@ def aggregate_judged(
             )
         )
     per_task_all = {t: _mean_or_none(r.per_task[t] for r in persona_rows) for t in tasks}
-    per_judge_task = {
-        j: {t: _mean_or_none(v.score for i in items if i.task == t for v in i.verdicts if v.judge == j) for t in tasks} for j in judges
-    }
-    agreement = judge_agreement({j: [(v.score if (v := i.verdict(j)) else None) for i in items] for j in judges})
+    per_judge_task = {j: {t: _mean_or_none(i.counted_score(j) for i in items if i.task == t) for t in tasks} for j in judges}
+    distinct = distinct_model_judges(judges, judge_models)
+    agreement = judge_agreement({j: [i.counted_score(j) for i in items] for j in distinct}) if len(distinct) >= 2 else None
+    verdicts = [v for i in items for v in i.verdicts]
     return JudgedReport(
         judges=judges,
         tasks=tasks,
@@ -120,25 +169,32 @@ def aggregate_judged(
         per_judge_task=per_judge_task,
         personas=persona_rows,
         agreement=agreement,
-        by_confidence=_confidence_split(items, judges, config.confidence_threshold),
+        agreement_judges=distinct if agreement is not None else [],
+        by_confidence=_confidence_split(items, distinct, config.confidence_threshold),
         n_items=len(items),
         n_failures=sum(len(i.failures) for i in items),
+        n_abstained=sum(v.status == "abstained" for v in verdicts),
+        n_invalid=sum(v.status == "invalid" for v in verdicts),
+        judge_models=dict(judge_models or {}),
+        warnings=same_model_warnings(judges, judge_models),
+        reliability=reliability,
         items=list(items),
     )
 
 
 def _confidence_split(items: Sequence[JudgedItem], judges: list[str], threshold: float) -> ConfidenceSplit:
-    verdicts = [v for i in items for v in i.verdicts]
+    """Scores by confidence over every counted verdict; judge spread over ``judges`` (one per model)."""
+    verdicts = [v for i in items for v in i.verdicts if v.counted]
     high = [v.score for v in verdicts if v.confidence >= threshold]
     low = [v.score for v in verdicts if v.confidence < threshold]
     mad_high: list[float] = []
     mad_low: list[float] = []
     for item in items:
-        if len(item.verdicts) < 2:
+        counted = [v for v in item.verdicts if v.counted and v.judge in judges]
+        if len(counted) < 2:
             continue
-        scores = [v.score for v in item.verdicts]
-        spread = _mean_abs_pair_diff(scores)
-        (mad_high if all(v.confidence >= threshold for v in item.verdicts) else mad_low).append(spread)
+        spread = _mean_abs_pair_diff([v.score for v in counted])
+        (mad_high if all(v.confidence >= threshold for v in counted) else mad_low).append(spread)
     return ConfidenceSplit(
         threshold=threshold,
         high_n=len(high),

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 from personae.models import Persona
 
-__all__ = ["persona_profile", "words", "distinct_n", "gini", "finite_mean"]
+__all__ = ["persona_profile", "words", "ngrams", "copied_share", "distinct_n", "gini", "finite_mean"]
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -46,6 +46,27 @@ def persona_profile(persona: Persona) -> str:
 def words(text: str) -> list[str]:
     """Lower-cased word tokens."""
     return [w.lower() for w in _WORD.findall(text)]
+
+
+def ngrams(tokens: Sequence[str], n: int) -> set[tuple[str, ...]]:
+    """The set of word n-grams of ``tokens`` (empty when there are fewer than ``n``)."""
+    return set(zip(*(tokens[i:] for i in range(n)))) if n > 0 else set()
+
+
+def copied_share(tokens: Sequence[str], source: set[tuple[str, ...]], n: int) -> float:
+    """Share of ``tokens`` inside an n-gram that also occurs in ``source`` (n-grams of another text).
+
+    1.0 means every word sits in a run of ≥ ``n`` words copied from the source; a text
+    shorter than ``n`` counts as copied only if it occurs whole (pass ``source`` built
+    with ``n = len(tokens)`` for that). 0.0 for an empty text.
+    """
+    if not tokens:
+        return 0.0
+    covered = [False] * len(tokens)
+    for i in range(len(tokens) - n + 1):
+        if tuple(tokens[i : i + n]) in source:
+            covered[i : i + n] = [True] * n
+    return sum(covered) / len(tokens)
 
 
 def distinct_n(token_lists: Iterable[Sequence[str]], n: int) -> float:
