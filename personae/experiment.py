@@ -292,8 +292,12 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         data["population"] = {**population, "taxonomy": _resolve(base, population["taxonomy"])}
     evaluation = data.get("evaluation")
     judged = evaluation.get("judged") if isinstance(evaluation, dict) else None
-    if isinstance(judged, dict) and isinstance(judged.get("environments"), str):
-        data["evaluation"] = {**evaluation, "judged": {**judged, "environments": _resolve(base, judged["environments"])}}
+    if isinstance(judged, dict):  # the judged suite's input files, relative to the experiment file
+        judged = {**judged, **{k: _resolve(base, judged[k]) for k in ("environments", "questions", "rubrics") if isinstance(judged.get(k), str)}}
+        reliability = judged.get("reliability")
+        if isinstance(reliability, dict) and isinstance(reliability.get("calibration"), str):
+            judged["reliability"] = {**reliability, "calibration": _resolve(base, reliability["calibration"])}
+        data["evaluation"] = {**evaluation, "judged": judged}
     experiment = validate_data(Experiment, data, file=path, what="experiment")
     if experiment.personas_file is not None and not experiment.personas_file.is_file():
         raise ConfigError("personas file not found", file=str(path), field="personas_file", expected="an existing personas.jsonl", got=str(experiment.personas_file))

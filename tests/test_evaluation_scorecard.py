@@ -90,17 +90,6 @@ def test_population_metrics_flattens_numbers():
 # ---- the CLI ------------------------------------------------------------------------
 
 
-@pytest.fixture
-def cli_env(monkeypatch, settings):
-    monkeypatch.setenv("PERSONAE_EMBEDDINGS_PROVIDER", "hashing")
-    monkeypatch.setenv("PERSONAE_LLM_PROVIDER", "fake")
-    monkeypatch.setenv("PERSONAE_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("PERSONAE_CACHE_ENABLED", "false")
-    from personae.cli import app
-
-    return app
-
-
 def test_cli_evaluate_standalone(tmp_path, cli_env):
     convs = tmp_path / "conversations.jsonl"
     other = tmp_path / "other.jsonl"

@@ -144,8 +144,9 @@ def parse_rubric_text(text: str, *, task: TaskName, file: str | None = None, tit
     preamble: list[str] = []
     section = "preamble"
     current: list[str] | None = None
-    personagym = bool(_SECTION.search(text) or _CRITERION_LINE.search(text))
-    for raw in text.splitlines():
+    lines = text.splitlines()
+    personagym = any(_SECTION.match(line) or _CRITERION_LINE.match(line) for line in lines)
+    for raw in lines:
         line = _PLACEHOLDER.sub("", raw).rstrip()
         if not line.strip() or set(line.strip()) <= set("-=_*"):
             current = None
