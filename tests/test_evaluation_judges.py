@@ -181,3 +181,36 @@ def test_calibration_set_is_well_formed_and_errors_name_the_file(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_calibration(bad)
     assert "cal.yaml" in str(err.value) and "persona" in str(err.value)
+
+
+@pytest.mark.slow
+async def test_judge_report_on_the_embedded_model():
+    """SmolLM2 as both judges, on the PersonaGym fixture: a warning, no agreement, and a reliability report.
+
+    Kept tiny (one answer, a handful of check calls): the model runs at ~100 tokens/s on CPU.
+    """
+    from pathlib import Path
+
+    from personae.evaluation.benchmark import load_personas
+    from personae.llm.local import LocalLlamaLLM
+
+    pg = Path(__file__).parent / "data" / "personagym"
+    gateway = Gateway(LocalLlamaLLM(), max_concurrency=1)
+    config = JudgedConfig(enabled=True, questions=pg / "questions" / "mini", rubrics=pg / "rubrics", tasks=["expected_action"], questions_per_task=1,
+                          max_personas=1, answer_max_tokens=32, judge_max_tokens=96,
+                          reliability=JudgeReliabilityConfig(calibration_sample=1, speaker_sample=1, order_swap_sample=1))
+    try:
+        report = await evaluate_judged(load_personas(pg / "code" / "personas.py"), config=config, gateway=gateway, embedder=None)
+    finally:
+        await gateway.aclose()
+    assert report.n_items == 1 and report.items[0].answer
+    assert set(report.judge_models.values()) == {"local:SmolLM2-135M-Instruct"}
+    assert report.agreement is None and "one model" in report.warnings[0]
+    verdicts = [v for i in report.items for v in i.verdicts]
+    assert report.n_invalid == sum(v.status == "invalid" for v in verdicts)
+    assert report.n_abstained == sum(v.status == "abstained" for v in verdicts)
+    assert all(v.rationale != "one to three sentences citing the rubric" for v in verdicts)  # the old prompt's placeholder
+    for judge in ("judge_a", "judge_b"):
+        rel = report.reliability.get(judge)
+        assert rel.calibration.asked == 1 and rel.speaker.answers == 1 and rel.order_swap is not None
+        assert rel.calls >= 1 + 2 and gateway.usage.roles[judge].calls >= rel.calls + 1  # the checks' calls, and the run's

@@ -86,6 +86,7 @@ class JudgedConfig(BaseModel):
     persona_role: str = "persona"
     question_role: str = Field("evaluator", description="gateway role that selects environments and writes questions")
     answer_max_tokens: int = Field(256, ge=1)
+    judge_max_tokens: int = Field(400, ge=16, le=8192, description="reply budget of a judge call; a rationale running past it is an unusable reply")
     concurrency: int = Field(16, ge=1, le=10_000, description="persona pipelines in flight at once")
     seed: int = 0
 

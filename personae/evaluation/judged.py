@@ -30,7 +30,7 @@ from personae.evaluation.judged_report import ConfidenceSplit, JudgedReport, Per
 from personae.evaluation.judges import assess_judges
 from personae.evaluation.rubrics import Rubric, load_rubrics
 from personae.evaluation.text import persona_profile
-from personae.evaluation.verdicts import JudgedItem, Judgement, JudgeVerdict, judge_answer, judge_verdict, task_title
+from personae.evaluation.verdicts import JudgedItem, Judgement, JudgeVerdict, judge_answer, judge_prompt, judge_verdict, task_title
 from personae.ids import content_hash
 from personae.llm.base import Message
 from personae.llm.gateway import Gateway
@@ -146,11 +146,12 @@ async def _judge_item(
         prompts=prompts,
     )
 
+    prompt = judge_prompt(persona, task, question, answer, rubric=rubric, prompts=prompts)
+
     async def one(judge: str) -> JudgeVerdict | str:
         seed = derive_seed(config.seed, "judge", persona.id, task, index, question, judge)
         try:
-            return await judge_verdict(persona, task, question, answer, judge=judge, gateway=gateway, seed=seed, prompts=prompts,
-                                       rubric=rubric, abstain_below=config.abstain_below)
+            return await judge_verdict(prompt, judge=judge, gateway=gateway, seed=seed, abstain_below=config.abstain_below, max_tokens=config.judge_max_tokens)
         except ModelOutputError as exc:
             log.warning("judge %s on persona %s task %s: unusable reply (%s)", judge, persona.id, task, exc.message)
             return exc.message

@@ -35,7 +35,7 @@ from personae.evaluation.calibration import CalibrationItem, CalibrationSet
 from personae.evaluation.config import JudgedConfig, ReliabilityThresholds, TaskName
 from personae.evaluation.rubrics import Rubric
 from personae.evaluation.text import persona_profile
-from personae.evaluation.verdicts import JudgedItem, JudgeVerdict, judge_verdict
+from personae.evaluation.verdicts import JudgedItem, JudgeVerdict, judge_prompt, judge_verdict
 from personae.ids import content_hash
 from personae.llm.base import Message
 from personae.llm.gateway import Gateway
@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_SPEAKER_MAX_TOKENS = 64  # the reply is {"choice": "A"}
 
 
 class SpeakerChoice(BaseModel):
@@ -253,8 +255,9 @@ class _Checks:
                        order: Literal["as_written", "reversed"] = "as_written") -> JudgeVerdict | None:
         async with self.limiter:
             try:
-                return await judge_verdict(persona, task, question, answer, judge=self.judge, gateway=self.gateway, seed=seed, prompts=self.prompts,
-                                           rubric=rubric, order=order, abstain_below=self.config.abstain_below)
+                prompt = judge_prompt(persona, task, question, answer, rubric=rubric, order=order, prompts=self.prompts)
+                return await judge_verdict(prompt, judge=self.judge, gateway=self.gateway, seed=seed, abstain_below=self.config.abstain_below,
+                                           max_tokens=self.config.judge_max_tokens)
             except ModelOutputError as exc:
                 log.info("reliability check of judge %s: unusable reply (%s)", self.judge, exc.message)
                 return None
@@ -292,7 +295,8 @@ class _Checks:
         )
         async with self.limiter:
             try:
-                reply = await self.gateway.structured([Message(role="user", content=prompt)], SpeakerChoice, role=self.judge, seed=seed)
+                reply = await self.gateway.structured([Message(role="user", content=prompt)], SpeakerChoice, role=self.judge, seed=seed,
+                                                     max_tokens=_SPEAKER_MAX_TOKENS)
             except ModelOutputError as exc:
                 log.info("speaker identification by judge %s: unusable reply (%s)", self.judge, exc.message)
                 return None

@@ -295,11 +295,10 @@ def _judge_reliability_context(j: JudgedReport) -> dict[str, Any]:
 
 
 def _judge_reliability_rows(j: JudgedReport) -> list[tuple[str, str]]:
-    """Console rows: invalid and abstained verdicts, each judge's reliability, the warnings."""
+    """Console rows: invalid and abstained verdicts, and each judge's reliability."""
     rows = [("  verdicts abstained / invalid", f"{j.n_abstained} / {j.n_invalid}")]
     if j.reliability is not None:
         rows += [(f"  judge {x.judge}", "reliable" if not x.flags else "FLAGGED: " + "; ".join(x.flags)) for x in j.reliability.judges]
-    rows += [("  warning", w) for w in j.warnings]
     return rows
 
 

@@ -160,10 +160,11 @@ async def judge_answer(
     prompts: PromptSet | None = None,
     rubric: Rubric | None = None,
     order: RubricOrder = "as_written",
+    max_tokens: int | None = 512,
 ) -> Judgement:
     """One judge's rubric-anchored judgement of ``answer`` (judge = a gateway role or model name)."""
     prompt = judge_prompt(persona, task, question, answer, rubric=rubric, order=order, prompts=prompts)
-    return await gateway.structured(prompt.messages, Judgement, role=judge, seed=seed)
+    return await gateway.structured(prompt.messages, Judgement, role=judge, seed=seed, max_tokens=max_tokens)
 
 
 def check_rationale(rationale: str, prompt: JudgePrompt) -> str | None:
@@ -191,20 +192,17 @@ def classify_judgement(judgement: Judgement, *, judge: str, prompt: JudgePrompt,
 
 
 async def judge_verdict(
-    persona: Persona,
-    task: TaskName,
-    question: str,
-    answer: str,
+    prompt: JudgePrompt,
     *,
     judge: str,
     gateway: Gateway,
     abstain_below: float,
     seed: int | None = None,
-    prompts: PromptSet | None = None,
-    rubric: Rubric | None = None,
-    order: RubricOrder = "as_written",
+    max_tokens: int | None = 512,
 ) -> JudgeVerdict:
-    """:func:`judge_answer`, classified (raises :class:`~personae.errors.ModelOutputError` on an unusable reply)."""
-    prompt = judge_prompt(persona, task, question, answer, rubric=rubric, order=order, prompts=prompts)
-    judgement = await gateway.structured(prompt.messages, Judgement, role=judge, seed=seed)
+    """Send ``prompt`` (from :func:`judge_prompt`) to ``judge`` and classify the reply.
+
+    Raises :class:`~personae.errors.ModelOutputError` when the reply is unusable.
+    """
+    judgement = await gateway.structured(prompt.messages, Judgement, role=judge, seed=seed, max_tokens=max_tokens)
     return classify_judgement(judgement, judge=judge, prompt=prompt, abstain_below=abstain_below)
