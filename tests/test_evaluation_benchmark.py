@@ -107,7 +107,8 @@ async def test_external_questions_and_rubrics_reach_the_models():
     judge = ScriptedLLM(_recording_judge, model="judge-x")
     persona_model = ScriptedLLM(lambda request: "In character: I keep bees.")
     gateway = Gateway({"default": persona_model, "judge_a": judge, "judge_b": ScriptedLLM(_recording_judge, model="judge-y")})
-    config = JudgedConfig(enabled=True, questions=QUESTIONS, rubrics=RUBRICS, questions_per_task=1, reliability=JudgeReliabilityConfig(enabled=False))
+    checks = JudgeReliabilityConfig(calibration_sample=0, speaker_sample=0, order_swap_sample=3)
+    config = JudgedConfig(enabled=True, questions=QUESTIONS, rubrics=RUBRICS, questions_per_task=1, reliability=checks)
     report = await evaluate_judged(load_personas(PERSONAS), config=config, gateway=gateway, embedder=None)
     assert report.n_items == 3 * 5 * 1 and report.persona_score == 4.0
     assert report.questions_source == str(QUESTIONS) and report.rubrics_source == str(RUBRICS)
@@ -119,6 +120,10 @@ async def test_external_questions_and_rubrics_reach_the_models():
     prompts = [r.messages[-1].content for r in judge.requests]
     ea = next(p for p in prompts if "Task being evaluated: Expected Action in Given Setting" in p)
     assert "Example of a response scoring 5: <<< I would hand her a spoon" in ea and "Score = " not in ea
+    # the order-swap check re-judges the run's answers on the same external rubrics, their scores listed 5 → 1
+    orders = [[int(line[0]) for line in p.split("Rubric:\n", 1)[1].splitlines() if line[:1].isdigit()] for p in prompts]
+    assert orders.count([1, 2, 3, 4, 5]) == 15 and orders.count([5, 4, 3, 2, 1]) == 3
+    assert report.reliability.get("judge_a").order_swap.n == 3 and report.reliability.get("judge_a").calls == 3
 
 
 def test_cli_runs_the_personagym_fixture_with_no_conversations(tmp_path, cli_env):

@@ -12,7 +12,7 @@ from personae.errors import ConfigError
 from personae.evaluation import JudgedConfig, evaluate_judged
 from personae.evaluation.calibration import load_calibration
 from personae.evaluation.config import JudgeReliabilityConfig
-from personae.evaluation.judges import JudgeReliability, binomial_p_at_least, judge_flags
+from personae.evaluation.judges import JudgeReliability, SpeakerCheck, binomial_p_at_least, judge_flags
 from personae.evaluation.config import ReliabilityThresholds
 from personae.evaluation.verdicts import Judgement, check_rationale, classify_judgement, judge_prompt
 from personae.llm import Gateway
@@ -169,6 +169,8 @@ def test_flags_follow_the_thresholds():
     assert judge_flags(r, t) == []
     assert judge_flags(r.model_copy(update={"abstention_rate": 0.6}), t) == ["abstentions 60% > 50%"]
     assert judge_flags(r.model_copy(update={"verdicts": 3, "abstention_rate": 0.9}), t) == []  # too few to judge
+    speaker = SpeakerCheck(answers=6, presentations=12, accuracy=0.75, p_value=binomial_p_at_least(9, 12), position_consistency=0.5)
+    assert judge_flags(r.model_copy(update={"speaker": speaker}), t) == ["speaker identification not above chance (p=0.07 ≥ 0.05, n=12)"]
     assert binomial_p_at_least(8, 8) == pytest.approx(1 / 256) and binomial_p_at_least(0, 8) == pytest.approx(1.0)
 
 

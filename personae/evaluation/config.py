@@ -36,6 +36,7 @@ class ReliabilityThresholds(BaseModel):
 
     min_order_consistency: float = Field(0.7, ge=0.0, le=1.0, description="share of answers scored the same with the rubric reversed")
     min_speaker_accuracy: float = Field(0.7, ge=0.0, le=1.0, description="speaker identification accuracy (chance = 0.5)")
+    max_speaker_p: float = Field(0.05, ge=0.0, le=1.0, description="one-sided binomial p of that accuracy against chance")
     min_calibration_within_1: float = Field(0.7, ge=0.0, le=1.0, description="share of calibration answers scored within 1 of their label")
     min_calibration_ordering: float = Field(0.8, ge=0.0, le=1.0, description="share of calibration pairs ≥2 labels apart scored in the right order")
     max_abstention_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of the run's verdicts abstained")

@@ -3,7 +3,8 @@
 For every judge, beside its scores:
 
 * **calibration agreement**: it scores a sample of the calibration set
-  (:mod:`personae.evaluation.calibration`, answers with known scores); mean absolute
+  (:mod:`personae.evaluation.calibration`, answers with known scores on the packaged
+  rubrics, which it is judged on even when the run uses external ones); mean absolute
   error, exact and within-1 agreement, and *ordering*: of the pairs of answers whose
   labels are ≥2 apart, the share it scores in the right order (ties count half);
 * **speaker identification** (pre-check): shown two personas and an answer clearly in
@@ -52,11 +53,13 @@ __all__ = [
     "JudgeReliabilityReport",
     "assess_judges",
     "judge_flags",
+    "binomial_p_at_least",
 ]
 
 log = logging.getLogger(__name__)
 
 _SPEAKER_MAX_TOKENS = 64  # the reply is {"choice": "A"}
+_Scored = tuple[Persona, JudgedItem, Rubric | None]  # an answer a judge scored, and the rubric it scored it on (None = packaged)
 
 
 class SpeakerChoice(BaseModel):
@@ -191,7 +194,10 @@ def judge_flags(r: JudgeReliability, t: ReliabilityThresholds) -> list[str]:
         if c.asked >= t.min_samples and c.n < c.asked / 2:
             flags.append(f"calibration: only {c.n} of {c.asked} verdicts usable")
     if (s := r.speaker) is not None:
+        before = len(flags)
         least("speaker identification", s.accuracy, t.min_speaker_accuracy, s.presentations)
+        if len(flags) == before and s.p_value is not None and s.presentations >= t.min_samples and s.p_value >= t.max_speaker_p:
+            flags.append(f"speaker identification not above chance (p={s.p_value:.2f} ≥ {t.max_speaker_p:g}, n={s.presentations})")
     if (o := r.order_swap) is not None:
         least("order consistency", o.same, t.min_order_consistency, o.n)
         if o.asked >= t.min_samples and o.n < o.asked / 2:
@@ -262,7 +268,7 @@ class _Checks:
                 log.info("reliability check of judge %s: unusable reply (%s)", self.judge, exc.message)
                 return None
 
-    async def calibration(self, cal: CalibrationSet, sample: list[CalibrationItem]) -> tuple[CalibrationCheck, list[tuple[Persona, JudgedItem]]]:
+    async def calibration(self, cal: CalibrationSet, sample: list[CalibrationItem]) -> tuple[CalibrationCheck, list[_Scored]]:
         seed = self.config.seed
         verdicts = await asyncio.gather(*(
             self._verdict(cal.persona_of(it), it.task, it.question, it.answer, seed=derive_seed(seed, "calibration", it.id, self.judge)) for it in sample
@@ -283,8 +289,8 @@ class _Checks:
             ordering=ordering,
             ordering_pairs=n_pairs,
         )
-        judged = [
-            (cal.persona_of(it), JudgedItem(persona_id=cal.persona_of(it).id, task=it.task, index=0, question=it.question, answer=it.answer, verdicts=[v]))
+        judged = [  # judged on the packaged rubric, which the labels refer to
+            (cal.persona_of(it), JudgedItem(persona_id=cal.persona_of(it).id, task=it.task, index=0, question=it.question, answer=it.answer, verdicts=[v]), None)
             for it, v in zip(sample, verdicts) if v is not None and v.counted
         ]
         return check, judged
@@ -332,18 +338,19 @@ class _Checks:
             failures=sum(r is None for pair in results for r in pair),
         )
 
-    async def order_swap(self, pool: list[tuple[Persona, JudgedItem]], n: int, rubrics: Mapping[TaskName, Rubric]) -> OrderSwapCheck:
+    async def order_swap(self, pool: list[_Scored], n: int) -> OrderSwapCheck:
+        """Re-judge up to ``n`` answers of ``pool`` (persona, item, the rubric it was judged on) with the rubric reversed."""
         chosen = pool[:n]
 
-        async def one(persona: Persona, item: JudgedItem) -> tuple[int, int] | None:
+        async def one(persona: Persona, item: JudgedItem, rubric: Rubric | None) -> tuple[int, int] | None:
             before = item.counted_score(self.judge)
             if before is None:  # the pool holds answers this judge scored; nothing to compare otherwise
                 return None
             seed = derive_seed(self.config.seed, "order_swap", persona.id, item.task, item.index, item.question, self.judge)
-            after = await self._verdict(persona, item.task, item.question, item.answer, seed=seed, rubric=rubrics.get(item.task), order="reversed")
+            after = await self._verdict(persona, item.task, item.question, item.answer, seed=seed, rubric=rubric, order="reversed")
             return (before, after.score) if after is not None and after.counted else None
 
-        results = await asyncio.gather(*(one(p, it) for p, it in chosen))
+        results = await asyncio.gather(*(one(*entry) for entry in chosen))
         pairs = [r for r in results if r is not None]
         return OrderSwapCheck(
             asked=len(chosen),
@@ -399,7 +406,7 @@ async def assess_judges(
         calls_before = (before.calls, before.model_calls) if before else (0, 0)
         checks = _Checks(judge, config=config, gateway=gateway, prompts=prompts, limiter=limiter)
         report = JudgeReliability(judge=judge, model=(judge_models or {}).get(judge, judge), **_run_figures(judge, items))
-        cal_judged: list[tuple[Persona, JudgedItem]] = []
+        cal_judged: list[_Scored] = []
         tasks = []
         if calibration is not None and calibration_sample:
             tasks.append(checks.calibration(calibration, calibration_sample))
@@ -412,8 +419,9 @@ async def assess_judges(
                 report.calibration, cal_judged = result
         if rc.order_swap_sample:
             scored = [it for it in items if it.counted_score(judge) is not None and it.persona_id in personas]
-            run_pool = [(personas[scored[i].persona_id], scored[i]) for i in _ranked([f"{it.persona_id}/{it.task}/{it.index}" for it in scored], config.seed, "order_swap")]
-            report.order_swap = await checks.order_swap(run_pool + cal_judged, rc.order_swap_sample, rubrics or {})
+            order = _ranked([f"{it.persona_id}/{it.task}/{it.index}" for it in scored], config.seed, "order_swap")
+            run_pool: list[_Scored] = [(personas[scored[i].persona_id], scored[i], (rubrics or {}).get(scored[i].task)) for i in order]
+            report.order_swap = await checks.order_swap(run_pool + cal_judged, rc.order_swap_sample)
         after = gateway.usage.roles.get(judge)
         if after is not None:
             report.calls, report.model_calls = after.calls - calls_before[0], after.model_calls - calls_before[1]

@@ -286,7 +286,7 @@ def _judge_reliability_context(j: JudgedReport) -> dict[str, Any]:
         "rows": rows,
         "calibration_version": r.calibration_version,
         "thresholds": (
-            f"order consistency ≥ {t.min_order_consistency:g}; speaker identification ≥ {t.min_speaker_accuracy:g} (chance 0.5); "
+            f"order consistency ≥ {t.min_order_consistency:g}; speaker identification ≥ {t.min_speaker_accuracy:g} and above chance (p < {t.max_speaker_p:g}); "
             f"calibration within-1 ≥ {t.min_calibration_within_1:g} and ordering ≥ {t.min_calibration_ordering:g}, with at least half the "
             f"verdicts usable; abstentions ≤ {t.max_abstention_rate:.0%}, invalid verdicts ≤ {t.max_invalid_rate:.0%}, unusable replies ≤ "
             f"{t.max_failure_rate:.0%}; a figure from fewer than {t.min_samples} answers does not flag"
