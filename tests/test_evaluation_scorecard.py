@@ -59,6 +59,7 @@ async def test_evaluate_run_writes_scorecard_with_all_metrics(tmp_path, hashing_
     assert f"{metrics['transcript.echo_excess']:.3f}" in html
     assert "Krippendorff" in html and "Rosa Green" in html and "coverage" in html
     assert "Judge reliability" in html and "fake:fake-b" in html and "A judge is flagged when" in html
+    assert "built-in method" not in html  # a row key named like a dict method ("items") once rendered as the method
     assert html.count("data:image/png;base64,") >= 4
     png = html.split("data:image/png;base64,")[1].split('"')[0]
     assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
