@@ -122,8 +122,7 @@ class JudgeReliability(BaseModel):
     calibration: CalibrationCheck | None = None
     speaker: SpeakerCheck | None = None
     order_swap: OrderSwapCheck | None = None
-    calls: int = Field(0, description="gateway calls the checks took (role = the judge)")
-    model_calls: int = Field(0, description="of which reached a model (not the cache)")
+    calls: int = Field(0, description="gateway calls the checks took (role = the judge; cache hits included, so a rerun reports the same)")
     flags: list[str] = Field(default_factory=list)
 
     @property
@@ -403,7 +402,7 @@ async def assess_judges(
 
     async def one(judge: str) -> JudgeReliability:
         before = gateway.usage.roles.get(judge)
-        calls_before = (before.calls, before.model_calls) if before else (0, 0)
+        calls_before = before.calls if before else 0
         checks = _Checks(judge, config=config, gateway=gateway, prompts=prompts, limiter=limiter)
         report = JudgeReliability(judge=judge, model=(judge_models or {}).get(judge, judge), **_run_figures(judge, items))
         cal_judged: list[_Scored] = []
@@ -423,8 +422,7 @@ async def assess_judges(
             run_pool: list[_Scored] = [(personas[scored[i].persona_id], scored[i], (rubrics or {}).get(scored[i].task)) for i in order]
             report.order_swap = await checks.order_swap(run_pool + cal_judged, rc.order_swap_sample)
         after = gateway.usage.roles.get(judge)
-        if after is not None:
-            report.calls, report.model_calls = after.calls - calls_before[0], after.model_calls - calls_before[1]
+        report.calls = (after.calls if after else 0) - calls_before
         report.flags = judge_flags(report, rc.thresholds)
         return report
 
