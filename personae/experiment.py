@@ -270,8 +270,12 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         data["population"] = {**population, "taxonomy": _resolve(base, population["taxonomy"])}
     evaluation = data.get("evaluation")
     judged = evaluation.get("judged") if isinstance(evaluation, dict) else None
-    if isinstance(judged, dict) and isinstance(judged.get("environments"), str):
-        data["evaluation"] = {**evaluation, "judged": {**judged, "environments": _resolve(base, judged["environments"])}}
+    if isinstance(judged, dict):  # the judged suite's input files, relative to the experiment file
+        judged = {**judged, **{k: _resolve(base, judged[k]) for k in ("environments", "questions", "rubrics") if isinstance(judged.get(k), str)}}
+        reliability = judged.get("reliability")
+        if isinstance(reliability, dict) and isinstance(reliability.get("calibration"), str):
+            judged["reliability"] = {**reliability, "calibration": _resolve(base, reliability["calibration"])}
+        data["evaluation"] = {**evaluation, "judged": judged}
     if isinstance(evaluation, dict) and isinstance(evaluation.get("reference"), str):
         data["evaluation"] = {**data["evaluation"], "reference": _resolve(base, evaluation["reference"])}
     experiment = validate_data(Experiment, data, file=path, what="experiment")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 
 from personae.errors import ConfigError
 
-__all__ = ["describe_validation_error", "load_data_file", "load_model_file", "read_input_file", "validate_data"]
+__all__ = ["describe_validation_error", "load_data_file", "load_model_file", "read_input_file", "read_text_file", "validate_data"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -129,8 +129,8 @@ def read_input_file(path: str | os.PathLike, *, max_bytes: int | None = None) ->
         raise ConfigError(f"cannot read the file ({exc.strerror})", file=str(path)) from None
 
 
-def load_data_file(path: str | os.PathLike) -> Any:
-    """Read a YAML or JSON file (by extension; YAML otherwise) with clear errors."""
+def read_text_file(path: str | os.PathLike, *, expected: str = "a YAML or JSON document") -> str:
+    """The text of a UTF-8 file, with clear errors for a missing, huge, binary or empty file."""
     path = Path(path)
     raw = read_input_file(path, max_bytes=MAX_FILE_BYTES)
     try:
@@ -139,7 +139,14 @@ def load_data_file(path: str | os.PathLike) -> Any:
         line = raw[: exc.start].count(b"\n") + 1
         raise ConfigError("not valid UTF-8 text", file=str(path), line=line, expected="a UTF-8 encoded file") from None
     if not text.strip():
-        raise ConfigError("file is empty", file=str(path), expected="a YAML or JSON document")
+        raise ConfigError("file is empty", file=str(path), expected=expected)
+    return text
+
+
+def load_data_file(path: str | os.PathLike) -> Any:
+    """Read a YAML or JSON file (by extension; YAML otherwise) with clear errors."""
+    path = Path(path)
+    text = read_text_file(path)
     if path.suffix.lower() == ".json":
         try:
             return json.loads(text, object_pairs_hook=_unique_keys)

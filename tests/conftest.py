@@ -70,3 +70,15 @@ def hashing_embedder():
     from personae.embeddings import HashingEmbedder
 
     return HashingEmbedder(dim=256)
+
+
+@pytest.fixture
+def cli_env(monkeypatch, settings):
+    """The ``personae`` typer app, on the fake model and the hashing embedder, in a temp data dir without a cache."""
+    monkeypatch.setenv("PERSONAE_EMBEDDINGS_PROVIDER", "hashing")
+    monkeypatch.setenv("PERSONAE_LLM_PROVIDER", "fake")
+    monkeypatch.setenv("PERSONAE_DATA_DIR", str(settings.data_dir))
+    monkeypatch.setenv("PERSONAE_CACHE_ENABLED", "false")
+    from personae.cli import app
+
+    return app

@@ -9,6 +9,7 @@ from _evaluation_fixtures import GARDENER, MECHANIC
 
 from personae.errors import ConfigError
 from personae.evaluation import TASKS, JudgedConfig, evaluate_judged, load_environments
+from personae.evaluation.config import JudgeReliabilityConfig
 from personae.evaluation.environments import select_environments
 from personae.llm import Gateway
 from personae.llm.base import LLMRequest, ResponseFormat
@@ -35,8 +36,13 @@ def _default_script(request: LLMRequest) -> str:
     return "In character: " + request.messages[-1].content
 
 
+NO_CHECKS = JudgeReliabilityConfig(enabled=False)
+
+
 def _judge(score_for, confidence: float):
     def script(request: LLMRequest) -> str:
+        if request.schema_name == "SpeakerChoice":
+            return json.dumps({"choice": "A"})
         assert request.schema_name == "Judgement"
         task = _task_of(request)
         return json.dumps({"rationale": f"judged {task}", "score": score_for(task), "confidence": confidence})
@@ -56,7 +62,7 @@ def scripted_gateway():
 
 
 async def test_judged_with_scripted_judges_gives_known_scores(scripted_gateway, hashing_embedder):
-    config = JudgedConfig(enabled=True, questions_per_task=2, environments_per_persona=2)
+    config = JudgedConfig(enabled=True, questions_per_task=2, environments_per_persona=2, reliability=NO_CHECKS)
     report = await evaluate_judged([GARDENER, MECHANIC], config=config, gateway=scripted_gateway, embedder=hashing_embedder)
 
     assert report.n_items == 2 * 5 * 2 and report.n_failures == 0
@@ -100,26 +106,51 @@ async def test_judged_with_scripted_judges_gives_known_scores(scripted_gateway, 
     assert metrics["judged.agreement.within_1"] == pytest.approx(0.2)
 
 
-async def test_judged_with_fake_llm_is_deterministic(fake_gateway, hashing_embedder):
-    config = JudgedConfig(enabled=True, questions_per_task=1, tasks=["expected_action", "persona_consistency"], judges=["j1", "j2", "j3"])
-    first = await evaluate_judged([GARDENER], config=config, gateway=fake_gateway, embedder=hashing_embedder)
-    again = await evaluate_judged([GARDENER], config=config, gateway=Gateway(FakeLLM(seed=0)), embedder=hashing_embedder)
+def _fake_judges(seed: int = 0) -> Gateway:
+    return Gateway({"default": FakeLLM(seed=seed), "j1": FakeLLM(seed=1, model="fake-1"), "j2": FakeLLM(seed=2, model="fake-2"),
+                    "j3": FakeLLM(seed=3, model="fake-3")})
+
+
+async def test_judged_with_fake_llm_is_deterministic(hashing_embedder):
+    config = JudgedConfig(enabled=True, questions_per_task=1, tasks=["expected_action", "persona_consistency"], judges=["j1", "j2", "j3"],
+                          abstain_below=0.0, reliability=JudgeReliabilityConfig(calibration_sample=2, speaker_sample=1, order_swap_sample=1))
+    first = await evaluate_judged([GARDENER], config=config, gateway=_fake_judges(), embedder=hashing_embedder)
+    again = await evaluate_judged([GARDENER], config=config, gateway=_fake_judges(), embedder=hashing_embedder)
     assert first.model_dump() == again.model_dump()
     assert 1.0 <= first.persona_score <= 5.0
     assert set(first.per_task) == {"expected_action", "persona_consistency"}
     assert first.agreement.n_items == 2 and len(first.agreement.pairs) == 3
     assert all(len(i.verdicts) == 3 for i in first.items)
+    assert [j.judge for j in first.reliability.judges] == ["j1", "j2", "j3"]
+    assert first.judge_models == {"j1": "fake:fake-1", "j2": "fake:fake-2", "j3": "fake:fake-3"} and not first.warnings
+
+
+async def test_judges_on_one_model_get_a_warning_and_no_agreement(fake_gateway, hashing_embedder, caplog):
+    config = JudgedConfig(enabled=True, questions_per_task=1, tasks=["expected_action"], abstain_below=0.0, reliability=NO_CHECKS)
+    report = await evaluate_judged([GARDENER, MECHANIC], config=config, gateway=fake_gateway, embedder=hashing_embedder)
+    assert report.judge_models == {"judge_a": "fake:fake-chat", "judge_b": "fake:fake-chat"}
+    assert report.agreement is None and report.agreement_judges == []
+    assert len(report.warnings) == 1 and "one model (fake:fake-chat)" in report.warnings[0] and "no inter-judge agreement" in report.warnings[0]
+    assert "one model" in caplog.text
+    assert not any(k.startswith("judged.agreement.") for k in report.metrics())
+    assert report.persona_score is not None  # both judges still score; only the agreement is withheld
+    # three judges on two models: the agreement is between one judge per model
+    gateway = Gateway({"default": FakeLLM(), "other": FakeLLM(model="other-chat")}, roles={"j3": "other"})
+    config = config.model_copy(update={"judges": ["j1", "j2", "j3"]})
+    report = await evaluate_judged([GARDENER], config=config, gateway=gateway, embedder=hashing_embedder)
+    assert report.agreement_judges == ["j1", "j3"] and len(report.agreement.pairs) == 1
+    assert "only one of them enters the inter-judge agreement" in report.warnings[0]
 
 
 async def test_unusable_judge_is_recorded_and_others_still_score(hashing_embedder):
     gateway = Gateway(
         {
             "default": ScriptedLLM(_default_script),
-            "good": ScriptedLLM(_judge(lambda task: 3, 0.8)),
-            "broken": ScriptedLLM(lambda request: "I refuse to answer in JSON."),
+            "good": ScriptedLLM(_judge(lambda task: 3, 0.8), model="good"),
+            "broken": ScriptedLLM(lambda request: "I refuse to answer in JSON.", model="broken"),
         }
     )
-    config = JudgedConfig(enabled=True, questions_per_task=1, tasks=["linguistic_habits"], judges=["good", "broken"])
+    config = JudgedConfig(enabled=True, questions_per_task=1, tasks=["linguistic_habits"], judges=["good", "broken"], reliability=NO_CHECKS)
     report = await evaluate_judged([GARDENER], config=config, gateway=gateway, embedder=hashing_embedder)
     assert report.n_failures == 1
     assert report.persona_score == 3.0
@@ -159,7 +190,7 @@ def test_judged_config_validation():
 
 
 async def test_max_personas_takes_a_deterministic_subset(fake_gateway, hashing_embedder):
-    config = JudgedConfig(enabled=True, questions_per_task=1, tasks=["expected_action"], max_personas=1)
+    config = JudgedConfig(enabled=True, questions_per_task=1, tasks=["expected_action"], max_personas=1, reliability=NO_CHECKS)
     a = await evaluate_judged([GARDENER, MECHANIC], config=config, gateway=fake_gateway, embedder=hashing_embedder)
     b = await evaluate_judged([MECHANIC, GARDENER], config=config, gateway=fake_gateway, embedder=hashing_embedder)
     assert len(a.personas) == 1 and a.personas[0].persona_id == b.personas[0].persona_id

@@ -12,20 +12,24 @@ from typer.testing import CliRunner
 from personae.errors import ConfigError
 from personae.evaluation import EvaluationConfig, JudgedConfig, compare_arms, evaluate_run, population_metrics
 from personae.jsonl import write_jsonl
+from personae.llm import Gateway
+from personae.llm.testing import FakeLLM
 
 
 def _conversations():
     return [echoing(), control(), drifting(), in_character(), monopolised()]
 
 
-async def test_evaluate_run_writes_scorecard_with_all_metrics(tmp_path, fake_gateway, hashing_embedder):
+async def test_evaluate_run_writes_scorecard_with_all_metrics(tmp_path, hashing_embedder):
+    # two judge models (a second fake), so that there is an inter-judge agreement to report
+    gateway = Gateway({"default": FakeLLM(seed=0), "judge:b": FakeLLM(seed=1, model="fake-b")})
     config = EvaluationConfig(judged=JudgedConfig(enabled=True, questions_per_task=1, judges=["judge_a", "judge:b"]))
     comparison = compare_arms([echoing(f"e{i}", n=3 + i) for i in range(3)], [control(f"c{i}", n=3 + i) for i in range(3)], embedder=hashing_embedder)
     scorecard = await evaluate_run(
         _conversations(),
         POPULATION,
         config=config,
-        gateway=fake_gateway,
+        gateway=gateway,
         embedder=hashing_embedder,
         out_dir=tmp_path / "eval",
         population_report={"metrics": {"coverage": 0.8, "uniqueness": 0.95}, "size": 5},
@@ -38,6 +42,7 @@ async def test_evaluate_run_writes_scorecard_with_all_metrics(tmp_path, fake_gat
         assert key in metrics, key
     assert all(isinstance(v, float) for v in metrics.values())
     assert "judged.judge.judge_b.expected_action" in metrics  # judge "judge:b", made a tracking-safe key
+    assert "judged.reliability.judge_a.flagged" in metrics and "judged.reliability.judge_b.calibration_within_1" in metrics
     assert metrics["n_conversations"] == 5.0 and metrics["n_personas"] == 5.0
     assert "population.size" not in metrics  # only the report's metrics mapping is taken when it has one
 
@@ -53,6 +58,8 @@ async def test_evaluate_run_writes_scorecard_with_all_metrics(tmp_path, fake_gat
     assert f"{metrics['judged.persona_score']:.3f}" in html
     assert f"{metrics['transcript.echo_excess']:.3f}" in html
     assert "Krippendorff" in html and "Rosa Green" in html and "coverage" in html
+    assert "Judge reliability" in html and "fake:fake-b" in html and "A judge is flagged when" in html
+    assert "built-in method" not in html  # a row key named like a dict method ("items") once rendered as the method
     assert html.count("data:image/png;base64,") >= 4
     png = html.split("data:image/png;base64,")[1].split('"')[0]
     assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
@@ -82,17 +89,6 @@ def test_population_metrics_flattens_numbers():
 
 
 # ---- the CLI ------------------------------------------------------------------------
-
-
-@pytest.fixture
-def cli_env(monkeypatch, settings):
-    monkeypatch.setenv("PERSONAE_EMBEDDINGS_PROVIDER", "hashing")
-    monkeypatch.setenv("PERSONAE_LLM_PROVIDER", "fake")
-    monkeypatch.setenv("PERSONAE_DATA_DIR", str(settings.data_dir))
-    monkeypatch.setenv("PERSONAE_CACHE_ENABLED", "false")
-    from personae.cli import app
-
-    return app
 
 
 def test_cli_evaluate_standalone(tmp_path, cli_env):

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from _evaluation_fixtures import GARDENER, MECHANIC, control, echoing
 
 from personae.embeddings.openai import OpenAIEmbedder
 from personae.evaluation import TASKS, EvaluationConfig, JudgedConfig, evaluate_judged, evaluate_run
+from personae.evaluation.benchmark import load_personas
+from personae.evaluation.config import JudgeReliabilityConfig
 from personae.llm import Gateway
 from personae.testing.pytest_plugin import openai_llm
 from personae.testing.server import OpenAITestServer
+
+PERSONAGYM = Path(__file__).parent / "data" / "personagym"
 
 
 def _scripted(body: dict) -> str | None:
@@ -75,3 +80,27 @@ async def test_evaluate_run_over_a_flaky_server(openai_server, tmp_path):
     assert sum(openai_server.fault_counts.values()) > 0  # faults happened and were retried or repaired
     assert scorecard.judged.n_items == 2 * 2
     assert (tmp_path / "scorecard.html").exists()
+
+
+@pytest.mark.openai_server(seed=5)
+async def test_judge_report_on_the_test_server(openai_server):
+    """The PersonaGym fixture and the judge report over HTTP: the server's judges reply at random, and are flagged."""
+    gateway = Gateway(
+        {"default": openai_llm(openai_server), "judge_a": openai_llm(openai_server, model="judge-a"), "judge_b": openai_llm(openai_server, model="judge-b")},
+        retry_base_delay_s=0.01,
+    )
+    checks = JudgeReliabilityConfig(calibration_sample=8, speaker_sample=4, order_swap_sample=6)
+    config = JudgedConfig(enabled=True, questions=PERSONAGYM / "questions" / "mini", rubrics=PERSONAGYM / "rubrics", questions_per_task=1,
+                          reliability=checks)
+    try:
+        report = await evaluate_judged(load_personas(PERSONAGYM / "code" / "personas.py"), config=config, gateway=gateway, embedder=None)
+    finally:
+        await gateway.aclose()
+    assert report.n_items == 15 and report.agreement is not None and not report.warnings
+    assert report.judge_models["judge_a"] == f"openai:judge-a@{openai_server.base_url}"
+    for judge in ("judge_a", "judge_b"):
+        rel = report.reliability.get(judge)
+        assert rel.calibration.asked == 8 and rel.speaker.answers == 4 and rel.order_swap.asked == 6
+        assert rel.calls >= 8 + 2 * 4 + 6  # every check's call went through the gateway under the judge's role
+        assert gateway.usage.roles[judge].calls - rel.calls == report.n_items  # one call per answer in the run; the rest were the checks
+        assert rel.flags, f"a judge replying at random passed every check: {rel}"

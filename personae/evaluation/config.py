@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["TASKS", "TaskName", "JudgedConfig", "EvaluationConfig"]
+__all__ = ["TASKS", "TaskName", "ReliabilityThresholds", "JudgeReliabilityConfig", "JudgedConfig", "EvaluationConfig"]
 
 TaskName = Literal[
     "expected_action",
@@ -26,6 +26,42 @@ TASKS: tuple[TaskName, ...] = (
 )
 
 
+class ReliabilityThresholds(BaseModel):
+    """When a judge is flagged unreliable (each failed threshold is one flag, shown with its figure).
+
+    A check with fewer than ``min_samples`` usable answers is reported but does not flag.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_order_consistency: float = Field(0.7, ge=0.0, le=1.0, description="share of answers scored the same with the rubric reversed")
+    min_speaker_accuracy: float = Field(0.7, ge=0.0, le=1.0, description="speaker identification accuracy (chance = 0.5)")
+    max_speaker_p: float = Field(0.05, ge=0.0, le=1.0, description="one-sided binomial p of that accuracy against chance")
+    min_calibration_within_1: float = Field(0.7, ge=0.0, le=1.0, description="share of calibration answers scored within 1 of their label")
+    min_calibration_ordering: float = Field(0.8, ge=0.0, le=1.0, description="share of calibration pairs ≥2 labels apart scored in the right order")
+    max_abstention_rate: float = Field(0.5, ge=0.0, le=1.0, description="share of the run's verdicts abstained")
+    max_invalid_rate: float = Field(0.2, ge=0.0, le=1.0, description="share of the run's verdicts invalid (rationale copied from the prompt)")
+    max_failure_rate: float = Field(0.2, ge=0.0, le=1.0, description="share of the run's judge calls without a usable reply")
+    min_samples: int = Field(4, ge=1, le=1000)
+
+
+class JudgeReliabilityConfig(BaseModel):
+    """The judge-reliability checks: calibration agreement, speaker identification, order swap.
+
+    Extra calls per judge: ``calibration_sample`` + 2 × ``speaker_sample`` (each answer is
+    shown with the two personas in both orders) + ``order_swap_sample``. Zero skips a check.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    calibration: Path | None = Field(None, description="calibration set (YAML); None = the packaged one")
+    calibration_sample: int = Field(10, ge=0, le=1000, description="calibration answers each judge scores")
+    speaker_sample: int = Field(6, ge=0, le=1000, description="answers for the speaker-identification pre-check")
+    order_swap_sample: int = Field(6, ge=0, le=1000, description="answers re-judged with the rubric order reversed")
+    thresholds: ReliabilityThresholds = Field(default_factory=ReliabilityThresholds)
+
+
 class JudgedConfig(BaseModel):
     """The judged evaluation: environments → questions → in-character answers → judge ensemble.
 
@@ -38,15 +74,20 @@ class JudgedConfig(BaseModel):
     enabled: bool = False
     judges: list[str] = Field(default_factory=lambda: ["judge_a", "judge_b"], min_length=2)
     tasks: list[TaskName] = Field(default_factory=lambda: list(TASKS), min_length=1)
-    questions_per_task: int = Field(2, ge=1, le=20)
+    questions_per_task: int = Field(2, ge=1, le=20, description="questions per persona and task: written by the evaluator, or the first ones of external questions")
     environments_per_persona: int = Field(3, ge=1, le=20)
     environment_selection: Literal["embedding", "llm"] = "embedding"
     environments: Path | None = Field(None, description="YAML list of environments; None = the packaged list")
     max_personas: int | None = Field(None, ge=1, description="evaluate a deterministic subset of this size")
     confidence_threshold: float = Field(0.7, ge=0.0, le=1.0, description="judge confidence at or above = 'high'")
+    abstain_below: float = Field(0.3, ge=0.0, le=1.0, description="a verdict with lower stated confidence is abstained, not scored")
+    questions: Path | None = Field(None, description="external questions (PersonaGym folder of <persona>.json, or one file persona → task → questions)")
+    rubrics: Path | None = Field(None, description="external rubrics (PersonaGym folder of <Task>.txt, or YAML/JSON); other tasks use the packaged ones")
+    reliability: JudgeReliabilityConfig = Field(default_factory=JudgeReliabilityConfig)
     persona_role: str = "persona"
     question_role: str = Field("evaluator", description="gateway role that selects environments and writes questions")
     answer_max_tokens: int = Field(256, ge=1)
+    judge_max_tokens: int = Field(400, ge=16, le=8192, description="reply budget of a judge call; a rationale running past it is an unusable reply")
     concurrency: int = Field(16, ge=1, le=10_000, description="persona pipelines in flight at once")
     seed: int = 0
 

@@ -1,28 +1,36 @@
 """Judged evaluation, PersonaGym-style.
 
-For each persona: select relevant environments → write questions per task → the
-persona answers in character (persona system prompt, gateway role ``persona``) → an
-ensemble of ≥2 judges scores each answer on the task's rubric (1–5, anchored), stating
-a verbal confidence. PersonaScore is the mean over tasks; judge agreement and scores
-split by judge confidence come with it. Every call's seed derives from
-(persona, task, question, judge), so an identical rerun replays from the cache.
+For each persona: select relevant environments → write questions per task (or take
+them from an external question set, e.g. PersonaGym's) → the persona answers in
+character (persona system prompt, gateway role ``persona``) → an ensemble of ≥2 judges
+scores each answer on the task's rubric (packaged or external, 1–5, anchored), stating a
+verbal confidence. Verdicts below the abstention confidence, or whose rationale copies the
+prompt, are reported but not scored (:mod:`personae.evaluation.verdicts`). PersonaScore
+is the mean over tasks; agreement between judges on distinct models, scores split by
+judge confidence and each judge's reliability (:mod:`personae.evaluation.judges`) come
+with it. Every call's seed derives from (persona, task, question, judge), so an
+identical rerun replays from the cache.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from pydantic import BaseModel, Field
 
 from personae.embeddings.base import Embedder
 from personae.errors import ConfigError, ModelOutputError
-from personae.evaluation.agreement import AgreementReport, judge_agreement
 from personae.evaluation.config import JudgedConfig, TaskName
 from personae.evaluation.environments import Environment, load_environments, select_environments
-from personae.evaluation.text import finite_mean, persona_profile
+from personae.evaluation.benchmark import QuestionBank, load_questions
+from personae.evaluation.calibration import load_calibration
+from personae.evaluation.judged_report import ConfidenceSplit, JudgedReport, PersonaJudged, aggregate_judged, same_model_warnings
+from personae.evaluation.judges import assess_judges
+from personae.evaluation.rubrics import Rubric, load_rubrics
+from personae.evaluation.text import persona_profile
+from personae.evaluation.verdicts import JudgedItem, Judgement, JudgeVerdict, judge_answer, judge_prompt, judge_verdict, task_title
 from personae.ids import content_hash
 from personae.llm.base import Message
 from personae.llm.gateway import Gateway
@@ -48,124 +56,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-
-class Judgement(BaseModel):
-    """What a judge returns: a rubric score, its reasoning and its stated confidence."""
-
-    rationale: str = Field(description="one to three sentences citing the rubric")
-    score: int = Field(ge=1, le=5, description="rubric score, 1 (worst) to 5 (best)")
-    confidence: float = Field(ge=0.0, le=1.0, description="how sure the judge is of its score, 0 to 1")
-
-
 class QuestionSet(BaseModel):
     """Questions written for one persona and task."""
 
     questions: list[str] = Field(min_length=1)
-
-
-class JudgeVerdict(BaseModel):
-    """One judge's judgement of one answer."""
-
-    judge: str
-    score: int
-    confidence: float
-    rationale: str
-
-
-class JudgedItem(BaseModel):
-    """One question put to one persona, its answer, and every judge's verdict."""
-
-    persona_id: str
-    task: TaskName
-    index: int
-    question: str
-    answer: str
-    environments: list[str] = Field(default_factory=list)
-    verdicts: list[JudgeVerdict] = Field(default_factory=list)
-    failures: dict[str, str] = Field(default_factory=dict, description="judge → error, for judges without a usable reply")
-
-    @property
-    def score(self) -> float | None:
-        """Mean score over the judges that replied."""
-        return sum(v.score for v in self.verdicts) / len(self.verdicts) if self.verdicts else None
-
-    def verdict(self, judge: str) -> JudgeVerdict | None:
-        """The verdict of ``judge``, if it gave one."""
-        return next((v for v in self.verdicts if v.judge == judge), None)
-
-
-class PersonaJudged(BaseModel):
-    """Scores of one persona: per task and overall (PersonaScore)."""
-
-    persona_id: str
-    name: str
-    score: float | None
-    per_task: dict[str, float | None]
-    environments: list[str]
-
-
-class ConfidenceSplit(BaseModel):
-    """Scores and judge agreement split by the judges' stated confidence."""
-
-    threshold: float
-    high_n: int
-    high_mean: float | None
-    low_n: int
-    low_mean: float | None
-    agreement_high_n: int = Field(description="items where every judge was confident")
-    agreement_high_mad: float | None
-    agreement_low_n: int
-    agreement_low_mad: float | None
-
-
-class JudgedReport(BaseModel):
-    """The judged evaluation of a set of personas."""
-
-    judges: list[str]
-    tasks: list[str]
-    persona_score: float | None = Field(description="mean over personas of the mean over tasks")
-    per_task: dict[str, float | None]
-    per_judge_task: dict[str, dict[str, float | None]]
-    personas: list[PersonaJudged]
-    agreement: AgreementReport
-    by_confidence: ConfidenceSplit
-    n_items: int
-    n_failures: int
-    question_failures: int = 0
-    items: list[JudgedItem] = Field(default_factory=list)
-
-    def metrics(self, prefix: str = "judged") -> dict[str, float]:
-        """Flat, finite figures for tracking."""
-        out: dict[str, float | None] = {
-            f"{prefix}.persona_score": self.persona_score,
-            f"{prefix}.n_personas": float(len(self.personas)),
-            f"{prefix}.n_items": float(self.n_items),
-            f"{prefix}.n_failures": float(self.n_failures),
-            f"{prefix}.question_failures": float(self.question_failures),
-        }
-        for task, value in self.per_task.items():
-            out[f"{prefix}.task.{task}"] = value
-        for judge, tasks in self.per_judge_task.items():
-            for task, value in tasks.items():
-                out[f"{prefix}.judge.{judge}.{task}"] = value
-        c = self.by_confidence
-        out.update({
-            f"{prefix}.confidence.high_n": float(c.high_n),
-            f"{prefix}.confidence.high_mean": c.high_mean,
-            f"{prefix}.confidence.low_n": float(c.low_n),
-            f"{prefix}.confidence.low_mean": c.low_mean,
-            f"{prefix}.confidence.agreement_high_mad": c.agreement_high_mad,
-            f"{prefix}.confidence.agreement_low_mad": c.agreement_low_mad,
-        })
-        clean = {k: float(v) for k, v in out.items() if v is not None and math.isfinite(v)}
-        clean.update(self.agreement.metrics(f"{prefix}.agreement"))
-        return clean
-
-
-def task_title(task: str) -> str:
-    """``expected_action`` → ``Expected action``."""
-    return task.replace("_", " ").capitalize()
-
 
 # ---- the four steps -------------------------------------------------------------
 
@@ -225,33 +119,6 @@ async def answer_in_character(
     )
     return reply.text.strip()
 
-
-async def judge_answer(
-    persona: Persona,
-    task: TaskName,
-    question: str,
-    answer: str,
-    *,
-    judge: str,
-    gateway: Gateway,
-    seed: int | None = None,
-    prompts: PromptSet | None = None,
-) -> Judgement:
-    """One judge's rubric-anchored judgement of ``answer`` (judge = a gateway role or model name)."""
-    ps = prompts or default_prompts()
-    rubric = ps.render(f"eval_rubric_{task}", name=persona.name, habits="; ".join(persona.linguistic_habits) or (persona.speaking_style or ""))
-    user = ps.render(
-        "eval_judge",
-        profile=persona_profile(persona),
-        task_title=task_title(task),
-        rubric=rubric,
-        question=question,
-        answer=answer,
-    )
-    messages = [Message(role="system", content=ps.render("eval_judge_system")), Message(role="user", content=user)]
-    return await gateway.structured(messages, Judgement, role=judge, seed=seed)
-
-
 # ---- the pipeline ---------------------------------------------------------------
 
 
@@ -264,7 +131,16 @@ def _subset(personas: Sequence[Persona], config: JudgedConfig) -> list[Persona]:
 
 
 async def _judge_item(
-    persona: Persona, task: TaskName, index: int, question: str, envs: list[str], *, config: JudgedConfig, gateway: Gateway, prompts: PromptSet | None
+    persona: Persona,
+    task: TaskName,
+    index: int,
+    question: str,
+    envs: list[str],
+    *,
+    config: JudgedConfig,
+    gateway: Gateway,
+    prompts: PromptSet | None,
+    rubric: Rubric | None,
 ) -> JudgedItem:
     answer = await answer_in_character(
         persona,
@@ -276,14 +152,15 @@ async def _judge_item(
         prompts=prompts,
     )
 
+    prompt = judge_prompt(persona, task, question, answer, rubric=rubric, prompts=prompts)
+
     async def one(judge: str) -> JudgeVerdict | str:
         seed = derive_seed(config.seed, "judge", persona.id, task, index, question, judge)
         try:
-            j = await judge_answer(persona, task, question, answer, judge=judge, gateway=gateway, seed=seed, prompts=prompts)
+            return await judge_verdict(prompt, judge=judge, gateway=gateway, seed=seed, abstain_below=config.abstain_below, max_tokens=config.judge_max_tokens)
         except ModelOutputError as exc:
             log.warning("judge %s on persona %s task %s: unusable reply (%s)", judge, persona.id, task, exc.message)
             return exc.message
-        return JudgeVerdict(judge=judge, score=j.score, confidence=j.confidence, rationale=j.rationale)
 
     results = await asyncio.gather(*(one(j) for j in config.judges))
     item = JudgedItem(persona_id=persona.id, task=task, index=index, question=question, answer=answer, environments=envs)
@@ -304,39 +181,48 @@ async def _evaluate_persona(
     environments: list[Environment],
     env_vectors,
     prompts: PromptSet | None,
+    bank: QuestionBank | None,
+    rubrics: Mapping[TaskName, Rubric],
 ) -> tuple[list[JudgedItem], list[str], int]:
-    envs = await select_environments(
-        persona,
-        environments,
-        k=config.environments_per_persona,
-        embedder=embedder,
-        gateway=gateway,
-        method=config.environment_selection,
-        role=config.question_role,
-        seed=derive_seed(config.seed, "environments", persona.id),
-        prompts=prompts,
-        env_vectors=env_vectors,
-    )
-    env_ids = [e.id for e in envs]
+    env_ids: list[str] = []
+    if bank is None:
+        envs = await select_environments(
+            persona,
+            environments,
+            k=config.environments_per_persona,
+            embedder=embedder,
+            gateway=gateway,
+            method=config.environment_selection,
+            role=config.question_role,
+            seed=derive_seed(config.seed, "environments", persona.id),
+            prompts=prompts,
+            env_vectors=env_vectors,
+        )
+        env_ids = [e.id for e in envs]
+    external = bank.for_persona(persona) if bank is not None else {}
 
     async def task_items(task: TaskName) -> list[JudgedItem] | None:
-        try:
-            questions = await generate_questions(
-                persona,
-                task,
-                envs,
-                n=config.questions_per_task,
-                gateway=gateway,
-                role=config.question_role,
-                seed=derive_seed(config.seed, "questions", persona.id, task),
-                prompts=prompts,
-            )
-        except ModelOutputError as exc:
-            log.warning("questions for persona %s task %s: unusable reply (%s)", persona.id, task, exc.message)
-            return None
+        if bank is not None:
+            questions = external.get(task, [])[: config.questions_per_task]
+        else:
+            try:
+                questions = await generate_questions(
+                    persona,
+                    task,
+                    envs,
+                    n=config.questions_per_task,
+                    gateway=gateway,
+                    role=config.question_role,
+                    seed=derive_seed(config.seed, "questions", persona.id, task),
+                    prompts=prompts,
+                )
+            except ModelOutputError as exc:
+                log.warning("questions for persona %s task %s: unusable reply (%s)", persona.id, task, exc.message)
+                return None
         return list(
             await asyncio.gather(
-                *(_judge_item(persona, task, i, q, env_ids, config=config, gateway=gateway, prompts=prompts) for i, q in enumerate(questions))
+                *(_judge_item(persona, task, i, q, env_ids, config=config, gateway=gateway, prompts=prompts, rubric=rubrics.get(task))
+                  for i, q in enumerate(questions))
             )
         )
 
@@ -355,14 +241,30 @@ async def evaluate_judged(
     environments: list[Environment] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> JudgedReport:
-    """Run the judged suite over ``personas`` and aggregate it into a :class:`JudgedReport`."""
+    """Run the judged suite over ``personas`` and aggregate it into a :class:`JudgedReport`.
+
+    External questions and rubrics (``config.questions``/``config.rubrics``) and the
+    calibration set are read first, so a bad file fails before any model call. With
+    external questions no environments are selected and no questions are written.
+    After the run, the judge-reliability checks (``config.reliability``) score each judge.
+    """
     if gateway is None:
         raise ConfigError("the judged evaluation needs a model gateway", field="judged.enabled")
     chosen = _subset(personas, config)
     if not chosen:
         raise ConfigError("the judged evaluation needs at least one persona", field="personas")
-    envs = environments if environments is not None else load_environments(config.environments)
-    env_vectors = await embedder.aembed([e.text() for e in envs]) if embedder is not None else None
+    bank = load_questions(config.questions, chosen) if config.questions is not None else None
+    rubrics = load_rubrics(config.rubrics) if config.rubrics is not None else {}
+    rc = config.reliability
+    calibration = load_calibration(rc.calibration) if rc.enabled and (rc.calibration_sample or rc.speaker_sample or rc.order_swap_sample) else None
+    judge_models = {j: gateway.model_identity(j) for j in config.judges}
+    for warning in same_model_warnings(config.judges, judge_models):
+        log.warning(warning)
+    envs: list[Environment] = []
+    env_vectors = None
+    if bank is None:
+        envs = environments if environments is not None else load_environments(config.environments)
+        env_vectors = await embedder.aembed([e.text() for e in envs]) if embedder is not None else None
     limiter = asyncio.Semaphore(config.concurrency)
     done = 0
 
@@ -370,7 +272,8 @@ async def evaluate_judged(
         nonlocal done
         async with limiter:
             result = await _evaluate_persona(
-                persona, config=config, gateway=gateway, embedder=embedder, environments=envs, env_vectors=env_vectors, prompts=prompts
+                persona, config=config, gateway=gateway, embedder=embedder, environments=envs, env_vectors=env_vectors, prompts=prompts,
+                bank=bank, rubrics=rubrics,
             )
         done += 1
         if on_progress is not None:
@@ -380,84 +283,15 @@ async def evaluate_judged(
     results = await asyncio.gather(*(run(p) for p in chosen))
     items = [item for its, _, _ in results for item in its]
     env_by_persona = {p.id: envs_ for p, (_, envs_, _) in zip(chosen, results)}
-    report = aggregate_judged(items, chosen, config=config, env_by_persona=env_by_persona)
+    reliability = None
+    if rc.enabled:
+        reliability = await assess_judges(items, {p.id: p for p in chosen}, config=config, gateway=gateway, calibration=calibration,
+                                          judge_models=judge_models, rubrics=rubrics, prompts=prompts)
+        for judge in reliability.judges:
+            if judge.flags:
+                log.warning("judge %s (%s) is flagged unreliable: %s", judge.judge, judge.model, "; ".join(judge.flags))
+    report = aggregate_judged(items, chosen, config=config, env_by_persona=env_by_persona, judge_models=judge_models, reliability=reliability)
     report.question_failures = sum(f for _, _, f in results)
+    report.questions_source = bank.source if bank is not None else None
+    report.rubrics_source = str(config.rubrics) if config.rubrics is not None else None
     return report
-
-
-def aggregate_judged(
-    items: Sequence[JudgedItem],
-    personas: Sequence[Persona],
-    *,
-    config: JudgedConfig,
-    env_by_persona: dict[str, list[str]] | None = None,
-) -> JudgedReport:
-    """PersonaScore, per-task and per-judge scores, agreement and the confidence split."""
-    tasks = list(config.tasks)
-    judges = list(config.judges)
-    persona_rows = []
-    for persona in personas:
-        mine = [i for i in items if i.persona_id == persona.id]
-        per_task = {t: _mean_or_none(i.score for i in mine if i.task == t) for t in tasks}
-        persona_rows.append(
-            PersonaJudged(
-                persona_id=persona.id,
-                name=persona.name,
-                score=_mean_or_none(per_task.values()),
-                per_task=per_task,
-                environments=(env_by_persona or {}).get(persona.id, []),
-            )
-        )
-    per_task_all = {t: _mean_or_none(r.per_task[t] for r in persona_rows) for t in tasks}
-    per_judge_task = {
-        j: {t: _mean_or_none(v.score for i in items if i.task == t for v in i.verdicts if v.judge == j) for t in tasks} for j in judges
-    }
-    agreement = judge_agreement({j: [(v.score if (v := i.verdict(j)) else None) for i in items] for j in judges})
-    return JudgedReport(
-        judges=judges,
-        tasks=tasks,
-        persona_score=_mean_or_none(r.score for r in persona_rows),
-        per_task=per_task_all,
-        per_judge_task=per_judge_task,
-        personas=persona_rows,
-        agreement=agreement,
-        by_confidence=_confidence_split(items, judges, config.confidence_threshold),
-        n_items=len(items),
-        n_failures=sum(len(i.failures) for i in items),
-        items=list(items),
-    )
-
-
-def _confidence_split(items: Sequence[JudgedItem], judges: list[str], threshold: float) -> ConfidenceSplit:
-    verdicts = [v for i in items for v in i.verdicts]
-    high = [v.score for v in verdicts if v.confidence >= threshold]
-    low = [v.score for v in verdicts if v.confidence < threshold]
-    mad_high: list[float] = []
-    mad_low: list[float] = []
-    for item in items:
-        if len(item.verdicts) < 2:
-            continue
-        scores = [v.score for v in item.verdicts]
-        spread = _mean_abs_pair_diff(scores)
-        (mad_high if all(v.confidence >= threshold for v in item.verdicts) else mad_low).append(spread)
-    return ConfidenceSplit(
-        threshold=threshold,
-        high_n=len(high),
-        high_mean=_mean_or_none(high),
-        low_n=len(low),
-        low_mean=_mean_or_none(low),
-        agreement_high_n=len(mad_high),
-        agreement_high_mad=_mean_or_none(mad_high),
-        agreement_low_n=len(mad_low),
-        agreement_low_mad=_mean_or_none(mad_low),
-    )
-
-
-def _mean_abs_pair_diff(scores: Sequence[float]) -> float:
-    pairs = [abs(a - b) for i, a in enumerate(scores) for b in scores[i + 1 :]]
-    return sum(pairs) / len(pairs)
-
-
-def _mean_or_none(values) -> float | None:
-    m = finite_mean(v for v in values if v is not None)
-    return None if math.isnan(m) else m

@@ -157,7 +157,7 @@ class Scorecard(BaseModel):
         rows: list[tuple[str, float | None]] = []
         if self.judged is not None:
             rows.append(("PersonaScore", self.judged.persona_score))
-            rows.append(("judge agreement (within 1)", self.judged.agreement.within_1))
+            rows.append(("judge agreement (within 1)", self.judged.agreement.within_1 if self.judged.agreement is not None else None))
         if self.transcript is not None:
             agg = self.transcript.aggregate
             valid = validity_for(self.transcript.embedder)
@@ -178,6 +178,8 @@ class Scorecard(BaseModel):
         if self.judged is not None:
             for task, value in self.judged.per_task.items():
                 table.add_row(f"  task {task}", _fmt(value))
+            for label, value in _judge_reliability_rows(self.judged):
+                table.add_row(label, value)
         if self.transcript is not None:
             for reason, count in self.transcript.stop_reasons.items():
                 table.add_row(f"stop reason {reason}", str(count))
@@ -298,6 +300,7 @@ def _viewer_context(conversations: Sequence[Conversation], report: TranscriptRep
 
 def _judged_context(j: JudgedReport) -> dict[str, Any]:
     ag, c = j.agreement, j.by_confidence
+    flagged = set(j.reliability.flagged()) if j.reliability is not None else set()
     return {
         "persona_score": _fmt(j.persona_score),
         "n_personas": len(j.personas),
@@ -305,9 +308,16 @@ def _judged_context(j: JudgedReport) -> dict[str, Any]:
         "n_failures": j.n_failures,
         "question_failures": j.question_failures,
         "judges": j.judges,
+        "judge_headers": [f"{x} ⚠ flagged" if x in flagged else x for x in j.judges],
+        "n_abstained": j.n_abstained,
+        "n_invalid": j.n_invalid,
+        "warnings": j.warnings,
+        "sources": [f"questions: {j.questions_source}"] * bool(j.questions_source) + [f"rubrics: {j.rubrics_source}"] * bool(j.rubrics_source),
+        "agreement_judges": ", ".join(j.agreement_judges),
+        "reliability": _judge_reliability_context(j) if j.reliability is not None else None,
         "task_names": j.tasks,
         "tasks": [{"task": t, "ensemble": _fmt(j.per_task.get(t)), "judges": [_fmt(j.per_judge_task[x].get(t)) for x in j.judges]} for t in j.tasks],
-        "agreement": [
+        "agreement": [] if ag is None else [
             {"name": "items scored by ≥2 judges", "value": str(ag.n_items)},
             {"name": "mean absolute difference", "value": _fmt(ag.mean_abs_diff)},
             {"name": "exact agreement", "value": _fmt(ag.exact)},
@@ -326,6 +336,45 @@ def _judged_context(j: JudgedReport) -> dict[str, Any]:
         ],
         "personas_truncated": len(j.personas) > _MAX_PERSONA_ROWS,
     }
+
+
+def _judge_reliability_context(j: JudgedReport) -> dict[str, Any]:
+    """Each judge's reliability figures beside its scores, and the thresholds that flag it."""
+    r = j.reliability
+    t = r.thresholds
+    rows = []
+    for x in r.judges:
+        cal, spk, swap = x.calibration, x.speaker, x.order_swap
+        rows.append({
+            "judge": x.judge,
+            "model": x.model,
+            "verdicts": f"{x.scored} / {x.abstained} / {x.invalid} / {x.failures}",
+            "order": "–" if swap is None else f"{_fmt(swap.same)} (n={swap.n})",
+            "speaker": "–" if spk is None else f"{_fmt(spk.accuracy)} (n={spk.presentations}, p={_fmt(spk.p_value)}, same pick both orders {_fmt(spk.position_consistency)})",
+            "calibration": "–" if cal is None else (f"MAE {_fmt(cal.mean_abs_error)}, within-1 {_fmt(cal.within_1)}, ordering {_fmt(cal.ordering)} "
+                                                     f"(n={cal.n}/{cal.asked})"),
+            "calls": x.calls,
+            "status": "reliable" if not x.flags else "FLAGGED: " + "; ".join(x.flags),
+            "flagged": bool(x.flags),
+        })
+    return {
+        "rows": rows,
+        "calibration_version": r.calibration_version,
+        "thresholds": (
+            f"order consistency ≥ {t.min_order_consistency:g}; speaker identification ≥ {t.min_speaker_accuracy:g} and above chance (p < {t.max_speaker_p:g}); "
+            f"calibration within-1 ≥ {t.min_calibration_within_1:g} and ordering ≥ {t.min_calibration_ordering:g}, with at least half the "
+            f"verdicts usable; abstentions ≤ {t.max_abstention_rate:.0%}, invalid verdicts ≤ {t.max_invalid_rate:.0%}, unusable replies ≤ "
+            f"{t.max_failure_rate:.0%}; a figure from fewer than {t.min_samples} answers does not flag"
+        ),
+    }
+
+
+def _judge_reliability_rows(j: JudgedReport) -> list[tuple[str, str]]:
+    """Console rows: invalid and abstained verdicts, and each judge's reliability."""
+    rows = [("  verdicts abstained / invalid", f"{j.n_abstained} / {j.n_invalid}")]
+    if j.reliability is not None:
+        rows += [(f"  judge {x.judge}", "reliable" if not x.flags else "FLAGGED: " + "; ".join(x.flags)) for x in j.reliability.judges]
+    return rows
 
 
 def _comparison_context(c: ComparisonReport) -> dict[str, Any]:

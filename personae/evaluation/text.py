@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 
+from personae.lexical import shingles as ngrams
 from personae.lexical import words
 from personae.models import Persona
 
-__all__ = ["persona_profile", "words", "distinct_n", "gini", "finite_mean"]
+__all__ = ["persona_profile", "words", "ngrams", "copied_share", "distinct_n", "gini", "finite_mean"]
 
 
 
@@ -40,6 +41,22 @@ def persona_profile(persona: Persona) -> str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             parts.append(f"{key.rsplit('.', 1)[-1].replace('_', ' ')}: {value}")
     return "\n".join(parts)
+
+
+def copied_share(tokens: Sequence[str], source: set[tuple[str, ...]], n: int) -> float:
+    """Share of ``tokens`` inside an n-gram that also occurs in ``source`` (n-grams of another text).
+
+    1.0 means every word sits in a run of ≥ ``n`` words copied from the source; a text
+    shorter than ``n`` counts as copied only if it occurs whole (pass ``source`` built
+    with ``n = len(tokens)`` for that). 0.0 for an empty text.
+    """
+    if not tokens:
+        return 0.0
+    covered = [False] * len(tokens)
+    for i in range(len(tokens) - n + 1):
+        if tuple(tokens[i : i + n]) in source:
+            covered[i : i + n] = [True] * n
+    return sum(covered) / len(tokens)
 
 
 def distinct_n(token_lists: Iterable[Sequence[str]], n: int) -> float:

@@ -160,10 +160,22 @@ class Gateway:
             self._models[name] = RetryingLLM(wrapped, max_retries=max_retries, base_delay_s=retry_base_delay_s)
 
     # ---- routing ---------------------------------------------------------
+    def _route(self, role: str) -> str:
+        return self.roles.get(role, role if role in self._models else "default")
+
     def model_for(self, role: str = "default") -> LLM:
         """The wrapped model serving ``role``."""
-        name = self.roles.get(role, role if role in self._models else "default")
-        return self._models[name]
+        return self._models[self._route(role)]
+
+    def model_identity(self, role: str = "default") -> str:
+        """``provider:model`` (plus the endpoint, if any) of the model serving ``role``.
+
+        Two roles with the same identity reach the same model, e.g. two judges that
+        are really one model judging twice.
+        """
+        provider = self._providers[self._route(role)]
+        base_url = getattr(provider, "base_url", None)
+        return f"{provider.provider}:{provider.model}" + (f"@{base_url}" if base_url else "")
 
     def describe(self) -> dict[str, str]:
         """Model name → ``provider:model``, for logs and tracking (no secrets)."""
