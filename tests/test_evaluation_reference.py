@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_evaluation_scorecard import cli_env  # noqa: F401  (the fixture: CLI on the fake model and hashing embedder)
 from typer.testing import CliRunner
 
 from personae.errors import ConfigError
