@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import random
+from collections import Counter
 import subprocess
 import sys
 import textwrap
@@ -62,16 +63,20 @@ DRIVER = textwrap.dedent(
 
     pending_kill = threading.Event()
 
-    def arm(events_path, kill_at, delay_s):
-        # count the events of this run's life; SIGKILL the process at event kill_at
+    def arm(events_path, kill_at, delay_s, kill_label=None):
+        # count the events of this run's life; SIGKILL the process at event kill_at, or at
+        # the kill_at-th event labelled kill_label
         count = 0
+        labelled = {}
         log = open(events_path, "a", buffering=1)
 
         def event(what):
             nonlocal count
             count += 1
+            labelled[what.split(":")[0]] = labelled.get(what.split(":")[0], 0) + 1
             log.write(what + "\n")
-            if kill_at is not None and count == kill_at:
+            hit = count == kill_at if kill_label is None else labelled.get(kill_label) == kill_at and what.startswith(kill_label)
+            if kill_at is not None and hit:
                 kill = lambda: os.kill(os.getpid(), signal.SIGKILL)
                 if delay_s:
                     pending_kill.set()
@@ -109,7 +114,7 @@ DRIVER = textwrap.dedent(
             runner._finished = lambda snapshot: bool(snapshot.values) and not snapshot.next
         if case.get("no_invariant"):
             runner.completeness_problem = lambda *args, **kwargs: None
-        arm(work / "events.log", case.get("kill_at"), case.get("delay_s", 0.0))
+        arm(work / "events.log", case.get("kill_at"), case.get("delay_s", 0.0), case.get("kill_label"))
         result = asyncio.run(simulate_batch(
             jobs, gateway=Gateway(FakeLLM(seed=2)), out_path=work / "out.jsonl", checkpoint_path=work / "ckpt.sqlite",
             embedder=HashingEmbedder(), concurrency=3, retry_failed=case.get("retry_failed", False),
@@ -197,15 +202,20 @@ def _reference(tmp_path: Path) -> tuple[dict[str, dict], list[str]]:
 def test_sigkill_anywhere_under_load_then_rerun_gives_exactly_the_reference(tmp_path, cpu_hog):
     expected, life = _reference(tmp_path)
     rng = random.Random(20261201)
-    # kill moments over the whole life: before the first event (0 → at once, 1), every phase, and after the last append
-    moments = sorted({1, len(life), *rng.sample(range(2, len(life)), KILL_MOMENTS - 2)})
-    # at once, or a little later from another thread (a run whose work ends first waits for its kill)
-    kills = [{"work": str(tmp_path / f"kill{i:02d}"), "kill_at": k, "delay_s": rng.choice([0.0, 0.0, 0.001, 0.004])}
-             for i, k in enumerate(moments)]
+    # kill moments over the whole life: the first event, the last, seeded ones between; at once, or a little
+    # later from another thread (a run whose work ends first waits for its kill)
+    moments = sorted({1, len(life), *rng.sample(range(2, len(life)), KILL_MOMENTS - 2 - 6)})
+    kills = [{"kill_at": k, "delay_s": rng.choice([0.0, 0.0, 0.001, 0.004])} for k in moments]
+    # ... and one inside each kind of event (which event comes k-th depends on how the conversations interleave)
+    kinds = Counter(event.split(":")[0] for event in life)
+    assert set(kinds) == {"call", "writes", "checkpoint", "append", "forget"}
+    kills += [{"kill_label": kind, "kill_at": rng.randint(1, kinds[kind]), "delay_s": 0.0} for kind in sorted(kinds)]
+    kills += [{"kill_label": "append", "kill_at": 2 * rng.randint(1, kinds["append"] // 2) - 1, "delay_s": 0.0}]  # before a write
+    kills = [{**kill, "work": str(tmp_path / f"kill{i:02d}")} for i, kill in enumerate(kills)]
     outcomes = _drive(kills, tmp_path)
     assert len(outcomes) >= 30 and all(o["signal"] == 9 for o in outcomes), [(k, o) for k, o in zip(kills, outcomes) if o["signal"] != 9]
     killed_at = {kill["work"]: _events(Path(kill["work"]))[-1] for kill in kills}
-    assert {e.split(":")[0] for e in killed_at.values()} >= {"call", "writes", "checkpoint", "append"}
+    assert {e.split(":")[0] for e in killed_at.values()} >= set(kinds)
 
     # rerun every killed folder to completion: a plain rerun, then retry_failed if anything failed
     pending = [kill["work"] for kill in kills]
@@ -219,7 +229,7 @@ def test_sigkill_anywhere_under_load_then_rerun_gives_exactly_the_reference(tmp_
 
     for kill in kills:
         work = Path(kill["work"])
-        where = f"killed at event {kill['kill_at']} ({killed_at[kill['work']]}), +{kill['delay_s']} s"
+        where = f"killed at {kill.get('kill_label', 'event')} {kill['kill_at']} ({killed_at[kill['work']]}), +{kill['delay_s']} s"
         lines = _lines(work)
         assert all(line.strip() for line in lines), where
         records = [json.loads(line) for line in lines]  # no torn line: every line parses
