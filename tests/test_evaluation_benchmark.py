@@ -186,3 +186,11 @@ def test_experiment_file_paths_of_the_judged_inputs_are_relative_to_it(tmp_path,
     config = load_experiment(tmp_path / "exp.yaml").evaluation.judged
     assert config.questions == tmp_path / "bench" / "questions" and config.rubrics == tmp_path / "bench" / "rubrics"
     assert config.reliability.calibration == tmp_path / "cal.yaml"
+
+
+def test_a_repeated_persona_id_in_the_jsonl_is_an_error_as_in_every_persona_reader(tmp_path):
+    ada = Persona(id="p-ada", name="Ada", age=36)
+    write_jsonl(tmp_path / "p.jsonl", [ada, ada.model_copy(update={"age": 37})])
+    with pytest.raises(ConfigError, match="duplicate id") as err:
+        load_personas(tmp_path / "p.jsonl")
+    assert "p.jsonl:2" in str(err.value)

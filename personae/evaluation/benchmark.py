@@ -2,7 +2,7 @@
 
 Personas (:func:`load_personas`), by file extension:
 
-* ``.jsonl``: personae :class:`~personae.models.Persona` records, one per line;
+* ``.jsonl``: personae :class:`~personae.models.Persona` records, one per line (ids distinct);
 * ``.txt``: one persona description per line (blank lines and ``#`` comments skipped);
 * ``.json`` / ``.yaml``: a list of description strings or of Persona objects;
 * ``.py``: PersonaGym's ``code/personas.py`` as it is: the first top-level assignment of
@@ -61,7 +61,7 @@ def load_personas(path: str | os.PathLike) -> list[Persona]:
     file = str(path)
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        personas = read_jsonl(path, Persona)
+        personas = read_jsonl(path, Persona, unique="id")  # a repeated id is an error, as in every persona reader
     elif suffix == ".txt":
         lines = [ln.strip() for ln in read_text_file(path, expected="one persona description per line").splitlines()]
         personas = [persona_from_text(ln) for ln in lines if ln and not ln.startswith("#")]
