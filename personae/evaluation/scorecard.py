@@ -153,15 +153,18 @@ class Scorecard(BaseModel):
         return {_metric_key(k): v for k, v in out.items()}
 
     def headline(self) -> list[tuple[str, float | None]]:
-        """The few figures worth reading first: only transcript metrics that passed validation for this embedder."""
+        """The few figures worth reading first: only transcript metrics that passed validation with every embedder."""
         rows: list[tuple[str, float | None]] = []
         if self.judged is not None:
             rows.append(("PersonaScore", self.judged.persona_score))
             rows.append(("judge agreement (within 1)", self.judged.agreement.within_1 if self.judged.agreement is not None else None))
         if self.transcript is not None:
             agg = self.transcript.aggregate
-            valid = validity_for(self.transcript.embedder)
-            rows += [(label, agg.get(name)) for name, label in _HEADLINE if valid.get(name, name in _LEXICAL)]
+            # the headline: metrics that passed validation with every embedder measured, so a figure read
+            # first means the same whichever embedder produced it (others stay in the table, labelled)
+            measured = measured_validity()
+            rows += [(label, agg.get(name)) for name, label in _HEADLINE
+                     if all(v.get(name, name in _LEXICAL) for v in measured.values()) if measured or name in _LEXICAL]
         if self.reference is not None:
             rows.append(("human-likeness (vs reference)", self.reference.score))
         return rows
