@@ -38,7 +38,8 @@ def _load(spec: str):
         sys.modules.pop(module_name, None)
     value = getattr(module, attribute)
     if callable(value) and not isinstance(value, CompiledStateGraph):
-        assert len(inspect.signature(value).parameters) <= 1, f"{spec}: a factory takes at most the config"
+        # langgraph-api refuses a factory that does not take exactly one argument (the RunnableConfig)
+        assert len(inspect.signature(value).parameters) == 1, f"{spec}: a factory takes exactly one argument, the config"
         value = value({"configurable": {}})
     return value
 
