@@ -365,3 +365,22 @@ def test_cli_help_and_bad_input():
         assert words in helped.output
     with pytest.raises(ConfigError, match="--exclude"):
         run_cli(["export", "x", "--out", "y", "--exclude", "broken"])
+
+
+def test_a_flagged_persona_is_dropped_with_its_conversations(run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "run-copy"
+    shutil.copytree(run["dir"], copy)
+    lines = (copy / "personas.jsonl").read_text().splitlines()
+    ana = json.loads(lines[0])
+    ana["description"] += f" Reach her at {PLANTED['email']}."
+    (copy / "personas.jsonl").write_text("\n".join([json.dumps(ana), *lines[1:]]) + "\n")
+    result = export_run(copy, tmp_path / "out", ExportOptions(exclude=["flagged"]))
+    report = json.loads((result.out / "scan_report.json").read_text())
+    assert any(f["table"] == "personas" and f["record_id"] == ana["id"] and f["field"] == "description" for f in report["findings"])
+    assert ana["id"] not in {p["id"] for p in _rows(result.out / "data" / "personas.jsonl")}
+    assert result.excluded["dropped"]["personas"] == 1
+    kept = _rows(result.out / "data" / "conversations.jsonl")
+    assert all(ana["id"] not in c["persona_ids"] for c in kept)
+    assert {u["persona_id"] for u in _rows(result.out / "data" / "utterances.jsonl")} <= {p["id"] for p in _rows(result.out / "data" / "personas.jsonl")}

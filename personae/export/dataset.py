@@ -241,13 +241,16 @@ def _scan(run: RunFolder, options: ExportOptions, on_progress: Callable[[int, in
 
 
 def _select_conversations(run: RunFolder, report: ScanReport, options: ExportOptions) -> tuple[list[Conversation], dict[str, int]]:
+    """The conversations to export and how many each rule dropped. A conversation whose persona is
+    dropped as flagged goes too, so every exported ``persona_id`` is in the personas table."""
     flagged = report.flagged_conversations()
+    flagged_personas = report.flagged_personas()
     dropped = {rule: 0 for rule in options.exclude}
     kept = []
     for c in run.conversations:
         if "failed" in options.exclude and c.status.value == "failed":
             dropped["failed"] += 1
-        elif "flagged" in options.exclude and c.id in flagged:
+        elif "flagged" in options.exclude and (c.id in flagged or any(s.persona.id in flagged_personas for s in c.participants)):
             dropped["flagged"] += 1
         else:
             kept.append(c)
@@ -263,7 +266,7 @@ def _cleaner(masking: bool) -> Callable[[str | None], str | None]:
 def _flags(findings: list[Finding]) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for f in findings:
-        out.setdefault(f.record_id, set()).add(f.scan if f.scan != "pii" else f"pii:{f.kind}")
+        out.setdefault(f.record_id, set()).add(f"pii:{f.kind}" if f.scan == "pii" else "failed" if f.kind == "failed" else f.scan)
     return out
 
 

@@ -95,10 +95,6 @@ def utterance_rows(c: Conversation, text: Clean, flags: dict[str, set[str]]) -> 
     return rows
 
 
-def survey_answer_id(conversation_id: str, index: int) -> str:
-    return f"{conversation_id}:q{index}"
-
-
 def survey_rows(c: Conversation, text: Clean) -> list[dict[str, Any]]:
     """An interview's question/answer pairs (``metadata["qa"]``) as rows; none for other conversations.
 
@@ -116,7 +112,7 @@ def survey_rows(c: Conversation, text: Clean) -> list[dict[str, Any]]:
     per_question = extracted.get("answers") if isinstance(extracted, dict) else None
     rows = []
     for i, pair in enumerate(qa):
-        row_id = survey_answer_id(c.id, i)
+        row_id = f"{c.id}:q{i}"
         item = per_question[i] if isinstance(per_question, list) and i < len(per_question) else None
         rows.append({
             "id": row_id, "conversation_id": c.id, "respondent_id": respondent.id, "persona_id": respondent.persona.id,
