@@ -31,9 +31,9 @@ def register(app: typer.Typer) -> None:
     @app.command("export")
     def export(
         run: str = typer.Argument(..., metavar="RUN", help="A run's output folder, or its experiment's name (a folder under the data dir's runs/)."),
-        out: Path = typer.Option(..., "--out", "-o", help="Where to write the dataset folder (new or empty; see --force)."),
+        out: Path = typer.Option(..., "--out", "-o", metavar="DIR", help="Where to write the dataset folder (new or empty; see --force)."),
         redact: bool = typer.Option(False, "--redact", help="Mask what the PII scan found ([EMAIL], [PHONE], [URL], [CARD], [CREDENTIAL])."),
-        exclude: list[str] = typer.Option([], "--exclude", help=(
+        exclude: list[str] = typer.Option([], "--exclude", metavar="RULE[,RULE]", help=(
             "Drop records: 'failed' (failed conversations), 'flagged' (conversations and personas any scan flagged), "
             "or 'failed,flagged'. The card and the report count what was dropped.")),
         force: bool = typer.Option(False, "--force", help="Replace an existing folder at --out."),
@@ -54,6 +54,8 @@ def register(app: typer.Typer) -> None:
         settings = Settings.load(**({"data_dir": data_dir} if data_dir else {}))
         options = ExportOptions(redact=redact, exclude=parse_exclude(exclude), force=force)
         run_dir = resolve_run(run, settings.runs_dir)
+        if track:
+            settings.check_data_dir()  # the MLflow store: a place it cannot be written fails before any work
         console = Console(stderr=True)
         with Progress(TextColumn("scanning"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True) as progress:
             task = progress.add_task("conversations", total=None)
