@@ -331,6 +331,10 @@ def test_a_failure_while_writing_leaves_nothing_behind(run, tmp_path, monkeypatc
     with pytest.raises(OSError, match="disk full"):
         export_run(run["dir"], parent / "broken")
     assert list(parent.iterdir()) == []
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        export_run(run["dir"], parent / "new" / "deeper" / "broken")
+    assert list(parent.iterdir()) == [], "folders created for the export were left behind"
 
 
 # ---- CLI and MLflow ---------------------------------------------------------------------------------

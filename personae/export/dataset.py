@@ -346,10 +346,15 @@ def _sha256(path: Path) -> str:
 
 def _write_atomically(out: Path, replace: bool, write: Callable[[Path], None]) -> list[str]:
     """Run ``write(tmp)`` on a fresh folder beside ``out``, then rename it to ``out`` (replacing it if allowed)."""
+    created = out.parent.absolute()
+    while not created.parent.exists():
+        created = created.parent
+    created = None if created.exists() else created  # the top folder this call creates, removed again on failure
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp: Path | None = None
     old: Path | None = None
     try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
         write(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make the export private to the writer
         files = sorted(p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file())
@@ -360,9 +365,12 @@ def _write_atomically(out: Path, replace: bool, write: Callable[[Path], None]) -
             out.rename(old)
         tmp.rename(out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
         if old is not None and not out.exists():
             old.rename(out)
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
