@@ -56,6 +56,8 @@ _LAZY = {
     "Scorecard": "personae.evaluation",
     "build_embedder": "personae.embeddings",
     "HashingEmbedder": "personae.embeddings",
+    "ExportOptions": "personae.export",
+    "export_run": "personae.export",
 }
 
 
