@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from personae.errors import ConfigError, ModelCallError, UnsupportedFeature
 
-__all__ = ["load_object", "call_error", "model_name_of"]
+__all__ = ["load_object", "build_from_path", "call_error", "model_name_of"]
 
 _RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 
@@ -41,6 +42,41 @@ def load_object(path: str, *, field: str, expected: str) -> Any:
             obj = getattr(obj, part)
         except AttributeError:
             raise ConfigError(f"module {module_name!r} has no {attr!r}", field=field, expected=expected, got=path) from None
+    return obj
+
+
+def build_from_path(
+    path: str,
+    kwargs: Mapping[str, Any] | None,
+    *,
+    base: type,
+    what: str,
+    prefix: str | None = None,
+    secrets: tuple[str, ...] = (),
+) -> Any:
+    """An instance of ``base`` made by the class (or factory) at import ``path`` from ``kwargs``.
+
+    Errors are :class:`ConfigError` naming ``<prefix>.class`` (not importable, or not a
+    ``base``) or ``<prefix>.kwargs`` (the constructor refused its arguments); the values
+    in ``secrets`` are blanked out of any message.
+    """
+    where = f"{prefix}." if prefix else ""
+    expected = f"the import path of a {what} class, e.g. 'package.module:ClassName'"
+    factory = load_object(path, field=f"{where}class", expected=expected)
+    if not callable(factory):
+        raise ConfigError(f"{path!r} is not a class", field=f"{where}class", expected=expected, got=type(factory).__name__)
+    if isinstance(factory, type) and not issubclass(factory, base):
+        raise ConfigError(f"{path!r} is not a {what}", field=f"{where}class", expected=expected, got=factory.__name__)
+    try:
+        obj = factory(**dict(kwargs or {}))
+    except Exception as exc:  # pydantic ValidationError, TypeError ...: the integration's own words
+        message = f"{path} refused its arguments: {type(exc).__name__}: {exc}"
+        for secret in secrets:
+            if secret:
+                message = message.replace(secret, "***")
+        raise ConfigError(message[:1200], field=f"{where}kwargs", expected=f"keyword arguments {path} accepts", got=sorted(dict(kwargs or {}))) from None
+    if not isinstance(obj, base):
+        raise ConfigError(f"{path!r} does not make a {what}", field=f"{where}class", expected=expected, got=type(obj).__name__)
     return obj
 
 

@@ -13,19 +13,19 @@ OpenAI-compatible endpoints.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from personae._langchain import call_error, model_name_of
+from personae._langchain import build_from_path, call_error, model_name_of
 from personae.embeddings.base import normalize
 from personae.errors import ConfigError, ModelOutputError
 
 if TYPE_CHECKING:
     from langchain_core.embeddings import Embeddings
 
-__all__ = ["LangChainEmbedder"]
+__all__ = ["LangChainEmbedder", "load_embeddings"]
 
 _PROBE_TEXT = "dimension probe"
 
@@ -99,6 +99,16 @@ class LangChainEmbedder:
         elif rows.shape[1] != self._dim:
             raise ModelOutputError(f"the embeddings model returned {rows.shape[1]}-dim vectors, expected {self._dim}", model=self._model)
         return normalize(rows)
+
+
+def load_embeddings(path: str, kwargs: Mapping[str, Any] | None = None, *, field_prefix: str | None = None, secrets: tuple[str, ...] = ()) -> Embeddings:
+    """The embeddings model the class (or factory) at import ``path`` makes from ``kwargs``.
+
+    Raises :class:`ConfigError` naming ``<field_prefix>.class`` or ``<field_prefix>.kwargs``.
+    """
+    from langchain_core.embeddings import Embeddings
+
+    return build_from_path(path, kwargs, base=Embeddings, what="LangChain embeddings model (Embeddings)", prefix=field_prefix, secrets=secrets)
 
 
 def _texts(texts: Sequence[str]) -> list[str]:

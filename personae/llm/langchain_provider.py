@@ -36,9 +36,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from personae._langchain import call_error, model_name_of
+from personae._langchain import build_from_path, call_error, model_name_of
 from personae.errors import ConfigError, UnsupportedFeature
 from personae.llm.base import LLMRequest, LLMResponse, Message, ResponseFormat, Usage, estimate_tokens
 
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
     from langchain_core.messages import AIMessage, BaseMessage
 
-__all__ = ["LangChainLLM"]
+__all__ = ["LangChainLLM", "load_chat_model"]
 
 # the request's sampling parameters → the field names chat model classes give them
 _SAMPLING_FIELDS: dict[str, tuple[str, ...]] = {
@@ -142,6 +143,17 @@ class LangChainLLM:
             finish_reason=_finish_reason(message),
             latency_s=latency,
         )
+
+
+def load_chat_model(path: str, kwargs: Mapping[str, Any] | None = None, *, field_prefix: str | None = None, secrets: tuple[str, ...] = ()) -> BaseChatModel:
+    """The chat model the class (or factory) at import ``path`` makes from ``kwargs``, e.g.
+    ``load_chat_model("langchain_ollama:ChatOllama", {"model": "llama3.2"})``.
+
+    Raises :class:`ConfigError` naming ``<field_prefix>.class`` or ``<field_prefix>.kwargs``.
+    """
+    from langchain_core.language_models import BaseChatModel
+
+    return build_from_path(path, kwargs, base=BaseChatModel, what="LangChain chat model (BaseChatModel)", prefix=field_prefix, secrets=secrets)
 
 
 def _default_name(chat_model: Any) -> str:
