@@ -25,7 +25,7 @@ from personae.llm import LLM, Gateway, build_gateway
 from personae.models import Scenario
 from personae.population.spec import PopulationSpec, load_population_spec
 from personae.settings import Settings
-from personae.validation import load_data_file, validate_data
+from personae.validation import _SECRET_KEYS, load_data_file, validate_data
 
 __all__ = [
     "ModelSpec",
@@ -113,14 +113,11 @@ class ModelSpec(_Strict):
         return self
 
 
-_SECRET_ARG = re.compile(r"(^|[_-])(api_?key|key|secret|password|token|credentials?|authorization)$", re.IGNORECASE)
-
-
 def _no_keys_in_kwargs(kwargs: Any, where: str = "kwargs") -> None:
     """Refuse an argument named like a secret, at any depth (e.g. ``default_headers.Authorization``)."""
     if isinstance(kwargs, dict):
         for key, value in kwargs.items():
-            if _SECRET_ARG.search(str(key)):
+            if _SECRET_KEYS.search(str(key)):  # the names an error message masks, too
                 raise ValueError(
                     f"{where}.{key}: secrets may not be written in the experiment file; put the key in an "
                     "environment variable and give its NAME as api_key_env (it is passed as api_key)"
