@@ -261,6 +261,18 @@ def test_a_400_on_a_structured_request_is_unsupported_feature():
 
 
 # ---- the real ChatOpenAI over HTTP against the test server ---------------------------
+@pytest.fixture(autouse=True)
+def no_tiktoken(monkeypatch):
+    """tiktoken downloads its encodings on first use: any use of it fails the test."""
+    import tiktoken
+
+    def refuse(*args: Any, **kwargs: Any):
+        raise AssertionError("tiktoken was used: it downloads its encodings")
+
+    monkeypatch.setattr(tiktoken, "get_encoding", refuse)
+    monkeypatch.setattr(tiktoken, "encoding_for_model", refuse)
+
+
 def chat_openai(server: OpenAITestServer, **kwargs: Any):
     from langchain_openai import ChatOpenAI
 

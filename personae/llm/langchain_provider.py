@@ -16,7 +16,7 @@ What each request becomes:
   ``max_output_tokens``, ``num_predict`` or ``max_new_tokens``; ``seed`` or
   ``random_seed``), so no model receives a keyword it does not know; the rest stay
   at the model's own settings. ``stop`` is passed as ``ainvoke``'s standard ``stop``
-  argument. With ``sampling="model"`` the chat model's own settings are used as they are.
+  argument (not in ``JSON_SCHEMA`` mode, where the gateway never sets it). With ``sampling="model"`` the chat model's own settings are used as they are.
 - ``TEXT`` and ``JSON_OBJECT``: a plain ``ainvoke`` (the gateway has already put the
   schema in the prompt for ``JSON_OBJECT``).
 - ``JSON_SCHEMA``: ``with_structured_output(schema, method="json_schema", include_raw=True)``.
@@ -127,7 +127,9 @@ class LangChainLLM:
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
         runnable = self._runnable(request)
-        kwargs: dict[str, Any] = {"stop": list(request.stop)} if request.stop else {}
+        # a with_structured_output chain does not promise to hand ainvoke's keywords to the model
+        stop = request.stop if request.response_format is not ResponseFormat.JSON_SCHEMA else None
+        kwargs: dict[str, Any] = {"stop": list(stop)} if stop else {}
         started = time.perf_counter()
         try:
             output = await runnable.ainvoke(_to_langchain(request.messages), **kwargs)
