@@ -56,6 +56,8 @@ _LAZY = {
     "Scorecard": "personae.evaluation",
     "build_embedder": "personae.embeddings",
     "HashingEmbedder": "personae.embeddings",
+    "LangChainLLM": "personae.llm.langchain_provider",
+    "LangChainEmbedder": "personae.embeddings.langchain",
 }
 
 
