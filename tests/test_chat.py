@@ -128,3 +128,30 @@ def test_chat_errors_name_what_was_expected(tmp_path, openai_server, monkeypatch
     bodies = [b for b in openai_server.requests if "messages" in b]
     assert len(bodies) == 1 and "What you remember" not in bodies[0]["messages"][0]["content"]
     assert (root / "conversations.jsonl").is_file()
+
+
+def test_an_interactive_chat_reads_stdin_until_exit(tmp_path, openai_server, monkeypatch):
+    from typer.testing import CliRunner
+
+    from personae.cli import app
+    from personae.experiment import load_experiment, settings_for
+    from personae.graphs import latest_conversations
+    from personae.jsonl import read_jsonl, write_jsonl
+    from personae.models import Persona
+
+    monkeypatch.chdir(tmp_path)
+    data_dir = tmp_path / "data"
+    exp_path = _experiment(tmp_path, openai_server, memory=False, name="chat-interactive")
+    exp = load_experiment(exp_path)
+    root = settings_for(exp, data_dir=data_dir).run_dir(exp.name)
+    root.mkdir(parents=True)
+    personas = read_jsonl(exp.personas_file, Persona)
+    write_jsonl(root / "personas.jsonl", personas)
+    result = CliRunner().invoke(app, ["chat", str(exp_path), "--persona", personas[2].id, "--data-dir", str(data_dir), "--as", "Sam"],
+                                input="Hello there\n\nHow are you?\n/exit\nnever sent\n", catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert result.output.count(f"{personas[2].name}:") == 2  # two replies; the line after /exit is never sent
+    [chat] = latest_conversations(root / "conversations.jsonl")
+    assert [u.text for u in chat.utterances[::2]] == ["Hello there", "How are you?"]
+    assert chat.participant("user").persona.name == "Sam"
+    assert len([b for b in openai_server.requests if "messages" in b]) == 2
