@@ -201,7 +201,7 @@ class Experiment(_Strict):
         if len(set(ids)) != len(ids):
             raise ValueError("scenarios must be distinct")
         if self.interventions:
-            if self.graph.events:
+            if self.graph.events and self.graph.events != self.interventions:  # equal: a dumped experiment read back
                 raise ValueError("give events once: as interventions (top level) or as graph.events, not both")
             if self.graph.kind == "interview":
                 raise ValueError("interventions: events are injected into dyad and group conversations, not interviews")

@@ -159,6 +159,7 @@ def test_the_experiment_file_validates_interventions_naming_the_field(tmp_path):
 
     exp = load([{"at_turn": 2, "source": "moderator", "text": "Prices rise.", "to": ["client"]}])
     assert exp.graph.events == [Intervention(at_turn=2, text="Prices rise.", to=["client"])]
+    assert type(exp).model_validate(exp.model_dump(mode="json")).graph.events == exp.graph.events  # a round trip (e.g. to a worker)
     for bad, field in [
         ([{"at_turn": -1, "text": "x"}], "interventions.0.at_turn"),
         ([{"at_turn": 1}], "interventions.0.text"),
