@@ -155,3 +155,25 @@ def test_an_interactive_chat_reads_stdin_until_exit(tmp_path, openai_server, mon
     assert [u.text for u in chat.utterances[::2]] == ["Hello there", "How are you?"]
     assert chat.participant("user").persona.name == "Sam"
     assert len([b for b in openai_server.requests if "messages" in b]) == 2
+
+
+def test_a_chat_whose_model_fails_keeps_what_was_said_and_exits_1(tmp_path, openai_server, monkeypatch):
+    from personae.experiment import load_experiment, settings_for
+    from personae.graphs import latest_conversations
+    from personae.jsonl import read_jsonl, write_jsonl
+    from personae.models import Persona
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PERSONAE_LLM_MAX_RETRIES", "0")
+    data_dir = tmp_path / "data"
+    exp_path = _experiment(tmp_path, openai_server, memory=False, name="chat-fails")
+    exp = load_experiment(exp_path)
+    root = settings_for(exp, data_dir=data_dir).run_dir(exp.name)
+    root.mkdir(parents=True)
+    personas = read_jsonl(exp.personas_file, Persona)
+    write_jsonl(root / "personas.jsonl", personas)
+    openai_server.configure(fault_rate=1.0, faults=["500"])
+    result = run_cli(["chat", str(exp_path), "--persona", personas[0].id, "-m", "Anyone there?", "-m", "Hello?", "--data-dir", str(data_dir)])
+    assert result.exit_code == 1
+    [chat] = latest_conversations(root / "conversations.jsonl")
+    assert [u.text for u in chat.utterances] == ["Anyone there?"]  # the second message was never sent

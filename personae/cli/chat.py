@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from personae.errors import ConfigError
+from personae.errors import ConfigError, ModelCallError
 
 __all__ = ["register", "find_persona", "run_folder"]
 
@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
             lines: Callable[[], str | None] = iter([*message, None]).__next__
         else:
             lines = _prompt(console)
-        asyncio.run(_chat(experiment, persona, lines, scenario, user_name, data_dir, console, echo=bool(message)))
+        _chat(experiment, persona, lines, scenario, user_name, data_dir, console, echo=bool(message))
 
 
 def _prompt(console: Console) -> Callable[[], str | None]:
@@ -110,7 +110,7 @@ def _history(conversations: Path, persona_id: str) -> tuple[Any | None, int]:
     return first, len(chats)
 
 
-async def _chat(
+def _chat(
     experiment_path: Path,
     persona_ref: str,
     next_line: Callable[[], str | None],
@@ -121,6 +121,8 @@ async def _chat(
     *,
     echo: bool = False,
 ) -> None:
+    """The session. Prompts are read between event-loop runs (one per reply), so Ctrl-C at the prompt
+    ends the chat at once; Ctrl-C during a reply ends it too. Either way what was said is written."""
     from personae.experiment import build_gateway_for, load_experiment, settings_for
     from personae.graphs.chat import ChatSession, chat_id, session_seed, user_participant
     from personae.jsonl import append_jsonl, read_jsonl
@@ -138,40 +140,51 @@ async def _chat(
     user = user_participant(scenario, role, user_name)
     cid = chat_id(experiment.name, persona.id, sessions + 1)
 
-    gateway = build_gateway_for(experiment, settings)
-    handle = None
-    try:
-        memory = None
-        if experiment.memory_enabled:
-            from personae.embeddings import build_embedder
-            from personae.memory import AgentMemory, open_qdrant
+    with asyncio.Runner() as loop:
+        gateway = build_gateway_for(experiment, settings)
+        handle, failed = None, None
+        try:
+            memory = None
+            if experiment.memory_enabled:
+                from personae.embeddings import build_embedder
+                from personae.memory import AgentMemory, open_qdrant
 
-            handle = open_qdrant(settings)  # local Qdrant: one client per path and process, closed below
-            memory = AgentMemory(handle, build_embedder(settings), collection=experiment.memory.collection)
-        session = ChatSession(
-            seat, user, scenario, experiment.graph, gateway=gateway, memory=memory, conversation_id=cid,
-            seed=session_seed(experiment.seed, cid), metadata={"session": sessions + 1, "run": experiment.name},
-        )
-        await session.start()
-        remembered = f", remembering {memory.count(persona.id)} memories" if memory is not None else ""
-        console.print(f"[dim]chat {sessions + 1} with {escape(persona.name)} ({persona.id}), the {escape(role)} in "
-                      f"{escape(scenario.name)}{remembered}[/]", soft_wrap=True)
-        while (text := next_line()) is not None:
-            if not text.strip():
-                continue
-            if echo:  # scripted: show what was said, as the prompt would have
-                console.print(f"[bold]{escape(user_name)}:[/] {escape(text)}", soft_wrap=True)
-            reply = await session.send(text)
-            console.print(f"[bold cyan]{escape(persona.name)}:[/] {escape(reply.text)}", soft_wrap=True)
-    finally:
-        await gateway.aclose()
-        if handle is not None:
-            handle.close()
-    if not session.utterances:
+                handle = open_qdrant(settings)  # local Qdrant: one client per path and process, closed below
+                memory = AgentMemory(handle, build_embedder(settings), collection=experiment.memory.collection)
+            session = ChatSession(
+                seat, user, scenario, experiment.graph, gateway=gateway, memory=memory, conversation_id=cid,
+                seed=session_seed(experiment.seed, cid), metadata={"session": sessions + 1, "run": experiment.name},
+            )
+            loop.run(session.start())
+            remembered = f", remembering {memory.count(persona.id)} memories" if memory is not None else ""
+            console.print(f"[dim]chat {sessions + 1} with {escape(persona.name)} ({persona.id}), the {escape(role)} in "
+                          f"{escape(scenario.name)}{remembered}[/]", soft_wrap=True)
+            while (text := next_line()) is not None:
+                if not text.strip():
+                    continue
+                if echo:  # scripted: show what was said, as the prompt would have
+                    console.print(f"[bold]{escape(user_name)}:[/] {escape(text)}", soft_wrap=True)
+                try:
+                    reply = loop.run(session.send(text))
+                except KeyboardInterrupt:
+                    console.print("\n[dim]interrupted[/]")
+                    break
+                except ModelCallError as exc:  # the model is gone: keep what was said, then fail
+                    failed = exc
+                    break
+                console.print(f"[bold cyan]{escape(persona.name)}:[/] {escape(reply.text)}", soft_wrap=True)
+        finally:
+            loop.run(gateway.aclose())
+            if handle is not None:
+                handle.close()
+    if session.utterances:
+        append_jsonl(conversations, [session.conversation()])
+        console.print(f"[dim]session {cid} written to {conversations}[/]", soft_wrap=True)
+    else:
         console.print("[dim]nothing said; nothing written[/]")
-        return
-    append_jsonl(conversations, [session.conversation()])
-    console.print(f"[dim]session {cid} written to {conversations}[/]", soft_wrap=True)
+    if failed is not None:
+        Console(stderr=True).print(f"[bold red]the chat stopped:[/] {escape(str(failed))}", soft_wrap=True)
+        raise typer.Exit(1)
 
 
 def _scenario(experiment: Any, name: str | None, earlier: Any):
