@@ -22,7 +22,7 @@ from personae.evaluation.config import EvaluationConfig
 from personae.graphs.config import GraphConfig
 from personae.jsonl import read_jsonl_dicts
 from personae.llm import LLM, Gateway, build_gateway
-from personae.models import Scenario
+from personae.models import Intervention, Scenario
 from personae.population.spec import PopulationSpec, load_population_spec
 from personae.settings import Settings
 from personae.validation import _SECRET_KEYS, load_data_file, validate_data
@@ -256,6 +256,9 @@ class Experiment(_Strict):
     personas_file: Path | None = Field(None, description="a personas.jsonl to use instead of generating")
     scenarios: list[Scenario] = Field(min_length=1)
     graph: GraphConfig
+    interventions: list[Intervention] = Field(
+        default_factory=list, description="events injected into running conversations (they become graph.events)"
+    )
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     memory: MemorySpec = Field(default_factory=MemorySpec)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -274,6 +277,20 @@ class Experiment(_Strict):
         ids = [s.id for s in self.scenarios]
         if len(set(ids)) != len(ids):
             raise ValueError("scenarios must be distinct")
+        if self.interventions:
+            if self.graph.events and self.graph.events != self.interventions:  # equal: a dumped experiment read back
+                raise ValueError("give events once: as interventions (top level) or as graph.events, not both")
+            if self.graph.kind == "interview":
+                raise ValueError("interventions: events are injected into dyad and group conversations, not interviews")
+            self.graph = self.graph.model_copy(update={"events": list(self.interventions)})
+        longest = self.graph.termination.max_turns or max(s.max_turns for s in self.scenarios)
+        for index, event in enumerate(self.graph.events):
+            if event.at_turn >= longest:
+                where = "interventions" if self.interventions else "graph.events"
+                raise ValueError(
+                    f"{where}.{index}.at_turn: {event.at_turn} is never reached; conversations end after at most "
+                    f"{longest} turns, so at_turn must be below {longest}"
+                )
         if self.memory.enabled and not self.graph.memory.enabled:
             memory = self.graph.memory.model_copy(update={"enabled": True})
             self.graph = self.graph.model_copy(update={"memory": memory})
