@@ -37,6 +37,7 @@ from personae.evaluation.transcript import TranscriptReport
 from personae.evaluation.viewer import MAX_CONVERSATIONS, embed_json, transcript_view
 from personae.jsonl import write_jsonl
 from personae.models import Conversation
+from personae.survey.realism import RealismReport
 
 __all__ = ["Scorecard", "population_metrics", "METRIC_HELP"]
 
@@ -134,6 +135,7 @@ class Scorecard(BaseModel):
     population: dict[str, float] | None = None
     comparison: ComparisonReport | None = None
     reference: ReferenceReport | None = None
+    survey: RealismReport | None = None
     prompt_versions: dict[str, str] = Field(default_factory=dict)
 
     # ---- numbers ---------------------------------------------------------------
@@ -150,6 +152,8 @@ class Scorecard(BaseModel):
             out.update(self.comparison.metrics("compare"))
         if self.reference is not None:
             out.update(self.reference.metrics("reference"))
+        if self.survey is not None:
+            out.update(self.survey.metrics("survey"))
         return {_metric_key(k): v for k, v in out.items()}
 
     def headline(self) -> list[tuple[str, float | None]]:
@@ -167,6 +171,9 @@ class Scorecard(BaseModel):
                      if all(v.get(name, name in _LEXICAL) for v in measured.values()) if measured or name in _LEXICAL]
         if self.reference is not None:
             rows.append(("human-likeness (vs reference)", self.reference.score))
+        if self.survey is not None:
+            rows.append(("survey representativeness", self.survey.representativeness))
+            rows.append(("survey distinct answer profiles", self.survey.profiles.distinct_share))
         return rows
 
     def summary_table(self) -> Table:
@@ -202,7 +209,7 @@ class Scorecard(BaseModel):
              max_conversations: int = MAX_CONVERSATIONS) -> str:
         """The self-contained HTML report; with ``conversations``, a transcript viewer of the first ``max_conversations``."""
         if plots is None:
-            plots = scorecard_plots(self.transcript, self.judged, self.comparison) if self.config.plots else {}
+            plots = self._plots()
         env = SandboxedEnvironment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True, undefined=StrictUndefined,
                                    trim_blocks=True, lstrip_blocks=True)
         ctx = self._html_context(plots)
@@ -216,7 +223,7 @@ class Scorecard(BaseModel):
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        plots = scorecard_plots(self.transcript, self.judged, self.comparison) if self.config.plots else {}
+        plots = self._plots()
         paths: dict[str, Path] = {}
         for name, data in plots.items():
             paths[f"plot_{name}"] = _write_atomic(out / "plots" / f"{name}.png", data)
@@ -230,6 +237,16 @@ class Scorecard(BaseModel):
         paths["html"] = _write_atomic(out / "scorecard.html", self.html(plots, conversations=conversations).encode("utf-8"))
         return paths
 
+    def _plots(self) -> dict[str, bytes]:
+        if not self.config.plots:
+            return {}
+        plots = scorecard_plots(self.transcript, self.judged, self.comparison)
+        if self.survey is not None:
+            from personae.survey.plots import realism_plots
+
+            plots.update(realism_plots(self.survey))
+        return plots
+
     def _html_context(self, plots: dict[str, bytes]) -> dict[str, Any]:
         ctx: dict[str, Any] = {
             "title": self.title,
@@ -242,6 +259,7 @@ class Scorecard(BaseModel):
             "transcript": _transcript_context(self.transcript) if self.transcript is not None else None,
             "comparison": _comparison_context(self.comparison) if self.comparison is not None else None,
             "reference": _reference_context(self.reference) if self.reference is not None else None,
+            "survey": _survey_context(self.survey) if self.survey is not None else None,
             "population": sorted((k, _fmt(v)) for k, v in (self.population or {}).items()),
             "config_json": json.dumps(self.config.model_dump(mode="json"), indent=2),
             "prompt_versions": sorted(self.prompt_versions.items()),
@@ -292,6 +310,21 @@ def _reference_context(r: ReferenceReport) -> dict[str, Any]:
              "distance": _fmt(f.distance), "similarity": _fmt(f.similarity), "direction": f.direction}
             for f in r.features
         ],
+    }
+
+
+def _survey_context(r: RealismReport) -> dict[str, Any]:
+    rows = [{
+        "id": q.id, "type": q.type, "metric": q.metric or "", "n": f"{q.n_answered}/{q.n_asked}", "distance": _fmt(q.distance),
+        "variance_ratio": _fmt(q.variance_ratio), "extreme": f"{_fmt(q.extreme_rate)} / {_fmt(q.human_extreme_rate)}",
+        "midpoint": f"{_fmt(q.midpoint_rate)} / {_fmt(q.human_midpoint_rate)}", "acquiescence": f"{_fmt(q.acquiescence)} / {_fmt(q.human_acquiescence)}",
+        "refusal": f"{_fmt(q.refusal_rate)} / {_fmt(q.human_refusal_rate)}",
+    } for q in r.questions]
+    cells = [{"question": c.question_id, "cell": c.cell, "n": f"{c.n_simulated}/{_fmt(c.n_human)}", "distance": _fmt(c.distance), "note": c.skipped or ""} for c in r.cells]
+    return {
+        "instrument": r.instrument, "mode": r.mode or "", "target": r.target or "", "source": r.target_source or "",
+        "score": _fmt(r.representativeness), "n": r.n_respondents, "rows": rows, "cells": cells, "warnings": r.warnings,
+        "profiles": f"{r.profiles.n_distinct} distinct of {r.profiles.n_respondents}", "collapsed": r.profiles.collapsed,
     }
 
 

@@ -57,6 +57,7 @@ class QuestionRealism(BaseModel):
     id: str
     type: str
     metric: str | None = Field(None, description="wasserstein, jensen_shannon, or None (text, no target)")
+    options: list[str] = Field(default_factory=list, description="option codes in the instrument's order")
     n_asked: int = 0
     n_answered: int = 0
     distance: float | None = None
@@ -301,7 +302,7 @@ def realism_report(
         stats = scale_stats(question, sim.shares)
         modal = max(sim.shares.values()) if sim.shares and question.type not in ("multiple", "text") else None
         item = QuestionRealism(
-            id=question.id, type=question.type, n_asked=asked, n_answered=answered, simulated=sim.shares,
+            id=question.id, type=question.type, options=[o.code for o in question.options], n_asked=asked, n_answered=answered, simulated=sim.shares,
             variance=stats["variance"], extreme_rate=stats["extreme_rate"], midpoint_rate=stats["midpoint_rate"],
             acquiescence=stats["acquiescence"], refusal_rate=_refusal_rate(rows),
             modal_share=modal,
