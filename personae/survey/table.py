@@ -2,7 +2,7 @@
 
 Columns (every run, in this order): ``respondent_id``, ``persona_name``, one
 ``attr.<name>`` column per scalar persona attribute (taxonomy paths as keys, plus
-``age`` and ``gender`` when set), ``question_id``, ``question_type``, ``position``
+``age`` and ``gender`` when set and not already among them), ``question_id``, ``question_type``, ``position``
 (the order asked, from 0), ``question_text`` (after piping), ``option`` (the option
 code; empty for numeric and text answers), ``option_label``, ``scale_position`` (0-based
 on an ordinal scale), ``rank`` (rankings: 1 = most preferred), ``value`` (numeric
@@ -41,10 +41,10 @@ def persona_attributes(persona: Persona) -> dict[str, Any]:
         if key == META_KEY or isinstance(value, (dict, list)):
             continue
         out[key] = value
-    if persona.age is not None:
-        out.setdefault("age", persona.age)
-    if persona.gender:
-        out.setdefault("gender", persona.gender)
+    for name in ("age", "gender"):  # typed fields the taxonomy does not already hold
+        value = getattr(persona, name)
+        if value is not None and value != "" and not any(k == name or k.endswith(f".{name}") for k in out):
+            out[name] = value
     return out
 
 
