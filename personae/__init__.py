@@ -58,6 +58,11 @@ _LAZY = {
     "HashingEmbedder": "personae.embeddings",
     "LangChainLLM": "personae.llm.langchain_provider",
     "LangChainEmbedder": "personae.embeddings.langchain",
+    "Instrument": "personae.survey",
+    "load_instrument": "personae.survey",
+    "run_survey": "personae.survey",
+    "load_targets": "personae.survey",
+    "realism_report": "personae.survey",
 }
 
 

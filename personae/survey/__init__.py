@@ -13,11 +13,15 @@ Nothing here imports Prefect or MLflow: :mod:`personae.flows.survey` runs and tr
 from personae.survey.elicit import NONE_LABEL, Answer, Mode, elicit
 from personae.survey.graph import answer_records, default_scenario, make_survey_node, survey_graph, survey_graph_config
 from personae.survey.instrument import END, Instrument, Option, Question, SkipRule, check_instrument, load_instrument, next_question, option_order, pipe_text
+from personae.survey.realism import RealismReport, realism_report
 from personae.survey.run import SurveyConfig, SurveyResult, run_survey, survey_paths
 from personae.survey.table import answer_table, read_table, write_table
+from personae.survey.targets import HumanTargets, load_targets
 
 __all__ = [
     "Answer",
+    "HumanTargets",
+    "RealismReport",
     "END",
     "Instrument",
     "Mode",
@@ -33,11 +37,13 @@ __all__ = [
     "default_scenario",
     "elicit",
     "load_instrument",
+    "load_targets",
     "make_survey_node",
     "next_question",
     "option_order",
     "pipe_text",
     "read_table",
+    "realism_report",
     "run_survey",
     "survey_graph",
     "survey_graph_config",

@@ -20,7 +20,7 @@ from langgraph.runtime import Runtime
 
 from personae.graphs.config import GraphConfig
 from personae.llm.gateway import Gateway
-from personae.models import Participant, Role, Scenario, Utterance
+from personae.models import Role, Scenario, Utterance
 from personae.nodes.critic import CriticConfig
 from personae.nodes.projection import render_system_prompt
 from personae.nodes.state import DialogueState, RunContext, derive_seed, participants_of, run_context, scenario_of, transcript_of, utterance_id
@@ -155,8 +155,3 @@ def survey_graph(
     builder.add_edge(START, "survey")
     builder.add_conditional_edges("survey", _route, {"next": "survey", "stop": END})
     return builder.compile(checkpointer=checkpointer, name="survey")
-
-
-def respondent_of(participants: list[Participant]) -> Participant:
-    """The respondent of a survey conversation (the second seat)."""
-    return participants[-1]

@@ -36,7 +36,7 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
 from personae.survey.instrument import Instrument, Question
-from personae.survey.targets import Distribution, HumanTargets, cell_key, cell_label
+from personae.survey.targets import Distribution, HumanTargets
 
 __all__ = [
     "QuestionRealism",
@@ -358,5 +358,3 @@ def target_cells(targets: HumanTargets) -> list[str]:
     """Every cell label in ``targets`` (for listings)."""
     return sorted({label for per_q in targets.cells.values() for label in per_q})
 
-
-_ = cell_key  # re-exported for callers building cells by hand
