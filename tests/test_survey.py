@@ -196,6 +196,10 @@ async def test_tidy_table_round_trips_parquet_and_csv_with_recorded_option_order
     again, frame2 = await run_survey(small, personas, gateway=Gateway(model.llm()), out_dir=tmp_path, mode="two_pass", seed=9)
     assert (again.batch.skipped, again.batch.completed) == (4, 0)
     pd.testing.assert_frame_equal(frame.reset_index(drop=True), frame2.reset_index(drop=True))
+    # another mode in the same folder is a different run, never a replay of these answers
+    direct, frame3 = await run_survey(small, personas, gateway=Gateway(model.llm()), out_dir=tmp_path, mode="direct", seed=9)
+    assert (direct.batch.skipped, direct.batch.completed) == (0, 4)
+    assert set(frame3["mode"]) == {"direct"}
 
 
 # ---- human targets ---------------------------------------------------------------

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Survey the experiment's population with its instrument; a rerun skips finished respondents.
 
-        Writes, under the run folder's survey/: answers.parquet and answers.csv (one row per
+        Writes, under the run folder's survey/<mode>/: answers.parquet and answers.csv (one row per
         respondent, question and option), realism.json, scorecard.html and plots. Exit code 1
         when any respondent failed (recorded in survey_conversations.jsonl with its error).
         """

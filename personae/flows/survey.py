@@ -2,7 +2,7 @@
 
 :func:`run_survey_experiment` is the plain async entry point (the CLI's ``personae
 survey``); :func:`survey_flow` wraps it as a Prefect flow for deployments. Output, in
-the experiment's run folder under ``survey/``: ``answers.parquet``/``answers.csv``
+the experiment's run folder under ``survey/<mode>/``: ``answers.parquet``/``answers.csv``
 (the tidy table), ``survey_conversations.jsonl``, ``realism.json``, ``scorecard.html``
 / ``scorecard.json`` with the survey section, and the plots. MLflow gets one run
 ``survey`` (see :func:`log_survey`).
@@ -103,7 +103,7 @@ async def run_survey_experiment(
     human = load_targets(spec.targets, instrument, taxonomy=taxonomy_for(exp)) if spec.targets is not None else None
     root = ctx.paths.root
     root.mkdir(parents=True, exist_ok=True)
-    out_dir = root / "survey"
+    out_dir = root / "survey" / spec.mode
     own_gateway = gateway is None
     gateway = gateway or build_gateway_for(exp, ctx.settings)
     try:

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from personae.errors import ConfigError
 from personae.graphs.runner import BatchResult, latest_conversations, make_jobs, simulate_batch
+from personae.ids import stable_id
 from personae.llm.gateway import Gateway
 from personae.models import Persona, Scenario
 from personae.prompts import PromptSet
@@ -104,6 +105,9 @@ async def run_survey(
     scenario = scenario or default_scenario(instrument)
     config = survey_graph_config(instrument)
     jobs = make_jobs(personas, [scenario], config, n_conversations=len(personas), seed=seed)
+    # a respondent's run is keyed by the whole instrument (options, skips) and the mode too, so
+    # a rerun with another instrument or mode in the same folder never replays the old answers
+    jobs = [j.model_copy(update={"id": stable_id("survey", j.id, instrument.fingerprint(), mode)}) for j in jobs]
 
     def factory(checkpointer):
         return survey_graph(instrument, gateway=gateway, mode=mode, seed=seed, prompts=prompts, checkpointer=checkpointer,

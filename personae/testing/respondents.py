@@ -22,7 +22,7 @@ whichever form the request asks for:
 
 ``P(option | persona)`` is the ``by`` table of the first listed attribute whose value
 the persona has (an attribute key matches the persona's full key or its last dotted
-part), else ``default``, normalised to sum to 1. Without a rule: uniform over the
+part; the persona prompt lists at most 40 attributes, sorted by key), else ``default``, normalised to sum to 1. Without a rule: uniform over the
 substantive options. Multiple choice: each weight is an independent probability of
 picking that option (default 0.5). Ranking: Plackett–Luce with the weights. Numeric:
 weights over the values (default uniform over the integers from ``min`` to ``max``).
