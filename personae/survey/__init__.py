@@ -8,6 +8,14 @@
 * :mod:`~personae.survey.realism` — distances to the human distribution and response-style figures.
 
 Nothing here imports Prefect or MLflow: :mod:`personae.flows.survey` runs and tracks it.
+
+For refinement toward human answers (PEvo) and calibration, the pieces to build on:
+``run_survey(instrument, personas, ...)`` surveys any list of personas (keyed by the
+instrument and mode, so a refined population is a new run); ``realism_report(table,
+instrument, targets)`` scores it (``RealismReport.question(qid).distance``, ``.cells`` per
+demographic cell, ``.metrics()`` flat for MLflow rounds); ``HumanTargets.cells[qid][cell]``
+holds the human shares; :class:`personae.testing.respondents.ScriptedRespondents` gives a
+respondent model whose right answer is known (``expected_distribution``).
 """
 
 from personae.survey.elicit import NONE_LABEL, Answer, Mode, elicit
