@@ -334,3 +334,31 @@ def test_mode_collapse_is_flagged_when_everyone_answers_alike(small):
     assert report.metrics()["survey.mode_collapse"] == 1.0
     varied = realism_report(_frame([*rows[:-1], ("c", "hours", None, 3.0, "answered")]), small)
     assert not varied.profiles.collapsed and varied.profiles.n_distinct == 2
+
+
+async def test_a_failed_respondent_resumes_from_its_checkpoint(tmp_path, small):
+    """A model failing mid-survey records the respondent failed; the rerun asks only what is left."""
+    from personae.errors import ModelCallError
+    from personae.llm.testing import ScriptedLLM
+
+    scripted = ScriptedRespondents(small, {"trust": {"default": {"agree": 1}}})
+    asked: list[str] = []
+    broken = {"on": True}
+
+    def script(request):
+        qid = next((m.content.split("Survey question ", 1)[1].split(" ", 1)[0] for m in request.messages if "Survey question " in m.content), None)
+        asked.append(qid)
+        if broken["on"] and qid == "news":
+            raise ModelCallError("the model is down (scripted)", retryable=False)
+        return scripted.answer([m.model_dump() for m in request.messages], request.schema_name)
+
+    personas = _personas(1)
+    gateway = Gateway(ScriptedLLM(script), max_retries=0)
+    first, frame = await run_survey(small, personas, gateway=gateway, out_dir=tmp_path, mode="direct", seed=1)
+    assert (first.batch.completed, first.batch.failed) == (0, 1) and frame.empty
+    assert asked == ["trust", "why", "news"]
+    broken["on"], asked[:] = False, []
+    again, frame = await run_survey(small, personas, gateway=gateway, out_dir=tmp_path, mode="direct", seed=1, retry_failed=True)
+    assert (again.batch.completed, again.batch.failed) == (1, 0)
+    assert asked == ["news", "hours"]  # trust and why came from the checkpoint
+    assert frame.sort_values("position")["question_id"].tolist() == ["trust", "why", "news", "hours"]
