@@ -37,6 +37,7 @@ from personae.evaluation.transcript import TranscriptReport
 from personae.evaluation.viewer import MAX_CONVERSATIONS, embed_json, transcript_view
 from personae.jsonl import write_jsonl
 from personae.models import Conversation
+from personae.survey.plots import realism_plots, survey_section
 from personae.survey.realism import RealismReport
 
 __all__ = ["Scorecard", "population_metrics", "METRIC_HELP"]
@@ -242,8 +243,6 @@ class Scorecard(BaseModel):
             return {}
         plots = scorecard_plots(self.transcript, self.judged, self.comparison)
         if self.survey is not None:
-            from personae.survey.plots import realism_plots
-
             plots.update(realism_plots(self.survey))
         return plots
 
@@ -259,7 +258,7 @@ class Scorecard(BaseModel):
             "transcript": _transcript_context(self.transcript) if self.transcript is not None else None,
             "comparison": _comparison_context(self.comparison) if self.comparison is not None else None,
             "reference": _reference_context(self.reference) if self.reference is not None else None,
-            "survey": _survey_context(self.survey) if self.survey is not None else None,
+            "survey": survey_section(self.survey) if self.survey is not None else None,
             "population": sorted((k, _fmt(v)) for k, v in (self.population or {}).items()),
             "config_json": json.dumps(self.config.model_dump(mode="json"), indent=2),
             "prompt_versions": sorted(self.prompt_versions.items()),
@@ -310,21 +309,6 @@ def _reference_context(r: ReferenceReport) -> dict[str, Any]:
              "distance": _fmt(f.distance), "similarity": _fmt(f.similarity), "direction": f.direction}
             for f in r.features
         ],
-    }
-
-
-def _survey_context(r: RealismReport) -> dict[str, Any]:
-    rows = [{
-        "id": q.id, "type": q.type, "metric": q.metric or "", "n": f"{q.n_answered}/{q.n_asked}", "distance": _fmt(q.distance),
-        "variance_ratio": _fmt(q.variance_ratio), "extreme": f"{_fmt(q.extreme_rate)} / {_fmt(q.human_extreme_rate)}",
-        "midpoint": f"{_fmt(q.midpoint_rate)} / {_fmt(q.human_midpoint_rate)}", "acquiescence": f"{_fmt(q.acquiescence)} / {_fmt(q.human_acquiescence)}",
-        "refusal": f"{_fmt(q.refusal_rate)} / {_fmt(q.human_refusal_rate)}",
-    } for q in r.questions]
-    cells = [{"question": c.question_id, "cell": c.cell, "n": f"{c.n_simulated}/{_fmt(c.n_human)}", "distance": _fmt(c.distance), "note": c.skipped or ""} for c in r.cells]
-    return {
-        "instrument": r.instrument, "mode": r.mode or "", "target": r.target or "", "source": r.target_source or "",
-        "score": _fmt(r.representativeness), "n": r.n_respondents, "rows": rows, "cells": cells, "warnings": r.warnings,
-        "profiles": f"{r.profiles.n_distinct} distinct of {r.profiles.n_respondents}", "collapsed": r.profiles.collapsed,
     }
 
 

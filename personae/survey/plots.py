@@ -1,16 +1,18 @@
-"""Realism plots as PNG bytes (matplotlib ``Figure`` + Agg canvas, as in :mod:`personae.evaluation.plots`)."""
+"""The realism report in the scorecard: plots as PNG bytes (matplotlib ``Figure`` + Agg canvas, as in
+:mod:`personae.evaluation.plots`) and the survey section's template context."""
 
 from __future__ import annotations
 
 import io
 import math
+from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from personae.survey.realism import RealismReport
 
-__all__ = ["realism_plots", "distributions_plot", "distance_plot"]
+__all__ = ["realism_plots", "distributions_plot", "distance_plot", "survey_section"]
 
 
 def _png(fig: Figure) -> bytes:
@@ -63,3 +65,27 @@ def realism_plots(report: RealismReport) -> dict[str, bytes]:
     """Every realism plot that has data, by file stem."""
     out = {"survey_distributions": distributions_plot(report), "survey_distance": distance_plot(report)}
     return {k: v for k, v in out.items() if v is not None}
+
+
+def _fmt(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "–"
+    if float(value).is_integer() and abs(value) >= 10:
+        return f"{int(value)}"
+    return f"{value:.3f}"
+
+
+def survey_section(r: RealismReport) -> dict[str, Any]:
+    """The scorecard's survey section: what its template renders."""
+    rows = [{
+        "id": q.id, "type": q.type, "metric": q.metric or "", "n": f"{q.n_answered}/{q.n_asked}", "distance": _fmt(q.distance),
+        "variance_ratio": _fmt(q.variance_ratio), "extreme": f"{_fmt(q.extreme_rate)} / {_fmt(q.human_extreme_rate)}",
+        "midpoint": f"{_fmt(q.midpoint_rate)} / {_fmt(q.human_midpoint_rate)}", "acquiescence": f"{_fmt(q.acquiescence)} / {_fmt(q.human_acquiescence)}",
+        "refusal": f"{_fmt(q.refusal_rate)} / {_fmt(q.human_refusal_rate)}",
+    } for q in r.questions]
+    cells = [{"question": c.question_id, "cell": c.cell, "n": f"{c.n_simulated}/{_fmt(c.n_human)}", "distance": _fmt(c.distance), "note": c.skipped or ""} for c in r.cells]
+    return {
+        "instrument": r.instrument, "mode": r.mode or "", "target": r.target or "", "source": r.target_source or "",
+        "score": _fmt(r.representativeness), "n": r.n_respondents, "rows": rows, "cells": cells, "warnings": r.warnings,
+        "profiles": f"{r.profiles.n_distinct} distinct of {r.profiles.n_respondents}", "collapsed": r.profiles.collapsed,
+    }
