@@ -61,6 +61,11 @@ _LAZY = {
     "LangChainEmbedder": "personae.embeddings.langchain",
     "ExportOptions": "personae.export",
     "export_run": "personae.export",
+    "Instrument": "personae.survey",
+    "load_instrument": "personae.survey",
+    "run_survey": "personae.survey",
+    "load_targets": "personae.survey",
+    "realism_report": "personae.survey",
 }
 
 

@@ -25,6 +25,7 @@ from personae.llm import LLM, Gateway, build_gateway
 from personae.models import Intervention, Scenario
 from personae.population.spec import PopulationSpec, load_population_spec
 from personae.settings import Settings
+from personae.survey.run import SurveyConfig
 from personae.validation import _SECRET_KEYS, load_data_file, validate_data
 
 __all__ = [
@@ -264,6 +265,7 @@ class Experiment(_Strict):
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     schedule: ScheduleConfig | None = None
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    survey: SurveyConfig | None = Field(None, description="a survey of the population (`personae survey`): instrument, human targets, elicitation")
 
     _source: Path | None = PrivateAttr(None)
 
@@ -370,6 +372,17 @@ def load_experiment(path: str | os.PathLike) -> Experiment:
         if isinstance(reliability, dict) and isinstance(reliability.get("calibration"), str):
             judged["reliability"] = {**reliability, "calibration": _resolve(base, reliability["calibration"])}
         data["evaluation"] = {**evaluation, "judged": judged}
+    survey = data.get("survey")
+    if isinstance(survey, dict):
+        survey = {**survey, **{k: _resolve(base, survey[k]) for k in ("instrument", "targets") if isinstance(survey.get(k), str)}}
+        data["survey"] = survey
+        if ("scenarios" not in data or "graph" not in data) and isinstance(survey.get("instrument"), str):
+            from personae.survey.graph import default_scenario, survey_graph_config
+            from personae.survey.instrument import load_instrument
+
+            instrument = load_instrument(survey["instrument"])
+            data.setdefault("scenarios", [default_scenario(instrument).model_dump(mode="json", exclude={"id"})])
+            data.setdefault("graph", survey_graph_config(instrument).model_dump(mode="json", exclude_defaults=True))
     if isinstance(evaluation, dict) and isinstance(evaluation.get("reference"), str):
         data["evaluation"] = {**data["evaluation"], "reference": _resolve(base, evaluation["reference"])}
     experiment = validate_data(Experiment, data, file=path, what="experiment")
@@ -396,11 +409,25 @@ def check_inputs(experiment: Experiment) -> None:
         from personae.evaluation.reference import load_reference
 
         load_reference(experiment.evaluation.reference)
+    if experiment.survey is not None:
+        from personae.survey.instrument import load_instrument
+        from personae.survey.targets import load_targets
+
+        instrument = load_instrument(experiment.survey.instrument)
+        if experiment.survey.targets is not None:
+            load_targets(experiment.survey.targets, instrument, taxonomy=taxonomy_for(experiment))
     if experiment.population is not None:
         from personae.population import plan_population
 
         spec = experiment.population
         plan_population(spec if spec.source else spec.model_copy().with_source(experiment.source))
+
+
+def taxonomy_for(experiment: Experiment):
+    from personae.population.taxonomy import load_taxonomy
+
+    spec = experiment.population
+    return load_taxonomy(spec.taxonomy if spec is not None else None)
 
 
 # ---- wiring -----------------------------------------------------------------

@@ -37,6 +37,8 @@ from personae.evaluation.transcript import TranscriptReport
 from personae.evaluation.viewer import MAX_CONVERSATIONS, embed_json, transcript_view
 from personae.jsonl import write_jsonl
 from personae.models import Conversation
+from personae.survey.plots import realism_plots, survey_section
+from personae.survey.realism import RealismReport
 
 __all__ = ["Scorecard", "population_metrics", "METRIC_HELP"]
 
@@ -134,6 +136,7 @@ class Scorecard(BaseModel):
     population: dict[str, float] | None = None
     comparison: ComparisonReport | None = None
     reference: ReferenceReport | None = None
+    survey: RealismReport | None = None
     prompt_versions: dict[str, str] = Field(default_factory=dict)
 
     # ---- numbers ---------------------------------------------------------------
@@ -150,6 +153,8 @@ class Scorecard(BaseModel):
             out.update(self.comparison.metrics("compare"))
         if self.reference is not None:
             out.update(self.reference.metrics("reference"))
+        if self.survey is not None:
+            out.update(self.survey.metrics("survey"))
         return {_metric_key(k): v for k, v in out.items()}
 
     def headline(self) -> list[tuple[str, float | None]]:
@@ -167,6 +172,9 @@ class Scorecard(BaseModel):
                      if all(v.get(name, name in _LEXICAL) for v in measured.values()) if measured or name in _LEXICAL]
         if self.reference is not None:
             rows.append(("human-likeness (vs reference)", self.reference.score))
+        if self.survey is not None:
+            rows.append(("survey representativeness", self.survey.representativeness))
+            rows.append(("survey distinct answer profiles", self.survey.profiles.distinct_share))
         return rows
 
     def summary_table(self) -> Table:
@@ -202,7 +210,7 @@ class Scorecard(BaseModel):
              max_conversations: int = MAX_CONVERSATIONS) -> str:
         """The self-contained HTML report; with ``conversations``, a transcript viewer of the first ``max_conversations``."""
         if plots is None:
-            plots = scorecard_plots(self.transcript, self.judged, self.comparison) if self.config.plots else {}
+            plots = self._plots()
         env = SandboxedEnvironment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True, undefined=StrictUndefined,
                                    trim_blocks=True, lstrip_blocks=True)
         ctx = self._html_context(plots)
@@ -216,7 +224,7 @@ class Scorecard(BaseModel):
         """
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        plots = scorecard_plots(self.transcript, self.judged, self.comparison) if self.config.plots else {}
+        plots = self._plots()
         paths: dict[str, Path] = {}
         for name, data in plots.items():
             paths[f"plot_{name}"] = _write_atomic(out / "plots" / f"{name}.png", data)
@@ -230,6 +238,14 @@ class Scorecard(BaseModel):
         paths["html"] = _write_atomic(out / "scorecard.html", self.html(plots, conversations=conversations).encode("utf-8"))
         return paths
 
+    def _plots(self) -> dict[str, bytes]:
+        if not self.config.plots:
+            return {}
+        plots = scorecard_plots(self.transcript, self.judged, self.comparison)
+        if self.survey is not None:
+            plots.update(realism_plots(self.survey))
+        return plots
+
     def _html_context(self, plots: dict[str, bytes]) -> dict[str, Any]:
         ctx: dict[str, Any] = {
             "title": self.title,
@@ -242,6 +258,7 @@ class Scorecard(BaseModel):
             "transcript": _transcript_context(self.transcript) if self.transcript is not None else None,
             "comparison": _comparison_context(self.comparison) if self.comparison is not None else None,
             "reference": _reference_context(self.reference) if self.reference is not None else None,
+            "survey": survey_section(self.survey) if self.survey is not None else None,
             "population": sorted((k, _fmt(v)) for k, v in (self.population or {}).items()),
             "config_json": json.dumps(self.config.model_dump(mode="json"), indent=2),
             "prompt_versions": sorted(self.prompt_versions.items()),

@@ -383,6 +383,7 @@ async def simulate_batch(
     answer_schema: type[BaseModel] | None = None,
     max_consecutive_failures: int | None = 10,
     gc_threshold: int | None = BATCH_GC_THRESHOLD,
+    graph_factory: Callable[[Any], Any] | None = None,
 ) -> BatchResult:
     """Run ``jobs`` concurrently; append each finished conversation to ``out_path``.
 
@@ -404,6 +405,9 @@ async def simulate_batch(
     event loop's CPU, which is what bounds how many model calls overlap (bench/overlap.py:
     efficiency at 64 calls in flight 0.66 → 0.83). Objects are still freed by reference
     counting as before; only cycles wait a little longer.
+
+    ``graph_factory(checkpointer)`` builds the compiled graph every job runs on instead of
+    the prebuilt graph its config names (e.g. :func:`personae.survey.survey_graph`).
     """
     if concurrency < 1:
         raise ConfigError("concurrency must be at least 1", field="concurrency", got=concurrency)
@@ -425,10 +429,10 @@ async def simulate_batch(
                 await _forget_checkpoint(saver, thread_id)
             if todo:
                 with _fewer_gc_passes(gc_threshold):
-                    await _run_all(todo, saver, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
+                    await _run_all(todo, saver, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures, graph_factory)
     elif todo:
         with _fewer_gc_passes(gc_threshold):
-            await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures)
+            await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures, graph_factory)
     return BatchResult(
         total=len(jobs), completed=counts["completed"], failed=counts["failed"],
         skipped=len(jobs) - len(todo), wall_s=time.perf_counter() - started, failed_before=failed_before,
@@ -502,6 +506,7 @@ async def _run_all(
     prompts: Any,
     answer_schema: type[BaseModel] | None,
     max_consecutive_failures: int | None = None,
+    graph_factory: Callable[[Any], Any] | None = None,
 ) -> None:
     graphs: dict[str, Any] = {}
     limit = asyncio.Semaphore(concurrency)
@@ -512,6 +517,8 @@ async def _run_all(
 
     def graph_for(job: ConversationJob) -> Any:
         key = job.graph.model_dump_json()
+        if key not in graphs and graph_factory is not None:
+            graphs[key] = graph_factory(saver)
         if key not in graphs:
             graphs[key] = build_graph(
                 job.graph, gateway=gateway, embedder=embedder, memory=memory, prompts=prompts,
