@@ -11,6 +11,7 @@ or, without any model, ``sample_population(spec, embedder=HashingEmbedder())``.
 """
 
 from personae.population.conditions import Condition, Predicate, Rule, parse_condition, parse_rule
+from personae.population.coverage import AxisSpec, CoveragePlan, CoverageReport, SamplingSpec, plan_coverage
 from personae.population.craft import CraftedPersona, TextPersona, craft_persona, personas_from_texts
 from personae.population.dedup import DedupIndex, persona_text
 from personae.population.engine import (
@@ -37,6 +38,11 @@ from personae.population.validate import (
 )
 
 __all__ = [
+    "AxisSpec",
+    "CoveragePlan",
+    "CoverageReport",
+    "SamplingSpec",
+    "plan_coverage",
     "Cell",
     "Condition",
     "CraftedPersona",
