@@ -22,6 +22,7 @@ from personae.population.engine import (
     sample_population,
 )
 from personae.population.mapping import META_KEY, persona_meta, to_persona
+from personae.population.parse import ParsedPersona, ParseReport, ParseResult, PersonaLine, parse_personas, read_persona_lines
 from personae.population.quotas import Cell, JointQuota, QuotaPlan, QuotaSpec, integerise, ipf, largest_remainder, plan_quotas
 from personae.population.report import PopulationReport, ReportBuilder, distinct_n, plot_marginals
 from personae.population.sampling import PersonaSampler, SamplingError, violations
@@ -38,6 +39,12 @@ from personae.population.validate import (
 )
 
 __all__ = [
+    "ParsedPersona",
+    "ParseReport",
+    "ParseResult",
+    "PersonaLine",
+    "parse_personas",
+    "read_persona_lines",
     "AxisSpec",
     "CoveragePlan",
     "CoverageReport",

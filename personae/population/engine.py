@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +27,7 @@ import numpy as np
 
 from personae.embeddings.base import Embedder
 from personae.errors import ConfigError, ModelCallError, ModelOutputError, PersonaeError
-from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts, write_jsonl
+from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts, write_json, write_jsonl
 from personae.llm.gateway import Gateway
 from personae.memory.qdrant import QdrantHandle
 from personae.models import Persona
@@ -262,7 +260,7 @@ class _Run:
         elif has_personas:
             raise ConfigError(f"{PERSONAS_FILE} exists but {SPEC_FILE} is missing, so the run cannot be resumed safely", file=str(personas_path), expected="an empty output folder or a complete one")
         else:
-            _write_json(spec_path, {"fingerprint": self.fingerprint, "spec": self.spec.model_dump(mode="json")})
+            write_json(spec_path, {"fingerprint": self.fingerprint, "spec": self.spec.model_dump(mode="json")})
         (self.out_dir / REJECTS_FILE).touch(exist_ok=True)
         done: list[Persona] = []
         if has_personas:
@@ -362,7 +360,7 @@ class _Run:
             dedup_threshold=self.spec.dedup_threshold if self.index is not None else None,
         )
         if self.out_dir is not None:
-            _write_json(self.out_dir / REPORT_FILE, report.model_dump(mode="json"))
+            write_json(self.out_dir / REPORT_FILE, report.model_dump(mode="json"))
             plot_marginals(report, self.out_dir / PLOT_FILE)
         return report
 
@@ -406,18 +404,6 @@ class _Run:
             personas[j] = current.persona
             accepted[j] = vec
         return personas, rejects, accepted, scan, replaced
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 async def generate_population(
