@@ -100,6 +100,7 @@ class _Axis:
     is_int: bool = False
     normal: tuple[float, float] | None = None  # (mean, sd) of a normal numeric attribute
     bins: int = 0
+    decimals: int = 2
 
     @property
     def size(self) -> int:
@@ -115,7 +116,7 @@ class _Axis:
         else:
             x = self.lo + u * (self.hi - self.lo + (1 if self.is_int else 0))
         x = min(max(x, self.lo), self.hi)
-        return min(int(math.floor(x + (0.5 if self.normal is not None else 0.0))), int(self.hi)) if self.is_int else x
+        return min(int(math.floor(x + (0.5 if self.normal is not None else 0.0))), int(self.hi)) if self.is_int else round(x, self.decimals)
 
     def cell(self, value: Any) -> int | None:
         """The grid index of ``value`` on this axis (None: no value)."""
@@ -284,7 +285,7 @@ def plan_coverage(spec: SamplingSpec, taxonomy: Taxonomy, *, seed: int, prior_dr
             if leaf.dist == "normal":
                 mean = leaf.mean if leaf.mean is not None else (lo + hi) / 2
                 normal = (mean, leaf.sd if leaf.sd else ((hi - lo) / 4 or 1.0))
-            axes.append(_Axis(path, "numeric", lo=float(lo), hi=float(hi), is_int=leaf.type == "int", normal=normal, bins=item.bins or 5))
+            axes.append(_Axis(path, "numeric", lo=float(lo), hi=float(hi), is_int=leaf.type == "int", normal=normal, bins=item.bins or 5, decimals=leaf.decimals))
         else:
             raise ConfigError(f"axis {path} is {leaf.type}; an axis must be categorical or numeric", file=file, field=field, got=item.attribute)
         fields[path] = field
