@@ -105,3 +105,15 @@ def test_default_sampling_keeps_the_fingerprint_of_older_specs():
     assert plain.fingerprint() == content_hash([plain.model_dump(mode="json", exclude={"batch_size", "sampling"})], length=16)
     assert plain.fingerprint() != _spec("coverage", 5).fingerprint()
     assert plain.fingerprint() == PopulationSpec(size=5, sampling={"mode": "quota"}).fingerprint()
+
+
+async def test_an_axis_combination_a_rule_forbids_falls_back_to_the_sampler(tmp_path):
+    rule = "if age_band == 75-90 then settlement in [big city, suburb]"
+    spec = _spec("coverage", 120, rules=[rule])
+    report = await _report(spec, tmp_path)
+    people = [json.loads(line) for line in (tmp_path / "personas.jsonl").read_text().splitlines()]
+    old = [p["attributes"] for p in people if p["attributes"]["demographics.age_band"] == "75-90"]
+    assert old and all(a["demographics.settlement"] in ("big city", "suburb") for a in old)
+    fell_back = [p for p in people if p["attributes"]["_population"].get("coverage_fallback")]
+    assert report.coverage.fallbacks == len(fell_back) > 0
+    assert all(p["attributes"]["_population"]["coverage_fallback"] == 1 for p in fell_back)  # only the trailing axis (settlement) was left to the sampler
