@@ -162,3 +162,12 @@ def test_cli_parse_writes_personas_and_report(tmp_path, cli_env):
     with pytest.raises(ConfigError, match="no persona in the record"):
         CliRunner().invoke(cli_env, ["parse", str(bad), "--out", str(tmp_path / "never")], catch_exceptions=False)
     assert not (tmp_path / "never").exists()
+
+
+def test_long_lists_are_read_and_capped_with_a_count():
+    line = "A gardener who loves roses, tulips, lilies, orchids, daisies, violets, peonies, irises, poppies and asters"
+    flowers = ["roses", "tulips", "lilies", "orchids", "daisies", "violets", "peonies", "irises", "poppies", "asters"]
+    assert ParsedPersona.model_json_schema()["properties"]["interests"]["maxItems"] == 8  # asked for (the local grammar keeps it) ...
+    parsed = ParsedPersona.model_validate({"interests": flowers})  # ... not enforced: an endpoint's longer list is still read
+    kept, dropped = ground(line, parsed)
+    assert kept["interests"] == flowers[:8] and [(d.field, d.value, d.reason) for d in dropped] == [("interests", "poppies", "too many"), ("interests", "asters", "too many")]

@@ -61,6 +61,7 @@ _STOP = frozenset("a an the of in on at from to and or with for who whose is are
 _ENDINGS = ("ing", "es", "ed", "s")
 _WHOLE_LINE = 0.8
 _MAX_NAME_WORDS = 4
+_MAX_ITEMS = 8
 _JSONL_KEYS = ("persona", "input persona")
 _PLACE_WORDS = frozenset("from in at near of to on".split())  # a capitalised span after these is a place
 STRING_FIELDS = ("gender", "nationality", "location", "occupation")
@@ -76,8 +77,11 @@ class ParsedPersona(BaseModel):
     nationality: str | None = Field(None, max_length=100)
     location: str | None = Field(None, max_length=200)
     occupation: str | None = Field(None, max_length=200)
-    interests: list[str] = Field(default_factory=list, max_length=20)
-    values: list[str] = Field(default_factory=list, max_length=20)
+    # maxItems is asked for, not enforced: a small bound survives into the local model's grammar
+    # (personae.llm.local), so a tiny model cannot list forever; a longer list from an endpoint is
+    # still read, and the grounding check counts its repeats and keeps at most _MAX_ITEMS.
+    interests: list[str] = Field(default_factory=list, json_schema_extra={"maxItems": _MAX_ITEMS})
+    values: list[str] = Field(default_factory=list, json_schema_extra={"maxItems": _MAX_ITEMS})
 
 
 @dataclass(frozen=True)
@@ -322,6 +326,8 @@ def ground(text: str, parsed: ParsedPersona) -> tuple[dict[str, Any], list[Dropp
             key = frozenset(_content(item))
             if why is None and key in seen:
                 why = "repeated"
+            if why is None and len(items) >= _MAX_ITEMS:
+                why = "too many"
             if why:
                 drop(field, item, why)
                 continue
