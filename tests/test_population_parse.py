@@ -85,7 +85,8 @@ async def test_grounding_check_drops_and_counts_bad_extractions():
         assert persona.description == persona.attributes["source.text"] == line
     prompt = llm.requests[0].messages[-1].content
     assert "Copy into the fields" in prompt and "null" in prompt
-    assert not ParsedPersona.model_json_schema().get("required")  # every field optional: None = not stated
+    assert ParsedPersona.model_validate({}) == ParsedPersona()  # every field optional: None = not stated ...
+    assert ParsedPersona.model_json_schema()["required"] == list(ParsedPersona.model_fields)  # ... yet every key is asked for
 
 
 async def test_faithful_extractions_land(tmp_path):
@@ -113,6 +114,8 @@ def test_stated_only_a_line_without_age_keeps_age_empty():
     assert kept == {} and {(d.field, d.reason) for d in dropped} == {("age", "not in the line"), ("gender", "not in the line")}
     kept, _ = ground("He is a 45 year old beekeeper", ParsedPersona(age=45, gender="male"))
     assert kept == {"age": 45, "gender": "male"}
+    kept, dropped = ground("A teacher from Ohio who reads to us", ParsedPersona(nationality="American", location="Ohio, USA"))
+    assert kept == {} and [d.reason for d in dropped] == ["not in the line", "not in the line"]  # "us" is not the US
 
 
 async def test_a_reply_that_never_validates_keeps_the_line_with_no_fields():

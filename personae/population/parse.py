@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from personae.errors import ConfigError, ModelOutputError
 from personae.ids import stable_id
@@ -68,8 +68,19 @@ STRING_FIELDS = ("gender", "nationality", "location", "occupation")
 LIST_FIELDS = ("interests", "values")
 
 
+def _every_key_asked(schema: dict[str, Any]) -> None:
+    schema["required"] = list(schema.get("properties", {}))
+
+
 class ParsedPersona(BaseModel):
-    """What a persona line states; ``None`` (or ``[]``) = the line does not say."""
+    """What a persona line states; ``None`` (or ``[]``) = the line does not say.
+
+    The JSON schema asks for every key (null allowed), so a grammar-constrained model
+    considers each field instead of closing the object at once; validation still accepts
+    a reply that leaves keys out.
+    """
+
+    model_config = ConfigDict(json_schema_extra=_every_key_asked)
 
     name: str | None = Field(None, max_length=200, description="a personal name written in the line")
     age: int | None = Field(None, ge=0, le=120)
