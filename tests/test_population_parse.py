@@ -174,3 +174,22 @@ def test_long_lists_are_read_and_capped_with_a_count():
     parsed = ParsedPersona.model_validate({"interests": flowers})  # ... not enforced: an endpoint's longer list is still read
     kept, dropped = ground(line, parsed)
     assert kept["interests"] == flowers[:8] and [(d.field, d.value, d.reason) for d in dropped] == [("interests", "poppies", "too many"), ("interests", "asters", "too many")]
+
+
+@pytest.mark.slow
+async def test_embedded_model_through_its_grammar_keeps_only_grounded_values():
+    from personae.llm.local import LocalLlamaLLM
+
+    llm = LocalLlamaLLM()
+    try:
+        result = await parse_personas([BEEKEEPER], Gateway(llm, max_concurrency=1))
+    finally:
+        await llm.aclose()
+    [persona] = result.personas
+    assert result.report.model_failures == 0  # the grammar-constrained reply validates
+    assert persona.name != BEEKEEPER and persona.description == BEEKEEPER
+    listed = persona.attributes.get("parse.dropped", [])
+    assert result.report.dropped_total == len(listed)
+    kept = {f: getattr(persona, f) for f in ("age", "gender", "location", "occupation") if getattr(persona, f) is not None}
+    again, dropped = ground(BEEKEEPER, ParsedPersona(**kept, nationality=persona.attributes.get("nationality"), interests=persona.attributes.get("interests", []), values=persona.values))
+    assert dropped == [] and again == {k: v for k, v in {**kept, "nationality": persona.attributes.get("nationality"), "interests": persona.attributes.get("interests"), "values": persona.values or None}.items() if v}
