@@ -19,14 +19,14 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
 from personae.errors import ConfigError
 from personae.validation import describe_validation_error, read_input_file
 
-__all__ = ["append_jsonl", "write_jsonl", "read_jsonl", "iter_jsonl", "read_jsonl_dicts"]
+__all__ = ["append_jsonl", "write_json", "write_jsonl", "read_jsonl", "iter_jsonl", "read_jsonl_dicts"]
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -124,6 +124,20 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[BaseModel | dict]) ->
         Path(tmp).unlink(missing_ok=True)
         raise
     return count
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Replace ``path`` with ``data`` as indented JSON, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _umask() -> int:

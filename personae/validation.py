@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from personae.errors import ConfigError
 
-__all__ = ["describe_validation_error", "load_data_file", "load_model_file", "read_input_file", "read_text_file", "validate_data"]
+__all__ = ["describe_validation_error", "load_data_file", "load_model_file", "read_input_file", "read_text_file", "string_list_in_python", "validate_data"]
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -141,6 +142,22 @@ def read_text_file(path: str | os.PathLike, *, expected: str = "a YAML or JSON d
     if not text.strip():
         raise ConfigError("file is empty", file=str(path), expected=expected)
     return text
+
+
+def string_list_in_python(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """``(line, text)`` of each non-blank string in the first top-level list of string literals
+    (PersonaGym's ``code/personas.py``), read with :mod:`ast`: the file is never executed."""
+    path = Path(path)
+    source = read_text_file(path, expected="a Python file with a list of persona strings")
+    try:
+        tree = ast.parse(source, filename=str(path))
+    except SyntaxError as exc:
+        raise ConfigError(f"not valid Python: {exc.msg}", file=str(path), line=exc.lineno) from None
+    for node in tree.body:
+        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
+        if isinstance(value, (ast.List, ast.Tuple)) and value.elts and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in value.elts):
+            return [(e.lineno, e.value) for e in value.elts if e.value.strip()]  # type: ignore[attr-defined]
+    raise ConfigError("no list of persona strings in the file", file=str(path), expected="a top-level assignment like personas = ['A 30-year-old …', …]")
 
 
 def load_data_file(path: str | os.PathLike) -> Any:

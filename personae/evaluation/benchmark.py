@@ -24,7 +24,6 @@ Task names are personae's (``expected_action``…) or PersonaGym's (``Expected A
 
 from __future__ import annotations
 
-import ast
 import logging
 import os
 import re
@@ -39,7 +38,7 @@ from personae.evaluation.config import TaskName
 from personae.evaluation.rubrics import task_from_name
 from personae.jsonl import read_jsonl
 from personae.models import Persona
-from personae.validation import load_data_file, read_text_file, validate_data
+from personae.validation import load_data_file, read_text_file, string_list_in_python, validate_data
 
 __all__ = ["QuestionBank", "load_personas", "persona_from_text", "load_questions"]
 
@@ -66,7 +65,7 @@ def load_personas(path: str | os.PathLike) -> list[Persona]:
         lines = [ln.strip() for ln in read_text_file(path, expected="one persona description per line").splitlines()]
         personas = [persona_from_text(ln) for ln in lines if ln and not ln.startswith("#")]
     elif suffix == ".py":
-        personas = [persona_from_text(s) for s in _string_list_in_python(path)]
+        personas = [persona_from_text(s) for _, s in string_list_in_python(path)]
     else:
         data = load_data_file(path)
         if not isinstance(data, list):
@@ -82,19 +81,6 @@ def load_personas(path: str | os.PathLike) -> list[Persona]:
     if not personas:
         raise ConfigError("no personas in the file", file=file, expected="at least one persona")
     return personas
-
-
-def _string_list_in_python(path: Path) -> list[str]:
-    source = read_text_file(path, expected="a Python file with a list of persona strings")
-    try:
-        tree = ast.parse(source, filename=str(path))
-    except SyntaxError as exc:
-        raise ConfigError(f"not valid Python: {exc.msg}", file=str(path), line=exc.lineno) from None
-    for node in tree.body:
-        value = node.value if isinstance(node, (ast.Assign, ast.AnnAssign)) else None
-        if isinstance(value, (ast.List, ast.Tuple)) and value.elts and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in value.elts):
-            return [e.value for e in value.elts if e.value.strip()]  # type: ignore[attr-defined]
-    raise ConfigError("no list of persona strings in the file", file=str(path), expected="a top-level assignment like personas = ['A 30-year-old …', …]")
 
 
 class QuestionBank(BaseModel):

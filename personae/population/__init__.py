@@ -11,6 +11,7 @@ or, without any model, ``sample_population(spec, embedder=HashingEmbedder())``.
 """
 
 from personae.population.conditions import Condition, Predicate, Rule, parse_condition, parse_rule
+from personae.population.coverage import AxisSpec, CoveragePlan, CoverageReport, SamplingSpec, plan_coverage
 from personae.population.craft import CraftedPersona, TextPersona, craft_persona, personas_from_texts
 from personae.population.dedup import DedupIndex, persona_text
 from personae.population.engine import (
@@ -21,6 +22,7 @@ from personae.population.engine import (
     sample_population,
 )
 from personae.population.mapping import META_KEY, persona_meta, to_persona
+from personae.population.parse import ParsedPersona, ParseReport, ParseResult, PersonaLine, parse_personas, read_persona_lines
 from personae.population.quotas import Cell, JointQuota, QuotaPlan, QuotaSpec, integerise, ipf, largest_remainder, plan_quotas
 from personae.population.report import PopulationReport, ReportBuilder, distinct_n, plot_marginals
 from personae.population.sampling import PersonaSampler, SamplingError, violations
@@ -37,6 +39,17 @@ from personae.population.validate import (
 )
 
 __all__ = [
+    "ParsedPersona",
+    "ParseReport",
+    "ParseResult",
+    "PersonaLine",
+    "parse_personas",
+    "read_persona_lines",
+    "AxisSpec",
+    "CoveragePlan",
+    "CoverageReport",
+    "SamplingSpec",
+    "plan_coverage",
     "Cell",
     "Condition",
     "CraftedPersona",

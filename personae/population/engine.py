@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,11 +27,12 @@ import numpy as np
 
 from personae.embeddings.base import Embedder
 from personae.errors import ConfigError, ModelCallError, ModelOutputError, PersonaeError
-from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts, write_jsonl
+from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts, write_json, write_jsonl
 from personae.llm.gateway import Gateway
 from personae.memory.qdrant import QdrantHandle
 from personae.models import Persona
 from personae.population.conditions import Rule
+from personae.population.coverage import CoveragePlan, plan_coverage
 from personae.population.craft import craft_persona
 from personae.population.dedup import DedupIndex, persona_text
 from personae.population.mapping import META_KEY, persona_meta, to_persona
@@ -73,6 +72,7 @@ class PopulationPlan:
     sampler: PersonaSampler
     quotas: QuotaPlan
     sequence: np.ndarray
+    coverage: CoveragePlan | None = None
 
     def cell_of(self, index: int) -> int:
         """The quota cell of persona ``index``."""
@@ -85,7 +85,8 @@ def plan_population(spec: PopulationSpec, *, taxonomy: Taxonomy | None = None) -
     rules = tax.rules + tax.compile_rules(spec.rules, file=spec.source, field="rules")
     sampler = PersonaSampler(tax, rules, seed=spec.seed, deep_attributes=spec.deep_attributes, near_share=spec.near_share)
     quotas = plan_quotas(spec.quotas, spec.size, tax, probe=sampler.probe, prior_draw=sampler.sample_prior, file=spec.source)
-    return PopulationPlan(spec, tax, rules, sampler, quotas, quotas.sequence(spec.seed))
+    coverage = plan_coverage(spec.sampling, tax, seed=spec.seed, prior_draw=sampler.sample_prior, quota_dims=quotas.dims, file=spec.source)
+    return PopulationPlan(spec, tax, rules, sampler, quotas, quotas.sequence(spec.seed), coverage)
 
 
 @dataclass
@@ -107,27 +108,41 @@ class _Pipeline:
         self.llm = LLMPlausibilityCheck(gateway, plan.taxonomy, prompts=prompts) if gateway is not None and spec.llm_validate else None
         self.gateway = gateway if gateway is not None and spec.craft else None
 
-    async def _propose(self, index: int, attempt: int) -> tuple[dict[str, Any], ReviseOutcome, int]:
+    def _sample(self, index: int, attempt: int, cell: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
+        """Attributes, the values held fixed (quota cell and coverage axes), and how many axes fell back.
+
+        Coverage axes are drawn independently, so a combination may break a rule: then the
+        trailing axes are left to the sampler, one at a time, until a persona fits.
+        """
+        axes = self.plan.coverage.values_for(index) if self.plan.coverage is not None else {}
+        names = list(axes)
+        for dropped in range(len(names) + 1):
+            fixed = {**cell, **{k: axes[k] for k in names[: len(names) - dropped]}}
+            try:
+                return self.plan.sampler.sample(index, fixed, attempt), fixed, dropped
+            except SamplingError as exc:
+                if dropped == len(names):
+                    raise ConfigError(f"impossible quota cell {cell}: {exc.reason}", file=self.spec.source, field="quotas", expected="cells some rule-abiding persona fits") from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _propose(self, index: int, attempt: int) -> tuple[ReviseOutcome, int, int]:
         cell_index = self.plan.cell_of(index)
         cell = self.plan.quotas.cells[cell_index]
-        try:
-            attrs = self.plan.sampler.sample(index, cell.values, attempt)
-        except SamplingError as exc:
-            raise ConfigError(f"impossible quota cell {cell.values}: {exc.reason}", file=self.spec.source, field="quotas", expected="cells some rule-abiding persona fits") from None
+        attrs, fixed, dropped = self._sample(index, attempt, cell.values)
         outcome = await validate_and_revise(
             attrs,
             sampler=self.plan.sampler,
             validators=self.validators,
             llm=self.llm,
-            fixed=cell.values,
+            fixed=fixed,
             max_rounds=self.spec.max_revise_rounds,
             index=index,
             attempt=attempt,
             seed=self.spec.seed,
         )
-        return attrs, outcome, cell_index
+        return outcome, cell_index, dropped
 
-    async def _persona(self, index: int, attempt: int, outcome: ReviseOutcome, cell_index: int, *, unresolved: bool) -> Persona:
+    async def _persona(self, index: int, attempt: int, outcome: ReviseOutcome, cell_index: int, *, unresolved: bool, fallback: int = 0) -> Persona:
         meta: dict[str, Any] = {
             "population": self.spec.name,
             "index": index,
@@ -141,6 +156,8 @@ class _Pipeline:
             meta["unresolved"] = [i.as_dict() for i in outcome.issues]
         if outcome.llm_failed:
             meta["llm_failed"] = True
+        if fallback:
+            meta["coverage_fallback"] = fallback
         persona = to_persona(outcome.attrs, self.plan.taxonomy, seed=self.spec.seed, index=index, meta=meta, prompts=self.prompts)
         if self.gateway is not None:
             try:
@@ -164,18 +181,19 @@ class _Pipeline:
                 f"{self.spec.max_attempts} attempts; raise max_attempts, raise dedup_threshold, or use a richer taxonomy"
             )
         last: tuple[int, ReviseOutcome, int] | None = None
+        dropped = 0
         for attempt in range(first_attempt, self.spec.max_attempts):
-            _, outcome, cell_index = await self._propose(index, attempt)
+            outcome, cell_index, dropped = await self._propose(index, attempt)
             if last is not None:
                 rejects.append(_reject_record(index, *last))
             if outcome.accepted:
-                return _Built(await self._persona(index, attempt, outcome, cell_index, unresolved=False), attempt, rejects)
+                return _Built(await self._persona(index, attempt, outcome, cell_index, unresolved=False, fallback=dropped), attempt, rejects)
             last = (attempt, outcome, cell_index)
         if last is None:  # pragma: no cover - the range above is never empty here
             raise PopulationError(f"persona {index}: no attempt was made")
         attempt, outcome, cell_index = last
         log.warning("persona %d kept with unresolved issues after %d attempts: %s", index, self.spec.max_attempts, [i.problem for i in outcome.issues])
-        return _Built(await self._persona(index, attempt, outcome, cell_index, unresolved=True), attempt, rejects)
+        return _Built(await self._persona(index, attempt, outcome, cell_index, unresolved=True, fallback=dropped), attempt, rejects)
 
 
 
@@ -213,7 +231,7 @@ class _Run:
             [v.__qualname__ if hasattr(v, "__qualname__") else type(v).__name__ for v in validators],
         )
         self.index = DedupIndex(embedder, threshold=self.spec.dedup_threshold, qdrant=qdrant, collection=self.spec.dedup_collection, population=self.fingerprint) if (embedder is not None and self.spec.dedup) else None
-        self.report = ReportBuilder(plan.taxonomy, plan.quotas)
+        self.report = ReportBuilder(plan.taxonomy, plan.quotas, coverage=plan.coverage)
         self.kept: list[Persona] = []
         self._with_description = self.pipeline.gateway is not None
 
@@ -242,7 +260,7 @@ class _Run:
         elif has_personas:
             raise ConfigError(f"{PERSONAS_FILE} exists but {SPEC_FILE} is missing, so the run cannot be resumed safely", file=str(personas_path), expected="an empty output folder or a complete one")
         else:
-            _write_json(spec_path, {"fingerprint": self.fingerprint, "spec": self.spec.model_dump(mode="json")})
+            write_json(spec_path, {"fingerprint": self.fingerprint, "spec": self.spec.model_dump(mode="json")})
         (self.out_dir / REJECTS_FILE).touch(exist_ok=True)
         done: list[Persona] = []
         if has_personas:
@@ -342,7 +360,7 @@ class _Run:
             dedup_threshold=self.spec.dedup_threshold if self.index is not None else None,
         )
         if self.out_dir is not None:
-            _write_json(self.out_dir / REPORT_FILE, report.model_dump(mode="json"))
+            write_json(self.out_dir / REPORT_FILE, report.model_dump(mode="json"))
             plot_marginals(report, self.out_dir / PLOT_FILE)
         return report
 
@@ -386,18 +404,6 @@ class _Run:
             personas[j] = current.persona
             accepted[j] = vec
         return personas, rejects, accepted, scan, replaced
-
-
-def _write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, ensure_ascii=False, default=str)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 async def generate_population(

@@ -19,6 +19,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from personae.models import Persona
+from personae.population.coverage import CoveragePlan, CoverageReport
 from personae.population.mapping import META_KEY, persona_meta
 from personae.population.quotas import QuotaPlan
 from personae.population.taxonomy import Taxonomy
@@ -79,6 +80,7 @@ class PopulationReport(BaseModel):
     wall_s: float = Field(0.0, description="time spent producing the personas, summed over every run that added to the population")
     personas_per_s: float = 0.0
     usage: dict[str, Any] = Field(default_factory=dict, description="model usage producing the personas, summed over those runs")
+    coverage: CoverageReport | None = Field(None, description="joint-grid coverage of the sampling axes, with the iid baseline (when axes are set)")
 
     @property
     def validity_rate(self) -> float:
@@ -111,6 +113,13 @@ class PopulationReport(BaseModel):
             out["population.uniqueness"] = self.uniqueness
         if self.min_nn_distance is not None:
             out["population.min_nn_distance"] = self.min_nn_distance
+        if self.coverage is not None:
+            c = self.coverage
+            out["population.coverage.occupied_share"] = c.occupied_share
+            out["population.coverage.iid_occupied_share"] = c.iid_occupied_share
+            if c.discrepancy is not None and c.iid_discrepancy is not None:
+                out["population.coverage.discrepancy"] = c.discrepancy
+                out["population.coverage.iid_discrepancy"] = c.iid_discrepancy
         return out
 
     def summary_rows(self) -> list[tuple[str, str]]:
@@ -130,6 +139,10 @@ class PopulationReport(BaseModel):
         ]
         if self.unresolved:
             rows.insert(4, ("kept with unresolved issues", str(self.unresolved)))
+        if self.coverage is not None:
+            c = self.coverage
+            cd = "n/a" if c.discrepancy is None or c.iid_discrepancy is None else f"{c.discrepancy:.4f} vs {c.iid_discrepancy:.4f}"
+            rows.append((f"{c.mode} coverage of {' × '.join(c.axes)}", f"{c.occupied} / {c.cells} cells (iid at the same n: {c.iid_occupied}); discrepancy {cd}"))
         return rows
 
 
@@ -148,9 +161,12 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
 class ReportBuilder:
     """Accumulates report statistics one persona (and reject) at a time."""
 
-    def __init__(self, taxonomy: Taxonomy, plan: QuotaPlan) -> None:
+    def __init__(self, taxonomy: Taxonomy, plan: QuotaPlan, *, coverage: CoveragePlan | None = None) -> None:
         self.taxonomy = taxonomy
         self.plan = plan
+        self.coverage = coverage
+        self.coverage_cells: Counter = Counter()
+        self.coverage_fallbacks = 0
         self.produced = 0
         self.cell_counts = np.zeros(len(plan.cells), dtype=np.int64)
         self.margins: dict[str, Counter] = {path: Counter() for path in plan.dims}
@@ -178,6 +194,11 @@ class ReportBuilder:
         if isinstance(cell, int) and 0 <= cell < len(self.cell_counts):
             self.cell_counts[cell] += 1
         attrs = persona.attributes
+        if self.coverage is not None:
+            grid_cell = self.coverage.cell_of(attrs)
+            if grid_cell is not None:
+                self.coverage_cells[grid_cell] += 1
+            self.coverage_fallbacks += int(bool(meta.get("coverage_fallback")))
         for path, counter in self.margins.items():
             counter[str(attrs.get(path))] += 1
         for path, value in attrs.items():
@@ -283,6 +304,7 @@ class ReportBuilder:
             wall_s=wall_s,
             personas_per_s=self.produced / wall_s if wall_s > 0 else 0.0,
             usage=dict(total_usage),
+            coverage=self.coverage.report(self.coverage_cells, fallbacks=self.coverage_fallbacks) if self.coverage is not None else None,
         )
 
 

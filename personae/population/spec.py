@@ -14,6 +14,9 @@ A spec is a YAML/JSON file (or a Python object)::
       - "if age < 18 then occupation in [student]"
     deep_attributes: 40
     dedup_threshold: 0.97
+    sampling:                           # optional; see personae.population.coverage
+      mode: coverage                    # Sobol points over the axes instead of iid draws
+      axes: [age_band, gender, region]
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from personae.errors import ConfigError
 from personae.ids import content_hash
+from personae.population.coverage import SamplingSpec
 from personae.population.quotas import QuotaSpec
 from personae.validation import load_data_file, validate_data
 
@@ -42,6 +46,7 @@ class PopulationSpec(BaseModel):
     seed: int = Field(0, ge=0, le=2**63 - 1)
     taxonomy: Path | None = Field(None, description="taxonomy file; None = the packaged taxonomy")
     quotas: QuotaSpec = Field(default_factory=QuotaSpec)
+    sampling: SamplingSpec = Field(default_factory=SamplingSpec, description="quota (iid draws) or coverage (Sobol over axes) sampling")
     rules: list[str | dict[str, Any]] = Field(default_factory=list, description="extra rules, e.g. 'if age < 18 then occupation in [student]'")
     deep_attributes: int = Field(40, ge=0, le=2000, description="deep attributes per persona, picked progressively")
     near_share: float = Field(0.7, ge=0.0, le=1.0, description="chance a deep pick is near the profile so far")
@@ -69,9 +74,10 @@ class PopulationSpec(BaseModel):
     def fingerprint(self, *extra: Any) -> str:
         """Content hash of everything that determines the population (plus ``extra``).
 
-        ``batch_size`` is left out: it changes how work is grouped, not the result.
+        ``batch_size`` is left out: it changes how work is grouped, not the result; so is a
+        default ``sampling``, so populations from before coverage mode still resume.
         """
-        data = self.model_dump(mode="json", exclude={"batch_size"})
+        data = self.model_dump(mode="json", exclude={"batch_size", *(("sampling",) if self.sampling.is_default else ())})
         if self.taxonomy is not None:
             data["taxonomy"] = str(Path(self.taxonomy).resolve())
         return content_hash([data, *extra], length=16)
