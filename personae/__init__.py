@@ -56,6 +56,9 @@ _LAZY = {
     "Scorecard": "personae.evaluation",
     "build_embedder": "personae.embeddings",
     "HashingEmbedder": "personae.embeddings",
+    "ModelPrice": "personae.costs",
+    "RunBudget": "personae.costs",
+    "estimate_experiment": "personae.estimate",
 }
 
 

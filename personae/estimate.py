@@ -93,7 +93,7 @@ async def _sample_generate(experiment: Experiment, settings: Settings, embedder,
         await gateway.aclose()
     units = [_delta(after, before) for (d0, before), (d1, after) in zip(snapshots, snapshots[1:]) if d1 > d0]
     personas = read_jsonl(work / "generate" / "personas.jsonl", Persona, unique="id")
-    return StageSample(stage="generate", unit="persona", units_total=spec.size, units=units[:n]), personas
+    return StageSample(stage="generate", unit="persona", units_total=spec.size, units=units), personas
 
 
 async def _sample_simulate(experiment: Experiment, settings: Settings, embedder, personas: list[Persona], n: int, work: Path) -> StageSample:

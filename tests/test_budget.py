@@ -136,6 +136,19 @@ def test_meter_shares_limits_with_its_children_and_counts_their_own_spend():
     assert copy.spent.model_calls == 3 and copy.parent is None
 
 
+def test_dask_shards_each_get_an_equal_share_of_what_is_left(tmp_path):
+    from personae.experiment import Experiment
+    from personae.flows.simulate import _shard_meter
+
+    meter = BudgetMeter.start(RunBudget(max_model_calls=100, max_cost=1.0), {}, BudgetSpend(model_calls=40, cost=0.4))
+    exp = load_experiment(server_experiment(tmp_path, "http://127.0.0.1:9/v1", population=None))
+    assert _shard_meter(meter, exp, 3) is meter  # thread shards share the run's meter
+    dask = Experiment.model_validate({**exp.model_dump(), "simulation": {**exp.simulation.model_dump(), "dask": True}, "personas_file": str(exp.personas_file)})
+    share = _shard_meter(meter, dask, 3)
+    assert share is not meter and share.budget.max_model_calls == 20 and share.budget.max_cost == pytest.approx(0.2)
+    assert share.spent.model_calls == 0
+
+
 def test_usage_cost_prices_prompt_and_completion_tokens_apart():
     from personae.llm.base import LLMResponse, Usage
     from personae.llm.gateway import UsageTracker
