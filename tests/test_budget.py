@@ -119,6 +119,15 @@ def test_a_money_budget_needs_a_price_for_every_model(tmp_path):
     assert budget_meter(exp.model_copy(update={"budget": RunBudget(max_tokens=10)}), Settings(data_dir=tmp_path / "d")) is not None
 
 
+def test_run_refuses_an_unpriced_money_budget_before_starting(tmp_path):
+    models = {"default": {"provider": "openai", "model": "gpt-x", "base_url": "http://127.0.0.1:9/v1"}}
+    path = server_experiment(tmp_path, "http://127.0.0.1:9/v1", models=models, budget={"max_cost": 1.0})
+    data_dir = tmp_path / "data"
+    with pytest.raises(ConfigError, match="budget.max_cost"):
+        run_cli(["run", str(path), "--no-track", "--data-dir", str(data_dir)])
+    assert not Settings(data_dir=data_dir).run_dir("budget-test").exists()
+
+
 def test_meter_shares_limits_with_its_children_and_counts_their_own_spend():
     meter = BudgetMeter.start(RunBudget(max_model_calls=3, max_cost=1.0), {"default": ModelPrice(input_per_1m=1e5, output_per_1m=2e5)}, BudgetSpend(model_calls=1))
     a, b = meter.child(), meter.child()

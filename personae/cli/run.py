@@ -140,6 +140,9 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         settings = settings_for(loaded, **({"data_dir": str(data_dir)} if data_dir else {}))
         settings.check_data_dir()  # before Prefect, MLflow or any model call
+        from personae.experiment import budget_meter
+
+        budget_meter(loaded, settings)  # a money budget needs every model priced: fail before starting
         with _maybe_server(loaded, settings, console), _progress(console) as progress:
             result = pipeline_flow(
                 experiment=str(loaded.source), stages=stages, track=not no_track,
