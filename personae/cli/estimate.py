@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
         sample: int = typer.Option(4, "--sample", "-n", min=1, help="Units sampled per stage: personas generated, conversations, personas judged."),
         endpoint: str = typer.Option(None, "--endpoint", help="Run the sample on this OpenAI-compatible endpoint (every model of the experiment is sent there, no key)."),
         test_server: bool = typer.Option(False, "--test-server", help="Run the sample on an in-process test server (the default): no key, no cost."),
-        experiment_models: bool = typer.Option(False, "--experiment-models", help="Run the sample on the experiment's own models, through the response cache: a repeated estimate replays instead of paying again."),
+        experiment_models: bool = typer.Option(False, "--experiment-models", help="Run the sample on the experiment's own models (this pays for the sample once), through the response cache: a repeated estimate replays instead of paying again."),
         as_json: bool = typer.Option(False, "--json", help="Print the forecast as JSON instead of a table."),
         data_dir: Path = typer.Option(None, "--data-dir", help="Settings' data dir (its cache serves --experiment-models)."),
     ) -> None:
