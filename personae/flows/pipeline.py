@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from personae.costs import BudgetSpend
 from personae.errors import BudgetExceeded, ConfigError
-from personae.flows.context import STAGES, budget_stop_of, experiment_params, open_context, run_tags
+from personae.flows.context import STAGES, budget_stop_of, experiment_params, open_context, run_tags, write_run_config
 from personae.flows.evaluate import evaluate_flow
 from personae.flows.generate import generate_flow
 from personae.flows.progress import LocalCallback, ProgressCallback
@@ -106,6 +106,7 @@ def pipeline_flow(
                 break
         if exp.budget.limited:
             totals.update(spent.metrics())
+        write_run_config(exp, ctx.settings, ctx.paths)  # after the stages: a run refused for bad input writes nothing
         totals["wall_s"] = time.perf_counter() - started
         parent.log_metrics(totals)
         parent.set_tags({"personae.run_dir": str(ctx.paths.root)})
