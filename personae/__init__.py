@@ -66,6 +66,9 @@ _LAZY = {
     "run_survey": "personae.survey",
     "load_targets": "personae.survey",
     "realism_report": "personae.survey",
+    "ModelPrice": "personae.costs",
+    "RunBudget": "personae.costs",
+    "estimate_experiment": "personae.estimate",
 }
 
 

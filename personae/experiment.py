@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from personae.costs import BudgetMeter, BudgetSpend, ModelPrice, RunBudget, resolve_price
 from personae.errors import ConfigError
 from personae.evaluation.config import EvaluationConfig
 from personae.graphs.config import GraphConfig
@@ -41,6 +42,8 @@ __all__ = [
     "settings_for",
     "build_gateway_for",
     "model_prices",
+    "price_table",
+    "budget_meter",
     "describe_models",
 ]
 
@@ -72,7 +75,8 @@ class ModelSpec(_Strict):
     model: str | None = Field(None, min_length=1, description="model name at the endpoint")
     base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1")
     api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="NAME of the env var holding the key")
-    price_per_1k_tokens: float = Field(0.0, ge=0.0, description="for the cost estimate")
+    price_per_1k_tokens: float = Field(0.0, ge=0.0, description="shorthand: one price per 1,000 tokens, in and out")
+    price: ModelPrice | None = Field(None, description="input_per_1m / output_per_1m: price per 1M prompt / completion tokens")
     timeout_s: float | None = Field(None, gt=0)
     model_path: str | None = Field(None, description="local: a GGUF file (default: the bundled SmolLM2)")
     n_ctx: int = Field(2048, ge=128, le=131072, description="local: context window")
@@ -109,6 +113,8 @@ class ModelSpec(_Strict):
             raise ValueError("model_path applies to provider 'local' only")
         if self.provider != "fake" and self.latency_s:
             raise ValueError("latency_s applies to provider 'fake' only")
+        if self.price is not None and self.price_per_1k_tokens:
+            raise ValueError("give price (input_per_1m, output_per_1m) or its shorthand price_per_1k_tokens, not both")
         if self.base_url and not re.match(r"^https?://", self.base_url):
             raise ValueError(f"base_url must start with http:// or https://, got {self.base_url!r}")
         return self
@@ -266,6 +272,7 @@ class Experiment(_Strict):
     schedule: ScheduleConfig | None = None
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     survey: SurveyConfig | None = Field(None, description="a survey of the population (`personae survey`): instrument, human targets, elicitation")
+    budget: RunBudget = Field(default_factory=RunBudget, description="hard limits on what one run spends")
 
     _source: Path | None = PrivateAttr(None)
 
@@ -491,20 +498,71 @@ def _provider(name: str, spec: ModelSpec, settings: Settings) -> LLM:
     )
 
 
-def build_gateway_for(experiment: Experiment, settings: Settings) -> Gateway:
+def build_gateway_for(experiment: Experiment, settings: Settings, *, meter: BudgetMeter | None = None) -> Gateway:
     """The gateway the experiment's models and role routing describe.
 
     With no ``models`` the settings choose (an endpoint if configured, else the
     embedded local model); a ``models`` mapping without ``default`` gets the
-    settings' model as its default.
+    settings' model as its default. With a ``meter`` every call that reaches a model
+    is checked against and charged to the run's budget (see :mod:`personae.costs`).
     """
     providers = {name: _provider(name, spec, settings) for name, spec in experiment.models.items()}
+    if meter is not None:
+        from personae.llm import build_provider
+        from personae.llm.metered import MeteredLLM
+
+        providers.setdefault("default", build_provider(settings))
+        providers = {name: MeteredLLM(p, meter, name) for name, p in providers.items()}
     return build_gateway(settings, models=providers or None, roles=experiment.roles)
 
 
 def model_prices(experiment: Experiment) -> dict[str, float]:
-    """Model name → price per 1,000 tokens, for the cost estimate."""
+    """Model name → price per 1,000 tokens (the ``price_per_1k_tokens`` shorthand; see :func:`price_table`)."""
     return {name: spec.price_per_1k_tokens for name, spec in experiment.models.items()}
+
+
+def price_table(experiment: Experiment, settings: Settings) -> dict[str, ModelPrice | None]:
+    """Gateway model name → its price (``None``: unknown, counted as free).
+
+    A model's own ``price`` (or ``price_per_1k_tokens``) wins; else the settings'
+    ``prices`` entry for its model name at the endpoint. Fake and local models cost 0.
+    """
+    table: dict[str, ModelPrice | None] = {}
+    specs = dict(experiment.models)
+    if "default" not in specs:
+        specs["default"] = None  # the settings' model
+    for name, spec in specs.items():
+        if spec is None:
+            kind = settings.llm_provider or ("openai" if (settings.llm_base_url or settings.llm_api_key) else "local")
+            found = resolve_price(price=None, price_per_1k_tokens=0.0, model=settings.llm_model, table=settings.prices)
+            table[name] = found if found is not None or kind not in ("fake", "local") else ModelPrice(input_per_1m=0, output_per_1m=0)
+            continue
+        found = resolve_price(price=spec.price, price_per_1k_tokens=spec.price_per_1k_tokens, model=spec.model or settings.llm_model, table=settings.prices)
+        if found is None and spec.provider in ("fake", "local"):  # nothing to pay for; LangChain models may cost
+            found = ModelPrice(input_per_1m=0, output_per_1m=0)
+        table[name] = found
+    return table
+
+
+def budget_meter(experiment: Experiment, settings: Settings, spent: BudgetSpend | None = None) -> BudgetMeter | None:
+    """The meter of the experiment's ``budget`` (``None`` without one), with ``spent`` already counted.
+
+    A money limit (``budget.max_cost``) needs a price for every model the run uses;
+    a model without one raises :class:`ConfigError` naming it.
+    """
+    if not experiment.budget.limited:
+        return None
+    prices = price_table(experiment, settings)
+    if experiment.budget.max_cost is not None:
+        unpriced = sorted(name for name, price in prices.items() if price is None)
+        if unpriced:
+            raise ConfigError(
+                f"budget.max_cost needs a price for every model; {', '.join(unpriced)} has none",
+                file=str(experiment.source) if experiment.source else None, field=f"models.{unpriced[0]}.price",
+                expected="price: {input_per_1m: ..., output_per_1m: ...} (or price_per_1k_tokens) on the model, "
+                "or an entry for its model name in the settings' prices",
+            )
+    return BudgetMeter.start(experiment.budget, prices, spent)
 
 
 def describe_models(experiment: Experiment, settings: Settings) -> dict[str, str]:

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from personae.costs import ModelPrice
 from personae.errors import ConfigError
 from personae.paths import require_writable
 from personae.validation import describe_validation_error, load_data_file, validate_data
@@ -58,6 +59,10 @@ class Settings(BaseSettings):
     prefect_api_url: str | None = Field(None, validation_alias=AliasChoices("PERSONAE_PREFECT_API_URL", "PREFECT_API_URL", "prefect_api_url"))
 
     cache_enabled: bool = True
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description="model name at the endpoint → {input_per_1m, output_per_1m}, for models the experiment gives no price",
+    )
 
     @classmethod
     def load(cls, config_file: str | os.PathLike | None = None, **overrides: Any) -> Settings:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from personae.costs import call_cost
 from personae.llm.gateway import RoleUsage, UsageTracker
 from personae.processes import ProcessOwner
 from personae.settings import Settings
@@ -148,14 +149,15 @@ def usage_metrics(
     usage: UsageTracker,
     *,
     model_for_role: Callable[[str], str] | None = None,
-    prices_per_1k: Mapping[str, float] | None = None,
+    prices_per_1k: Mapping[str, Any] | None = None,
     peak_in_flight: int = 0,
     prefix: str = "usage",
 ) -> dict[str, float]:
     """Calls, tokens, latency and cost of the model use in ``usage``.
 
     ``model_for_role`` names the model serving a role and ``prices_per_1k`` maps a
-    model name to its price per 1,000 tokens (missing models cost 0); the cost
+    model name to its price: a :class:`~personae.costs.ModelPrice` (input/output per 1M
+    tokens) or a number per 1,000 tokens (missing models cost 0); the cost
     counts only calls that reached a model, not cache hits.
     """
     prices = dict(prices_per_1k or {})
@@ -166,7 +168,9 @@ def usage_metrics(
     for role, counts in sorted(usage.roles.items()):
         tokens = counts.prompt_tokens + counts.completion_tokens
         model_share = counts.model_calls / counts.calls if counts.calls else 0.0
-        cost += tokens * model_share * prices.get(route(role), 0.0) / 1000.0
+        role_cost = model_share * call_cost(prices.get(route(role)), counts.prompt_tokens, counts.completion_tokens)
+        cost += role_cost
+        out[f"{prefix}.{role}.cost"] = round(role_cost, 6)
         out[f"{prefix}.{role}.calls"] = counts.calls
         out[f"{prefix}.{role}.model_calls"] = counts.model_calls
         out[f"{prefix}.{role}.tokens"] = tokens

@@ -24,7 +24,8 @@ app = typer.Typer(
         "PERSONAE_LLM_TIMEOUT_S (default 60) bounds each call to it, PERSONAE_LLM_MAX_RETRIES (default 5) "
         "how often a failed call is retried. `personae doctor` checks the set-up.\n\n"
         "Exit codes: 0 done; 1 ran, but something failed (a conversation, a doctor check); "
-        "2 bad input or usage (one error line, nothing written)."
+        "2 bad input or usage (one error line, nothing written); 3 the experiment's budget stopped the run "
+        "(what finished is written; rerun with a larger budget to resume)."
     ),
     no_args_is_help=True,
     add_completion=False,
@@ -32,7 +33,7 @@ app = typer.Typer(
 )
 
 # Commands, in the order --help lists them.
-_COMMAND_MODULES = ("run", "generate", "parse", "simulate", "survey", "evaluate", "export", "chat", "compare", "serve", "doctor", "testserver")
+_COMMAND_MODULES = ("run", "estimate", "generate", "parse", "simulate", "survey", "evaluate", "export", "chat", "compare", "serve", "doctor", "testserver")
 
 
 @app.callback()

@@ -12,7 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-__all__ = ["register", "prepare_prefect_env", "RichProgressSink"]
+__all__ = ["register", "prepare_prefect_env", "RichProgressSink", "BUDGET_EXIT_CODE"]
+
+BUDGET_EXIT_CODE = 3
+"""Exit code of a run the experiment's budget stopped: not a failure (1) nor bad input (2)."""
 
 _HEADLINE = (
     ("generate.personas", "personas"),
@@ -25,6 +28,8 @@ _HEADLINE = (
     ("usage.cached_calls", "calls served from the cache"),
     ("usage.tokens", "tokens"),
     ("usage.cost", "cost estimate"),
+    ("budget.tokens", "budget: tokens spent"),
+    ("budget.cost", "budget: cost spent"),
     ("wall_s", "wall time (s)"),
 )
 
@@ -90,7 +95,7 @@ def _summary(result, console: Console) -> None:
     for key, label in _HEADLINE:
         if key in result.metrics:
             value = result.metrics[key]
-            table.add_row(label, f"{value:,.3f}" if key in ("usage.cost", "wall_s") or not float(value).is_integer() else f"{int(value):,}")
+            table.add_row(label, f"{value:,.3f}" if key in ("usage.cost", "budget.cost", "wall_s") or not float(value).is_integer() else f"{int(value):,}")
     console.print(table)
     console.print(f"outputs: {result.run_dir}", soft_wrap=True)
     scorecard = Path(result.run_dir) / "scorecard.html"
@@ -117,7 +122,9 @@ def register(app: typer.Typer) -> None:
         calls from the cache. Without a Prefect server, Prefect starts a temporary one.
 
         Exit code: 0 when done; 1 when any conversation is recorded as failed (the last
-        line says how many; rerun with simulation.retry_failed: true); 2 for bad input.
+        line says how many; rerun with simulation.retry_failed: true); 2 for bad input;
+        3 when the experiment's budget stopped the run (what finished is written; rerun
+        with a larger budget to resume).
         """
         from personae.experiment import check_inputs, load_experiment, settings_for
 
@@ -133,12 +140,22 @@ def register(app: typer.Typer) -> None:
         console = Console(stderr=True)
         settings = settings_for(loaded, **({"data_dir": str(data_dir)} if data_dir else {}))
         settings.check_data_dir()  # before Prefect, MLflow or any model call
+        from personae.experiment import budget_meter
+
+        budget_meter(loaded, settings)  # a money budget needs every model priced: fail before starting
         with _maybe_server(loaded, settings, console), _progress(console) as progress:
             result = pipeline_flow(
                 experiment=str(loaded.source), stages=stages, track=not no_track,
                 data_dir=str(data_dir) if data_dir else None, progress=RichProgressSink(progress),
             )
         _summary(result, Console())
+        if result.budget_stop:
+            console.print(
+                f"stopped by the budget: {result.budget_stop}. What finished is written in {result.run_dir}; "
+                "raise budget in the experiment and rerun to resume (finished work is skipped, the cache replays).",
+                soft_wrap=True,
+            )
+            raise typer.Exit(BUDGET_EXIT_CODE)
         failed = int(result.metrics.get("simulate.conversations.failed", 0))
         if failed:
             from personae.cli.simulate import failure_summary

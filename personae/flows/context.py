@@ -12,7 +12,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from personae.embeddings import Embedder, build_embedder
-from personae.experiment import Experiment, describe_models, load_experiment, model_prices, settings_for
+from personae.costs import BudgetMeter, BudgetSpend
+from personae.errors import BudgetExceeded
+from personae.experiment import Experiment, budget_meter, describe_models, load_experiment, price_table, settings_for
 from personae.flows.schedule import check_schedule
 from personae.llm import Gateway
 from personae.memory import AgentMemory, QdrantHandle, open_qdrant
@@ -34,6 +36,8 @@ __all__ = [
     "run_tags",
     "open_memory",
     "embedder_for",
+    "budget_stop_metrics",
+    "budget_stop_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -92,13 +96,25 @@ class StageResult(BaseModel):
     usage: dict[str, dict[str, float]] = Field(default_factory=dict)
     models: dict[str, str] = Field(default_factory=dict)
     peak_in_flight: int = 0
+    budget_stop: dict[str, Any] | None = Field(None, description="the budget limit that stopped the stage, if one did")
 
     @classmethod
-    def of(cls, metrics: dict[str, float], gateway: Gateway | None = None) -> StageResult:
-        """A result with ``metrics`` and, if given, the gateway's usage and models."""
+    def of(
+        cls, metrics: dict[str, float], gateway: Gateway | None = None, *,
+        meter: BudgetMeter | None = None, stop: BudgetExceeded | None = None,
+    ) -> StageResult:
+        """A result with ``metrics`` and, if given, the gateway's usage and models, what was
+        charged through ``meter`` (``budget.*`` metrics) and the budget ``stop``."""
+        metrics = dict(metrics)
+        if meter is not None:
+            metrics.update(meter.own.metrics())
+        budget_stop = None if stop is None else {"limit_name": stop.limit_name, "limit": stop.limit, "value": stop.value}
         if gateway is None:
-            return cls(metrics=metrics)
-        return cls(metrics=metrics, usage=usage_to_dict(gateway.usage), models=model_params(gateway), peak_in_flight=gateway.peak_in_flight)
+            return cls(metrics=metrics, budget_stop=budget_stop)
+        return cls(
+            metrics=metrics, usage=usage_to_dict(gateway.usage), models=model_params(gateway),
+            peak_in_flight=gateway.peak_in_flight, budget_stop=budget_stop,
+        )
 
     @classmethod
     def merge(cls, results: list[StageResult]) -> StageResult:
@@ -116,6 +132,7 @@ class StageResult(BaseModel):
             usage={role: vars(counts).copy() for role, counts in usage.roles.items()},
             models=models,
             peak_in_flight=max((r.peak_in_flight for r in results), default=0),
+            budget_stop=next((r.budget_stop for r in results if r.budget_stop), None),
         )
 
 
@@ -136,6 +153,11 @@ class StageContext:
     def paths(self) -> RunPaths:
         return RunPaths(self.settings.run_dir(self.experiment.name))
 
+    def meter(self, budget_spent: dict[str, float] | None = None) -> BudgetMeter | None:
+        """The meter of the experiment's budget with ``budget_spent`` (earlier stages) counted;
+        ``None`` without a budget."""
+        return budget_meter(self.experiment, self.settings, BudgetSpend.from_metrics(budget_spent or {}))
+
     def stage_metrics(self, result: StageResult) -> dict[str, float]:
         """The result's metrics plus its usage: calls, tokens, cost, latency."""
         metrics = dict(result.metrics)
@@ -143,7 +165,7 @@ class StageContext:
             usage_metrics(
                 merge_usage([result.usage]),
                 model_for_role=self.experiment.model_for_role,
-                prices_per_1k=model_prices(self.experiment),
+                prices_per_1k=price_table(self.experiment, self.settings),
                 peak_in_flight=result.peak_in_flight,
             )
         )
@@ -152,6 +174,7 @@ class StageContext:
     def log_stage(self, run: Any, result: StageResult, artifacts: list[Path]) -> dict[str, float]:
         """Log a stage's models, metrics and artifacts to its run; return the metrics."""
         metrics = self.stage_metrics(result)
+        metrics.update(budget_stop_metrics(result.budget_stop))
         if result.models:
             run.log_params(result.models)
         run.log_metrics(metrics)
@@ -176,12 +199,18 @@ def run_stage(
     progress: Any,
     artifacts: Callable[[RunPaths], list[Path]],
     plots: Callable[[Path], bool],
+    budget_spent: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """A one-task stage: run ``stage_task`` in a tracked child run, log ``artifacts`` and the
-    run folder's ``plots`` (under ``plots/``); return the stage metrics."""
+    run folder's ``plots`` (under ``plots/``); return the stage metrics.
+
+    ``budget_spent`` is what earlier stages of the run spent of the experiment's budget
+    (``budget.*`` metrics); a stage stopped by the budget says so in its metrics
+    (``budget.stopped`` and the limit, see :func:`budget_stop_metrics`)."""
     ctx = open_context(experiment, data_dir=data_dir, track=track)
+    meter = ctx.meter(budget_spent)
     with ctx.stage_run(stage, parent_run_id) as run:
-        result = stage_task.submit(ctx.experiment, ctx.overrides, progress).result()
+        result = stage_task.submit(ctx.experiment, ctx.overrides, progress, meter).result()
         metrics = ctx.log_stage(run, result, artifacts(ctx.paths))
         run.log_artifacts([p for p in ctx.paths.plots() if plots(p)], artifact_path="plots")
     log.info("%s: %s", stage, ctx.paths.root)
@@ -334,3 +363,30 @@ def open_memory(
 def embedder_for(settings: Settings) -> Embedder:
     """The embedder the settings select (the experiment's ``embeddings`` applied)."""
     return build_embedder(settings)
+
+
+# ---- budget -------------------------------------------------------------------
+_LIMITS = ("max_model_calls", "max_tokens", "max_cost")
+
+
+def budget_stop_metrics(stop: dict[str, Any] | None) -> dict[str, float]:
+    """A budget stop as metrics (flows return plain numbers): ``budget.stopped``, which limit
+    (``budget.stopped.max_tokens`` = 1), its value and what was reached."""
+    if not stop:
+        return {}
+    return {
+        "budget.stopped": 1.0,
+        f"budget.stopped.{stop['limit_name']}": 1.0,
+        "budget.limit": float(stop["limit"]),
+        "budget.reached": float(stop["value"]),
+    }
+
+
+def budget_stop_of(metrics: dict[str, float]) -> BudgetExceeded | None:
+    """The budget stop recorded in a stage's ``metrics`` (see :func:`budget_stop_metrics`), if any."""
+    if not metrics.get("budget.stopped"):
+        return None
+    name = next((n for n in _LIMITS if metrics.get(f"budget.stopped.{n}")), "budget")
+    limit, reached = metrics.get("budget.limit", 0.0), metrics.get("budget.reached", 0.0)
+    as_int = name != "max_cost"
+    return BudgetExceeded(name, int(limit) if as_int else limit, int(reached) if as_int else reached)

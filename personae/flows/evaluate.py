@@ -9,7 +9,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from personae.errors import ConfigError
+from personae.costs import BudgetMeter
+from personae.errors import BudgetExceeded, ConfigError
 from personae.experiment import Experiment, build_gateway_for
 from personae.flows.context import StageResult, embedder_for, run_stage, settings_in_task
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
@@ -24,9 +25,14 @@ log = logging.getLogger(__name__)
 
 @task(name="evaluate-run", cache_policy=NONE)
 async def evaluate_task(
-    experiment: Experiment, overrides: dict[str, Any], progress: ProgressCallback | None = None
+    experiment: Experiment, overrides: dict[str, Any], progress: ProgressCallback | None = None,
+    meter: BudgetMeter | None = None,
 ) -> StageResult:
-    """Evaluate the run folder's conversations; writes scorecard.json/html and plots there."""
+    """Evaluate the run folder's conversations; writes scorecard.json/html and plots there.
+
+    With a budget ``meter``, reaching a limit stops the evaluation before its scorecard is
+    written (the result says which limit); a rerun replays the judge calls made so far
+    from the cache."""
     from personae.evaluation import evaluate_run
 
     settings, paths = settings_in_task(experiment, overrides)
@@ -35,7 +41,8 @@ async def evaluate_task(
     conversations = latest_conversations(paths.conversations)
     personas = read_jsonl(paths.personas, Persona, unique="id") if paths.personas.is_file() else []
     population_report = _read_json(paths.population_report)
-    gateway = build_gateway_for(experiment, settings) if experiment.evaluation.judged.enabled else None
+    meter = meter.child() if meter is not None else None
+    gateway = build_gateway_for(experiment, settings, meter=meter) if experiment.evaluation.judged.enabled else None
 
     def on_progress(done: int, total: int) -> None:
         usage = gateway.usage.total() if gateway is not None else None
@@ -52,12 +59,15 @@ async def evaluate_task(
             out_dir=paths.root, population_report=population_report, title=f"{experiment.name} scorecard",
             on_progress=on_progress,
         )
+    except BudgetExceeded as exc:
+        log.warning("evaluate: %s; no scorecard written", exc)
+        return StageResult.of({}, gateway, meter=meter, stop=exc)
     finally:
         if gateway is not None:
             await gateway.aclose()
     emit(progress, ProgressEvent(stage="evaluate", done=len(conversations), total=len(conversations), finished=True))
     metrics = {f"eval.{k}": v for k, v in scorecard.metrics().items()}
-    return StageResult.of(metrics, gateway)
+    return StageResult.of(metrics, gateway, meter=meter)
 
 
 @flow(name="personae-evaluate")
@@ -67,12 +77,15 @@ def evaluate_flow(
     parent_run_id: str | None = None,
     track: bool = True,
     progress: ProgressCallback | None = None,
+    budget_spent: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Evaluate the experiment's conversations (tracked as the ``evaluate`` child run)."""
+    """Evaluate the experiment's conversations (tracked as the ``evaluate`` child run).
+
+    ``budget_spent``: what earlier stages of the run spent of the experiment's budget."""
     return run_stage(
         "evaluate", evaluate_task, experiment, data_dir=data_dir, parent_run_id=parent_run_id, track=track,
         progress=progress, artifacts=lambda p: [p.scorecard_json, p.scorecard_html, p.conversation_metrics],
-        plots=lambda path: not path.name.startswith("population"),
+        plots=lambda path: not path.name.startswith("population"), budget_spent=budget_spent,
     )
 
 

@@ -8,7 +8,8 @@ from typing import Any
 from prefect import flow, task
 from prefect.cache_policies import NONE
 
-from personae.errors import ConfigError, StoreLockedError
+from personae.costs import BudgetMeter
+from personae.errors import BudgetExceeded, ConfigError, StoreLockedError
 from personae.experiment import Experiment, build_gateway_for
 from personae.flows.context import StageResult, embedder_for, run_stage, settings_in_task
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
@@ -23,9 +24,14 @@ log = logging.getLogger(__name__)
 
 @task(name="generate-population", cache_policy=NONE)
 async def generate_population_task(
-    experiment: Experiment, overrides: dict[str, Any], progress: ProgressCallback | None = None
+    experiment: Experiment, overrides: dict[str, Any], progress: ProgressCallback | None = None,
+    meter: BudgetMeter | None = None,
 ) -> StageResult:
-    """Generate the population into the run folder (resumable), or copy the personas file there."""
+    """Generate the population into the run folder (resumable), or copy the personas file there.
+
+    With a budget ``meter``, reaching a limit stops the generation: the batches already
+    written stay, the result says which limit stopped it, and a rerun resumes.
+    """
     settings, paths = settings_in_task(experiment, overrides)
     paths.root.mkdir(parents=True, exist_ok=True)
     if experiment.personas_file is not None:
@@ -38,7 +44,8 @@ async def generate_population_task(
 
     from personae.population import generate_population
 
-    gateway = build_gateway_for(experiment, settings)
+    meter = meter.child() if meter is not None else None
+    gateway = build_gateway_for(experiment, settings, meter=meter)
 
     def on_progress(done: int, total: int, finished: bool = False) -> None:
         usage = gateway.usage.total()
@@ -52,20 +59,24 @@ async def generate_population_task(
     except StoreLockedError as exc:  # de-duplication still works in memory
         log.warning("%s; de-duplicating in memory for this run", exc)
         qdrant = None
+    stop: BudgetExceeded | None = None
     try:
         report = await generate_population(
             experiment.population, gateway=gateway, embedder=embedder_for(settings), qdrant=qdrant,
             out_dir=paths.root, on_progress=on_progress,
         )
+    except BudgetExceeded as exc:  # the batches written so far stay; a rerun resumes after them
+        log.warning("generate: %s; the personas written so far are kept", exc)
+        stop, report = exc, None
     finally:
         if qdrant is not None:
             qdrant.close()
         await gateway.aclose()
-    count = sum(1 for _ in read_jsonl(paths.personas, Persona))
-    on_progress(count, count, finished=True)
-    metrics = {f"population.{k}": float(v) for k, v in report.metrics().items()}
+    count = sum(1 for _ in read_jsonl(paths.personas, Persona)) if paths.personas.is_file() else 0
+    on_progress(count, count if stop is None else experiment.population.size, finished=True)
+    metrics = {f"population.{k}": float(v) for k, v in report.metrics().items()} if report is not None else {}
     metrics["personas"] = count
-    return StageResult.of(metrics, gateway)
+    return StageResult.of(metrics, gateway, meter=meter, stop=stop)
 
 
 @flow(name="personae-generate")
@@ -75,10 +86,13 @@ def generate_flow(
     parent_run_id: str | None = None,
     track: bool = True,
     progress: ProgressCallback | None = None,
+    budget_spent: dict[str, float] | None = None,
 ) -> dict[str, float]:
-    """Generate the experiment's population into its run folder (tracked as the ``generate`` child run)."""
+    """Generate the experiment's population into its run folder (tracked as the ``generate`` child run).
+
+    ``budget_spent``: what earlier stages of the run spent of the experiment's budget."""
     return run_stage(
         "generate", generate_population_task, experiment, data_dir=data_dir, parent_run_id=parent_run_id,
         track=track, progress=progress, artifacts=lambda p: [p.personas, p.rejects, p.population_report],
-        plots=lambda path: path.name.startswith("population"),
+        plots=lambda path: path.name.startswith("population"), budget_spent=budget_spent,
     )

@@ -13,8 +13,9 @@ import time
 from prefect import flow
 from pydantic import BaseModel, Field
 
-from personae.errors import ConfigError
-from personae.flows.context import STAGES, experiment_params, open_context, run_tags, write_run_config
+from personae.costs import BudgetSpend
+from personae.errors import BudgetExceeded, ConfigError
+from personae.flows.context import STAGES, budget_stop_of, experiment_params, open_context, run_tags, write_run_config
 from personae.flows.evaluate import evaluate_flow
 from personae.flows.generate import generate_flow
 from personae.flows.progress import LocalCallback, ProgressCallback
@@ -38,6 +39,7 @@ class PipelineResult(BaseModel):
     run_dir: str
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
+    budget_stop: str | None = Field(None, description="why the run stopped early: the budget limit reached (None: it did not)")
 
 
 def check_stages(stages: list[str] | None) -> list[str]:
@@ -61,7 +63,9 @@ def pipeline_flow(
     """Run the experiment file at ``experiment``: its ``stages`` (default all) in order.
 
     Returns every stage's metrics prefixed by the stage name, plus ``usage.*``
-    totals, and the MLflow parent run id. With ``track`` (and ``tracking.enabled`` in the experiment) the run
+    totals, and the MLflow parent run id. The experiment's ``budget`` counts over every
+    stage: a stage that reaches it stops cleanly (what finished is written), the stages
+    after it do not run, and the result's ``budget_stop`` says why. With ``track`` (and ``tracking.enabled`` in the experiment) the run
     is an MLflow parent run with one child per stage.
     """
     started = time.perf_counter()
@@ -77,6 +81,8 @@ def pipeline_flow(
     }
     progress = LocalCallback(progress) if progress is not None else None
     totals: dict[str, float] = {}
+    spent = BudgetSpend()  # of the experiment's budget, by the stages so far
+    stop: BudgetExceeded | None = None
     with ctx.tracker.run("pipeline", tags=run_tags(exp, kind="pipeline")) as parent:
         parent.log_params({**experiment_params(exp, ctx.settings), "stages": ",".join(chosen)})
         if exp.source is not None:
@@ -85,12 +91,21 @@ def pipeline_flow(
             metrics = stage_flows[stage](
                 experiment=str(exp.source) if exp.source else experiment,
                 data_dir=data_dir, parent_run_id=parent.run_id, track=track, progress=progress,
+                budget_spent=spent.metrics() if exp.budget.limited else None,
             )
             for key, value in metrics.items():
                 totals[f"{stage}.{key}"] = value
                 name = key.removeprefix("usage.")
                 if key.startswith("usage.") and name in _ADDITIVE:
                     totals[key] = totals.get(key, 0.0) + value
+            spent = spent + BudgetSpend.from_metrics(metrics)
+            stop = budget_stop_of(metrics)
+            if stop is not None:
+                log.warning("%s stopped by the budget: %s; the stages after it do not run", stage, stop)
+                totals.update({"budget.stopped": 1.0, f"budget.stopped_in.{stage}": 1.0})
+                break
+        if exp.budget.limited:
+            totals.update(spent.metrics())
         write_run_config(exp, ctx.settings, ctx.paths)  # after the stages: a run refused for bad input writes nothing
         totals["wall_s"] = time.perf_counter() - started
         parent.log_metrics(totals)
@@ -98,4 +113,5 @@ def pipeline_flow(
     return PipelineResult(
         experiment=exp.name, stages=chosen, metrics=totals, run_dir=str(ctx.paths.root),
         mlflow_run_id=parent.run_id, tracking_uri=ctx.settings.mlflow_tracking_uri if parent.run_id else None,
+        budget_stop=None if stop is None else f"{stop} (in the {stage} stage)",
     )

@@ -19,11 +19,12 @@ from prefect import flow, task
 from prefect.cache_policies import NONE
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from personae.errors import ConfigError, MissingExtra
+from personae.costs import BudgetMeter
+from personae.errors import BudgetExceeded, ConfigError, MissingExtra
 from personae.experiment import Experiment, SimulationConfig, build_gateway_for
 from personae.flows.context import RunPaths, StageResult, embedder_for, open_context, open_memory, settings_in_task
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
-from personae.graphs.runner import ConversationJob, done_ids, latest_conversations, make_jobs, simulate_batch
+from personae.graphs.runner import BatchResult, ConversationJob, done_ids, latest_conversations, make_jobs, simulate_batch
 from personae.jsonl import read_jsonl
 from personae.memory import AgentMemory
 from personae.models import ConversationStatus, Persona
@@ -61,18 +62,25 @@ async def _simulate_shard(
     shards: int,
     progress: ProgressCallback | None = None,
     memory: AgentMemory | None = None,
+    meter: BudgetMeter | None = None,
 ) -> StageResult:
     """Run one shard of conversations; returns its counts and model usage.
 
     ``memory`` is a shared in-process memory (thread shards on a local Qdrant);
     without it the shard opens the experiment's memory itself (a Qdrant server
     on Dask). Jobs already in the output are skipped.
+
+    With a budget ``meter`` (shared by the thread shards of a run), reaching a limit
+    stops the shard cleanly: finished conversations are written, the ones in flight
+    stop and keep their checkpoints (recorded neither complete nor failed), and the
+    result names the limit; a rerun resumes them.
     """
     settings, paths = settings_in_task(experiment, overrides)
     retry_failed = experiment.simulation.retry_failed
     already = done_ids(paths.conversations, retry_failed=retry_failed)
     skipped = sum(1 for job in jobs if job.id in already)
-    gateway = build_gateway_for(experiment, settings)
+    meter = meter.child() if meter is not None else None
+    gateway = build_gateway_for(experiment, settings, meter=meter)
     embedder = embedder_for(settings)  # semantic echo/repetition checks, and memory
     opened = None
     if memory is None and experiment.memory_enabled:
@@ -87,18 +95,26 @@ async def _simulate_shard(
             model_calls=usage.model_calls, tokens=usage.prompt_tokens + usage.completion_tokens, finished=done,
         ))
 
-    def on_done(_conversation: Any) -> None:
+    written = {"completed": 0, "failed": 0}
+
+    def on_done(conversation: Any) -> None:
         nonlocal finished
         finished += 1
+        written["completed" if conversation.status is ConversationStatus.COMPLETE else "failed"] += 1
         report()
 
     report()
+    stop: BudgetExceeded | None = None
     try:
         result = await simulate_batch(
             jobs, gateway=gateway, out_path=paths.conversations, checkpoint_path=paths.checkpoint(shard, shards),
             embedder=embedder, memory=memory, concurrency=experiment.simulation.concurrency, on_done=on_done,
             retry_failed=retry_failed,
         )
+    except BudgetExceeded as exc:  # what finished is written; conversations in flight keep their checkpoints
+        log.warning("shard %d/%d: %s; stopping with %d conversation(s) written", shard + 1, shards, exc, sum(written.values()))
+        stop = exc
+        result = BatchResult(total=len(jobs), completed=written["completed"], failed=written["failed"], skipped=skipped, wall_s=0.0)
     finally:
         await gateway.aclose()
         if opened is not None:
@@ -113,7 +129,7 @@ async def _simulate_shard(
         "shard_wall_s_sum": result.wall_s,
     }
     log.info("shard %d/%d: %s", shard + 1, shards, result)
-    return StageResult.of(metrics, gateway)
+    return StageResult.of(metrics, gateway, meter=meter, stop=stop)
 
 
 # The task wraps a function of another name, so Dask can pickle the function by reference.
@@ -127,11 +143,14 @@ def simulate_flow(
     parent_run_id: str | None = None,
     track: bool = True,
     progress: ProgressCallback | None = None,
+    budget_spent: dict[str, float] | None = None,
 ) -> dict[str, float]:
     """Simulate the experiment's conversations (tracked as the ``simulate`` child run).
 
     The pipeline runs this flow with :func:`task_runner_for` the experiment's
-    ``simulation`` options (threads or Dask).
+    ``simulation`` options (threads or Dask). ``budget_spent`` is what earlier stages of
+    the run spent of the experiment's budget: thread shards share one meter of what is
+    left; Dask shards (other processes) each get an equal share of it.
     """
     import time
 
@@ -151,9 +170,10 @@ def simulate_flow(
             memory, opened = open_memory(exp, ctx.settings, embedder_for(ctx.settings))
         # callbacks and in-process memory cannot travel to Dask workers
         local_progress = None if exp.simulation.dask else progress
+        meter = ctx.meter(budget_spent)
         try:
             futures = [
-                shard_task.submit(exp, ctx.overrides, part, index, len(shards), local_progress, memory)
+                shard_task.submit(exp, ctx.overrides, part, index, len(shards), local_progress, memory, _shard_meter(meter, exp, len(shards)))
                 for index, part in enumerate(shards)
             ]
             results = []
@@ -170,6 +190,14 @@ def simulate_flow(
         metrics = ctx.log_stage(run, merged, [paths.conversations])
     log.info("simulate: %s", {k: v for k, v in metrics.items() if k.startswith("conversations.")})
     return metrics
+
+
+def _shard_meter(meter: BudgetMeter | None, experiment: Experiment, shards: int) -> BudgetMeter | None:
+    """The meter a shard charges: the run's own for thread shards; for Dask shards (other
+    processes, which share nothing) a meter of an equal share of what is left."""
+    if meter is None or not experiment.simulation.dask:
+        return meter
+    return BudgetMeter.start(meter.budget.remaining(meter.spent).share(shards), meter.prices)
 
 
 def _shard_event(result: StageResult, shard: int) -> ProgressEvent:
