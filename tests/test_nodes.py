@@ -219,7 +219,7 @@ async def test_critic_llm_rejection_then_give_up_keeps_best_attempt():
     llm = ScriptedLLM(_critic_script(["Reply one.", "Reply two.", "Reply three."], verdicts=[False, False, False]))
     gateway = Gateway(llm)
     state = _state([ann, bob], texts=[(ann, "Hello?")]) | {"next_speaker": bob.id}
-    state, calls = await _turn(make_persona_node(gateway, review=True), make_critic_node(CriticConfig(max_attempts=3), gateway=gateway), state)
+    state, calls = await _turn(make_persona_node(gateway, review=True), make_critic_node(CriticConfig(max_attempts=3, judge="always"), gateway=gateway), state)
     assert calls == 3
     last = state["transcript"][-1]
     verdict = last["metadata"]["critic"]
@@ -234,7 +234,7 @@ async def test_critic_give_up_prefers_an_llm_objection_over_a_rule_failure():
     llm = ScriptedLLM(_critic_script(["A decent reply.", "", ""], verdicts=[False]))
     gateway = Gateway(llm)
     state = _state([ann, bob], texts=[(ann, "Hello?")]) | {"next_speaker": bob.id}
-    state, _ = await _turn(make_persona_node(gateway, review=True), make_critic_node(CriticConfig(max_attempts=3), gateway=gateway), state)
+    state, _ = await _turn(make_persona_node(gateway, review=True), make_critic_node(CriticConfig(max_attempts=3, judge="always"), gateway=gateway), state)
     last = state["transcript"][-1]
     assert last["text"] == "A decent reply." and last["metadata"]["critic"]["chosen_attempt"] == 0
 
