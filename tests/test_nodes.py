@@ -339,3 +339,22 @@ async def test_llm_detector_unusable_reply_continues():
     ann, bob = people("Ann", "Bob")
     node = make_termination_node(TerminationConfig(detector_every=2), gateway=Gateway(ScriptedLLM(lambda r: "maybe?")))
     assert await node(_state([ann, bob], texts=[(ann, "a"), (bob, "b")]), runtime()) == {}
+
+
+async def test_llm_detector_runs_when_closing_cues_start_and_as_a_backstop():
+    ann, bob = people("Ann", "Bob")
+    llm = ScriptedLLM(lambda request: as_json({"ended": False, "reason": "not yet"}))
+    node = make_termination_node(TerminationConfig(detector_every=6, closing=False), gateway=Gateway(llm))
+    texts = [(ann, "My router is dead."), (bob, "Try restarting it."), (ann, "Okay, it works now, thanks!"),
+             (bob, "Glad to hear it, thank you."), (ann, "One more thing about the bill."), (bob, "Sure, go on.")]
+    ran = []
+    for n in range(2, len(texts) + 1):
+        before = llm.calls
+        await node(_state([ann, bob], texts=texts[:n]), runtime())
+        ran.append(llm.calls - before)
+    # turn 3 starts the cues (asked), turn 4 continues them (not asked again), turn 6 is the backstop
+    assert ran == [0, 1, 0, 0, 1]
+    every = make_termination_node(TerminationConfig(detector_every=6, closing=False, detector_schedule="every"), gateway=Gateway(llm))
+    before = llm.calls
+    await every(_state([ann, bob], texts=texts[:3]), runtime())
+    assert llm.calls == before  # the fixed schedule ignores cues
