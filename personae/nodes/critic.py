@@ -100,11 +100,13 @@ class CriticConfig(BaseModel):
         "at_risk", description="when the LLM judgement runs on a draft that passed the cheap checks: on every one, or when a "
         "cheap risk signal fires plus a seeded audit sample of the rest (personae.nodes.critic_risk)",
     )
-    audit_rate: float = Field(0.1, ge=0.0, le=1.0, description="share of low-risk drafts judged anyway (judge=at_risk)")
+    audit_rate: float = Field(0.05, ge=0.0, le=1.0, description="share of low-risk drafts judged anyway (judge=at_risk)")
     risk_copy_share: float = Field(0.35, gt=0.0, le=1.0, description="copied share of a partner's or own turn that puts a draft at risk")
+    risk_repeat_share: float = Field(0.5, gt=0.0, le=1.0, description="copied share of one of the speaker's own turns that puts a draft at risk")
     risk_drop: float = Field(2.0, gt=0.0, description="standard deviations below the speaker's usual persona/context similarity that put a draft at risk")
-    risk_length_ratio: float = Field(2.5, gt=1.0, description="times longer (or shorter) than the speaker's mean turn that puts a draft at risk")
+    risk_length_ratio: float = Field(4.0, gt=1.0, description="times longer (or shorter) than the speaker's mean turn that puts a draft at risk")
     risk_min_history: int = Field(2, ge=1, description="earlier turns needed before the similarity and length signals apply")
+    risk_novelty: float = Field(1.0, gt=0.0, le=1.0, description="share of a draft's content words new to the scenario, personas and conversation that puts it at risk")
 
 
 class CriticJudgement(BaseModel):
@@ -237,7 +239,7 @@ def make_critic_node(
                 gate = await assess_risk(
                     draft["text"], speaker, participants, transcript, config, cache=risk_cache, seed=ctx.seed,
                     utterance=utterance_id(ctx.conversation_id, draft["turn"]), attempt=attempt,
-                    rejected_by_judge=previous.get("source") == "llm",
+                    rejected_by_judge=previous.get("source") == "llm", scenario_text=_scenario_text(scenario_of(state)),
                 )
             judged = bool(gate["judge"])
         if judged:
@@ -314,6 +316,10 @@ def make_critic_node(
 
     critic.__name__ = "critic"
     return critic
+
+
+def _scenario_text(scenario: Scenario) -> str:
+    return " ".join([scenario.name, scenario.setting, *(f"{r.name} {r.goal} {r.description}" for r in scenario.roles), *scenario.constraints])
 
 
 def _public(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -7,19 +7,24 @@ LLM judge should look at it, and why:
 
 * ``echo_near`` / ``repetition_near``: the draft copies, in order, a share of a recent
   partner turn (or one of the speaker's own) that is below the blocking threshold but
-  at or above ``risk_copy_share`` (a paraphrased echo keeps ~0.5–0.9 of the words,
+  at or above ``risk_copy_share`` (``risk_repeat_share`` for the speaker's own) (a paraphrased echo keeps ~0.5–0.9 of the words,
   two independent turns on one topic < 0.3);
 * ``role_near``: another participant's name or role followed by a colon anywhere in
   the draft, or the draft saying "as the <other role>" — the shapes of role confusion
   the blocking rule does not match (it wants them at the start of a line);
-* ``persona_drop``: the draft's similarity to the speaker's persona text falls
-  ``risk_drop`` standard deviations below the speaker's own earlier turns;
+* ``persona_drop`` (with a configured embedder only): the draft's similarity to the
+  speaker's persona text falls ``risk_drop`` standard deviations below the speaker's
+  own earlier turns;
 * ``context_drop``: the draft's similarity to the conversation just before it falls
   that far below how earlier turns (anyone's) related to theirs — an off-topic turn,
   or a line from another conversation;
 * ``length``: the draft is ``risk_length_ratio`` times longer or shorter than the
   speaker's mean turn;
-* ``revision``: the previous attempt of this turn was rejected by the judge;
+* ``novel_words``: at least ``risk_novelty`` of the draft's content words appear
+  nowhere in the scenario, the personas or the conversation so far (a line from
+  elsewhere);
+* ``revision``: the previous attempt of this turn, or the speaker's previous turn,
+  was rejected by the judge;
 * ``audit``: none of these, but a seeded draw below ``audit_rate`` (seeded by the run
   seed, the utterance id and the attempt, so a rerun makes the same choices and
   replays from the cache).
@@ -55,6 +60,7 @@ class RiskCache:
 
     def __init__(self, embedder: Embedder | None, limit: int = 4096) -> None:
         self.embedder = embedder or HashingEmbedder(256)
+        self.configured = embedder is not None
         self.limit = limit
         self._vectors: dict[str, np.ndarray] = {}
 
@@ -101,6 +107,32 @@ def _near_role(text: str, speaker: Participant, participants: Sequence[Participa
     return sorted(set(found))
 
 
+_STOP = frozenset(
+    "the a an and or but to of in on at for with is are was were be been it this that these those you we they he she my your our "
+    "me him her them his its their do does did have has had not no yes so if as by from what which who how can could would should "
+    "will just then than there here about into out up down all any some more most very too also well okay oh get got one "
+    "i'm it's that's don't can't what's there's i've i'll you're we're let".split()
+)
+
+
+def _content(text: str) -> list[str]:
+    return [w for w in words(text) if len(w) > 2 and w not in _STOP]
+
+
+def _novelty(text: str, context: Sequence[str]) -> float | None:
+    """Share of the draft's content words found nowhere in ``context`` (None under four content words)."""
+    content = _content(text)
+    if len(content) < 4:
+        return None
+    seen = {w for c in context for w in words(c)}
+    return sum(w not in seen for w in content) / len(content)
+
+
+def profile_text(speaker: Participant, participants: Sequence[Participant], scenario: str) -> str:
+    """What the conversation is about before anyone speaks: the scenario and everyone's persona."""
+    return " ".join([scenario, *(_persona_text(p) for p in participants)])
+
+
 def _drop(value: float, history: Sequence[float], k: float, min_history: int) -> float | None:
     """How many standard deviations ``value`` lies below ``history``'s mean (None without enough history)."""
     if len(history) < min_history:
@@ -121,6 +153,7 @@ async def assess_risk(
     utterance: str,
     attempt: int,
     rejected_by_judge: bool,
+    scenario_text: str = "",
 ) -> dict[str, Any]:
     """``{"judge": bool, "why": [reasons], "signals": {name: value}}`` for a draft that passed the blocking checks."""
     why: list[str] = []
@@ -130,10 +163,10 @@ async def assess_risk(
     partner = [u for u in said if u.speaker != speaker.id][-config.echo_window :]
     own = [u for u in said if u.speaker == speaker.id]
     if len(tokens) >= MIN_WORDS:
-        for name, turns in (("echo_near", partner), ("repetition_near", own)):
+        for name, turns, limit in (("echo_near", partner, config.risk_copy_share), ("repetition_near", own, config.risk_repeat_share)):
             share = max((lcs_share(tokens, words(u.text)) for u in turns), default=0.0)
             signals[name] = round(share, 3)
-            if share >= config.risk_copy_share:
+            if share >= limit:
                 why.append(f"{name} {share:.2f}")
     near = _near_role(text, speaker, participants)
     if near:
@@ -153,7 +186,7 @@ async def assess_risk(
         persona_sim = float(draft_vec @ persona_vec)
         drop = _drop(persona_sim, [float(turn_vecs[i] @ persona_vec) for i in own_idx], config.risk_drop, config.risk_min_history)
         signals["persona_sim"] = round(persona_sim, 4)
-        if drop is not None:
+        if drop is not None and cache.configured:  # a hashing embedder's persona similarity is word overlap with a profile: noise
             signals["persona_drop"] = round(drop, 3)
             if drop >= config.risk_drop:
                 why.append(f"persona_drop {drop:.1f} sd")
@@ -171,8 +204,18 @@ async def assess_risk(
             signals["context_drop"] = round(drop, 3)
             if drop >= config.risk_drop:
                 why.append(f"context_drop {drop:.1f} sd")
+    if len(tokens) >= MIN_WORDS:
+        novel = _novelty(text, [profile_text(speaker, participants, scenario_text)] + [u.text for u in said])
+        if novel is not None:
+            signals["novel_words"] = round(novel, 3)
+            if novel >= config.risk_novelty:
+                why.append(f"novel_words {novel:.2f}")
     if rejected_by_judge:
         why.append("revision of a draft the judge rejected")
+    elif own and own[-1].metadata.get("critic", {}).get("history") and any(
+        e.get("source") == "llm" for e in own[-1].metadata["critic"]["history"]
+    ):
+        why.append("the speaker's previous turn was rejected by the judge")
     if why:
         return {"judge": True, "why": why, "signals": signals}
     draw = audit_draw(seed, utterance, attempt)
