@@ -249,6 +249,52 @@ def _cache(c: dict[str, Any] | None) -> str:
     )
 
 
+def _gating(g: dict[str, Any] | None) -> str:
+    """Critic judge gating: calls per utterance and catch rate, judge=always vs judge=at_risk (one run)."""
+    if not g:
+        return "_not run_"
+    s, kinds = g["summary"], g["kinds"]
+    rows = []
+    for kind, k in kinds.items():
+        rows.append([
+            kind, k["defects"], k["caught_always"], k["caught_at_risk"], k["by_rules"],
+            "–" if k["catch_rate"] is None else f"{k['catch_rate']:.2f}",
+            f"{k['calls_per_utterance_always']:.2f}", f"{k['calls_per_utterance_at_risk']:.2f}",
+        ])
+    table = _table(["batch (defect kind)", "defects reached", "caught, judge always", "caught, judge at risk", "of which by the blocking rules",
+                    "catch rate", "calls/utterance, always", "calls/utterance, at risk"], rows)
+    cpu, cpd = s["calls_per_utterance_clean"], s["calls_per_utterance_with_defects"]
+    judge_kinds = ", ".join(s["judge_kinds"])
+    return table + (
+        f"\n\n- Calls per utterance with the critic on (clean replay, every model call: persona, critic, end detector): "
+        f"judge always **{cpu['always']:.2f}**, judge at risk **{cpu['at_risk']:.2f}** → target ≤ 1.3 {_ok(cpu['at_risk'] <= 1.3)}. "
+        f"With 20 % of the drafts defective, revisions add persona and judge calls: {cpd['always']:.2f} vs {cpd['at_risk']:.2f}."
+        f"\n- Catch rate, all defect kinds pooled: **{s['catch_rate']:.2f}** of what judging every draft catches → target ≥ 0.9 {_ok(s['catch_rate'] >= 0.9)}."
+        f"\n- Catch rate where only the judge can catch (the defects the blocking rules let through: {judge_kinds}): "
+        f"**{s['catch_rate_judge_only']:.2f}** — the pooled figure is carried by the kinds the blocking rules catch in both arms."
+    )
+
+
+def _prefix(p: dict[str, Any] | None) -> str:
+    """Prompt prefix reuse, sliding vs block window, and tokens per call."""
+    if not p:
+        return "_not run_"
+    rows = [
+        [r["turns"], r["window_mode"], "yes" if r["memory"] else "no", r["calls_measured"], f"**{r['prefix_share_mean']:.2f}**",
+         f"{r['prefix_share_token_weighted']:.2f}", f"{r['calls_at_least_0_8']:.2f}", f"{r['prompt_tokens_per_call']:.0f}",
+         "–" if r["prompt_tokens_per_call_once_window_full"] is None else f"{r['prompt_tokens_per_call_once_window_full']:.0f}"]
+        for r in p["rows"]
+    ]
+    table = _table(["turns", "window", "memory", "calls measured", "prefix share (mean)", "token-weighted", "calls ≥ 0.8",
+                    "prompt tokens/call", "tokens/call once the window is full"], rows)
+    default = [r for r in p["rows"] if r["window_mode"] == "block" and not r["memory"]]
+    worst = min(r["prefix_share_mean"] for r in default) if default else 0.0
+    return table + (
+        f"\n\nTarget ≥ 0.8 of each call's prompt prefixing the same speaker's previous call from the third turn on, with the "
+        f"default (block window, no memory): {worst:.2f} at worst → {_ok(worst >= 0.8)}."
+    )
+
+
 def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead: dict[str, Any] | None) -> str:
     """What limits the figures: the analysis behind the tables (numbers from this run)."""
     parts = []
@@ -335,6 +381,7 @@ def render() -> Path:
     run = _load("run_all")
     overlap, overhead, tokens = _load("overlap"), _load("overhead"), _load("tokens")
     memory, population, cache = _load("memory"), _load("population"), _load("cache_replay")
+    gating, prefix = _load("critic_gating"), _load("prefix")
     if overlap:
         plot_overlap(overlap)
     text = f"""# Benchmarks
@@ -408,6 +455,31 @@ embedder, personas.jsonl written as in a real run. Peak memory is the process's 
 response cache, then the identical batch again into a fresh output file with the same cache.
 
 {_cache(cache)}
+
+## 7. Critic judge gating (`bench/critic_gating.py`)
+
+The 30 reference dialogues replayed as live dyads (persona → critic → termination, default
+settings but the window off) against a fake that drafts each reference turn, except that at 20 % of
+the turns (the validation dose) the first draft carries one of the metric-validation harness's
+defects (`personae.evaluation.validation.inject`) and a revision is the original; the judge is an
+oracle that rejects exactly the defective drafts, so judging every draft catches every defect that
+is reached. One batch per defect kind plus a clean one; both arms in one run (rerun: `python
+bench/critic_gating.py`). Risk signals use the critic's fallback hashing embedder. The signal
+thresholds and the audit rate were chosen by running this replay, so these figures are not an
+out-of-sample estimate.
+
+{_gating(gating)}
+
+## 8. Prompt prefix reuse (`bench/prefix.py`)
+
+Dyads with critic on, the fake answering ~40 words per turn, window of 12 utterances. For every
+persona call from the third turn on: the longest common prefix of its prompt (messages serialised as
+role + content) with the same speaker's previous call, as a share of the prompt; mean over calls,
+token-weighted, and the share of calls at ≥ 0.8. Sliding moves the window one utterance per turn;
+block (the default) moves its start 12 utterances at a time, showing 12–23. Memory rows retrieve
+k = 4 memories per turn, placed after the transcript. Tokens ≈ 4 characters each. Rerun: `python bench/prefix.py`.
+
+{_prefix(prefix)}
 
 ## What limits the figures
 

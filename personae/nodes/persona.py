@@ -161,6 +161,7 @@ def make_persona_node(
             "usage": {
                 "prompt_tokens": response.usage.prompt_tokens,
                 "completion_tokens": response.usage.completion_tokens,
+                **({"cached_tokens": response.usage.cached_tokens} if response.usage.cached_tokens else {}),
             },
         }
         if retriever is not None:
