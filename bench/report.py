@@ -195,9 +195,12 @@ def _tokens(t: dict[str, Any] | None) -> str:
             lines.append(f"- for contrast, full history: ×{min(gs):.2f}–×{max(gs):.2f} (and ×{min(r['growth_10_to_30'] for r in full):.1f}–×{max(r['growth_10_to_30'] for r in full):.1f} from turn 10 to 30).")
     lines += [
         "",
-        "With the default window of 12 utterances the prompt still grows until the window is full at "
-        "turn 13 and memory retrieval reaches k = 4 memories; from there it is flat (the window-only "
-        "rows show the same shape without the memories). A window of 8 is full before turn 10. "
+        "With the default window of 12 utterances moving in blocks of 12 (`window_mode=\"block\"`, "
+        "for prompt caching: section 8) the prompt is bounded, not flat: it grows until the window's start "
+        "first moves at turn 24 (up to 23 utterances shown), drops, and grows again — the growth figures "
+        "above measure that sawtooth, and it is why the 12-utterance rows miss the flat-prompt target. "
+        "`window_mode=\"sliding\"` keeps exactly 12 utterances and the flat prompt, at the cost of a "
+        "prompt prefix that changes on every call (section 8 shows both). A window of 8 is full before turn 10. "
         "Memory retrieval adds ≈ 150–250 tokens (4 memories) and reflections add 0.26 (dyad) to "
         "0.6 (5-party group) model calls per utterance.",
     ]
@@ -422,9 +425,10 @@ alive at once, measured as VmHWM above the warmed-up baseline in a fresh process
 
 ## 3. Model calls and prompt tokens (`bench/tokens.py`)
 
-30-turn conversations with the default graph settings (critic on and accepting, LLM end-detector
-every 4 turns but never ending; the group's moderator model picks each speaker) against the fake
-model answering ~40 words per turn. Tokens are the persona call's prompt tokens (≈ 4 characters
+30-turn conversations with the default graph settings (critic on, accepting every draft it judges and
+judging only drafts at risk plus a 5 % audit sample; LLM end-detector on closing cues and every 12
+turns, never ending; window moving in blocks of 12; the group's moderator model picks each speaker)
+against the fake model answering ~40 words per turn. Tokens are the persona call's prompt tokens (≈ 4 characters
 per token) at the 2nd, 10th and 30th utterance, averaged over 3 conversations; calls per utterance
 count every model call (persona, critic, detector, moderator, memory reflection).
 
