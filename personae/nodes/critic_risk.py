@@ -45,7 +45,7 @@ import numpy as np
 
 from personae.embeddings.base import Embedder, HashingEmbedder
 from personae.ids import content_hash
-from personae.lexical import lcs_share, words, MIN_WORDS
+from personae.lexical import MIN_WORDS, lcs_share, words
 from personae.models import Participant, Utterance
 from personae.nodes.state import speaker_labels
 
@@ -128,12 +128,12 @@ def _novelty(text: str, context: Sequence[str]) -> float | None:
     return sum(w not in seen for w in content) / len(content)
 
 
-def profile_text(speaker: Participant, participants: Sequence[Participant], scenario: str) -> str:
+def _profile_text(speaker: Participant, participants: Sequence[Participant], scenario: str) -> str:
     """What the conversation is about before anyone speaks: the scenario and everyone's persona."""
     return " ".join([scenario, *(_persona_text(p) for p in participants)])
 
 
-def _drop(value: float, history: Sequence[float], k: float, min_history: int) -> float | None:
+def _drop(value: float, history: Sequence[float], min_history: int) -> float | None:
     """How many standard deviations ``value`` lies below ``history``'s mean (None without enough history)."""
     if len(history) < min_history:
         return None
@@ -184,7 +184,7 @@ async def assess_risk(
         persona_vec, draft_vec, turn_vecs = vectors[0], vectors[1], vectors[2:]
         own_idx = [i for i, u in enumerate(said) if u.speaker == speaker.id]
         persona_sim = float(draft_vec @ persona_vec)
-        drop = _drop(persona_sim, [float(turn_vecs[i] @ persona_vec) for i in own_idx], config.risk_drop, config.risk_min_history)
+        drop = _drop(persona_sim, [float(turn_vecs[i] @ persona_vec) for i in own_idx], config.risk_min_history)
         signals["persona_sim"] = round(persona_sim, 4)
         if drop is not None and cache.configured:  # a hashing embedder's persona similarity is word overlap with a profile: noise
             signals["persona_drop"] = round(drop, 3)
@@ -198,14 +198,14 @@ async def assess_risk(
 
         history = [context_sim(turn_vecs[i], turn_vecs[:i]) for i in range(1, len(said))]
         sim = context_sim(draft_vec, turn_vecs)
-        drop = _drop(sim, history, config.risk_drop, config.risk_min_history)
+        drop = _drop(sim, history, config.risk_min_history)
         signals["context_sim"] = round(sim, 4)
         if drop is not None:
             signals["context_drop"] = round(drop, 3)
             if drop >= config.risk_drop:
                 why.append(f"context_drop {drop:.1f} sd")
     if len(tokens) >= MIN_WORDS:
-        novel = _novelty(text, [profile_text(speaker, participants, scenario_text)] + [u.text for u in said])
+        novel = _novelty(text, [_profile_text(speaker, participants, scenario_text)] + [u.text for u in said])
         if novel is not None:
             signals["novel_words"] = round(novel, 3)
             if novel >= config.risk_novelty:
