@@ -46,7 +46,7 @@ import numpy as np
 from personae.embeddings.base import Embedder, HashingEmbedder
 from personae.ids import content_hash
 from personae.lexical import MIN_WORDS, lcs_share, words
-from personae.models import Participant, Utterance
+from personae.models import Participant, Utterance, is_event
 from personae.nodes.state import speaker_labels
 
 __all__ = ["assess_risk", "RiskCache", "audit_draw"]
@@ -160,7 +160,7 @@ async def assess_risk(
     signals: dict[str, float] = {}
     tokens = words(text)
     said = [u for u in transcript if u.text.strip()]
-    partner = [u for u in said if u.speaker != speaker.id][-config.echo_window :]
+    partner = [u for u in said if u.speaker != speaker.id and not is_event(u)][-config.echo_window :]
     own = [u for u in said if u.speaker == speaker.id]
     if len(tokens) >= MIN_WORDS:
         for name, turns, limit in (("echo_near", partner, config.risk_copy_share), ("repetition_near", own, config.risk_repeat_share)):
