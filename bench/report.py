@@ -306,10 +306,28 @@ def _prefix(p: dict[str, Any] | None) -> str:
                     "prompt tokens/call", "tokens/call once the window is full"], rows)
     default = [r for r in p["rows"] if r["window_mode"] == "block" and not r["memory"]]
     worst = min(r["prefix_share_mean"] for r in default) if default else 0.0
-    return table + (
+    memory = [r for r in p["rows"] if r["window_mode"] == "block" and r["memory"]]
+    sliding = [r for r in p["rows"] if r["window_mode"] == "sliding" and not r["memory"]]
+    block_tokens = [r["prompt_tokens_per_call"] for r in default]
+    slide_tokens = [r["prompt_tokens_per_call"] for r in sliding]
+    out = table + (
         f"\n\nTarget ≥ 0.8 of each call's prompt prefixing the same speaker's previous call from the third turn on, with the "
         f"default (block window, no memory): {worst:.2f} at worst → {_ok(worst >= 0.8)}."
     )
+    if memory:
+        out += (
+            f" With memory retrieval on, {min(r['prefix_share_mean'] for r in memory):.2f}–{max(r['prefix_share_mean'] for r in memory):.2f} "
+            f"({_ok(min(r['prefix_share_mean'] for r in memory) >= 0.8)} for that setting): the memories are retrieved afresh every turn, so "
+            "each call loses the previous call's memory block as well as adding its own."
+        )
+    if block_tokens and slide_tokens:
+        out += (
+            f" The price is tokens: {min(block_tokens):.0f}–{max(block_tokens):.0f} prompt tokens per call against the sliding "
+            f"window's {min(slide_tokens):.0f}–{max(slide_tokens):.0f} (×{min(b / s for b, s in zip(block_tokens, slide_tokens)):.2f}–"
+            f"×{max(b / s for b, s in zip(block_tokens, slide_tokens)):.2f}), worth it when the provider bills cached prompt tokens "
+            "at a discount or serves them faster; `window_mode: sliding` keeps the flat count."
+        )
+    return out
 
 
 def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead: dict[str, Any] | None) -> str:
