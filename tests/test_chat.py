@@ -62,13 +62,15 @@ def test_a_scripted_chat_uses_the_persona_memory_and_is_written_to_the_run(tmp_p
     assert result.exit_code == 0, result.output
     assert f"{ana.name}:" in result.output and KETTLE in result.output
 
-    # what the persona's model received over HTTP: its own system prompt, with memories of the run
+    # what the persona's model received over HTTP: its own system prompt, then the chat, then memories of the run
+    # (after the transcript, so the system prompt and transcript stay a cacheable prefix)
     bodies = [b for b in openai_server.requests if "messages" in b]
     assert len(bodies) == 2
     system = bodies[0]["messages"][0]["content"]
-    assert system.startswith(f"You are {ana.name}") and "What you remember" in system
-    assert 'in "refund"' in system.split("What you remember", 1)[1]  # memories written by the run's conversations
-    assert bodies[1]["messages"][-1] == {"role": "user", "content": FOLLOW_UP}
+    assert system.startswith(f"You are {ana.name}") and "What you remember" not in system
+    last = bodies[0]["messages"][-1]["content"]
+    assert last.startswith(KETTLE) and 'in "refund"' in last.split("What you remember", 1)[1]  # memories written by the run's conversations
+    assert bodies[1]["messages"][-1]["role"] == "user" and bodies[1]["messages"][-1]["content"].startswith(FOLLOW_UP)
     assert [m["role"] for m in bodies[1]["messages"]] == ["system", "user", "assistant", "user"]
 
     # the session, appended to the run's conversations

@@ -79,7 +79,7 @@ async def test_a_repeated_own_line_is_flagged_and_a_bare_llm_rejection_still_car
         assert schema_name(request) == "CriticJudgement"
         return as_json({"in_character": False, "role_consistent": True, "follows_constraints": True, "issues": [], "feedback": ""})
 
-    judged = make_critic_node(CriticConfig(max_attempts=3), gateway=Gateway(ScriptedLLM(bare_no)))
+    judged = make_critic_node(CriticConfig(max_attempts=3, judge="always"), gateway=Gateway(ScriptedLLM(bare_no)))
     out = await judged(state | {"draft": _draft(ann, "It is a Netgear, I think.")}, runtime())
     feedback = out["draft"]["feedback"]
     assert route_after_critic(out) == "revise" and "Sound like Ann" in feedback and "teacher" in feedback

@@ -366,6 +366,24 @@ def test_a_tool_call_reply_is_read_as_its_arguments():
     assert (text, finish, model) == ('{"a": 1}', "tool_calls", "served-name")
     assert (usage.prompt_tokens, usage.completion_tokens) == (7, 3)
 
+
+def test_the_providers_cached_prompt_tokens_are_read_and_accounted_per_role():
+    from personae.llm.base import LLMResponse, Usage
+    from personae.llm.gateway import UsageTracker
+    from personae.llm.openai_provider import _read_completion
+
+    body = {"choices": [{"message": {"content": "hi"}}],
+            "usage": {"prompt_tokens": 2000, "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 1792}}}
+    assert _read_completion(body, tool=False, model="m")[3].cached_tokens == 1792
+    plain = {"choices": [{"message": {"content": "hi"}}], "usage": {"prompt_tokens": 5, "completion_tokens": 1, "prompt_tokens_details": None}}
+    assert _read_completion(plain, tool=False, model="m")[3].cached_tokens == 0
+    tracker = UsageTracker()
+    reply = LLMResponse(text="hi", usage=Usage(prompt_tokens=2000, completion_tokens=3, cached_tokens=1792))
+    tracker.record("persona", reply)
+    tracker.record("persona", reply.model_copy(update={"cached": True}))  # replayed by our cache: no provider saw it
+    snap = tracker.snapshot()
+    assert snap["persona.cached_tokens"] == snap["total.cached_tokens"] == 1792
+
 async def test_schema_invalid_replies_end_in_model_output_error_with_raw_reply():
     with OpenAITestServer(TestServerConfig(fault_rate=1.0, faults=["schema_invalid"])) as server:
         async with server_gateway(server) as gateway:

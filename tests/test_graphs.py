@@ -60,13 +60,19 @@ async def test_dyad_alternates_to_max_turns_and_is_deterministic(hashing_embedde
 
 async def test_dyad_with_critic_and_detector_records_verdicts(hashing_embedder):
     gateway = Gateway(FakeLLM(seed=1))
-    jobs = make_jobs(PERSONAS, [SCENARIO], GraphConfig(), n_conversations=3, seed=2)
+    # judging every draft and the detector on a fixed schedule (the defaults gate both; see test_critic_gating)
+    config = GraphConfig(critic={"judge": "always"}, termination={"detector_schedule": "every", "detector_every": 4})
+    jobs = make_jobs(PERSONAS, [SCENARIO], config, n_conversations=3, seed=2)
     for job in jobs:
         conversation = await run_conversation(job, gateway=gateway, embedder=hashing_embedder)
         assert conversation.status is ConversationStatus.COMPLETE
         assert conversation.stop_reason in (StopReason.MAX_TURNS, StopReason.DETECTOR)
         assert all(u.metadata["critic"]["verdict"] in ("accepted", "revised", "gave_up") for u in conversation.utterances)
     assert gateway.usage.roles["critic"].calls > 0 and gateway.usage.roles["termination"].calls > 0
+    gated = Gateway(FakeLLM(seed=1))
+    conversation = await run_conversation(make_jobs(PERSONAS, [SCENARIO], GraphConfig(), n_conversations=1, seed=2)[0], gateway=gated, embedder=hashing_embedder)
+    accepted = [u.metadata["critic"] for u in conversation.utterances if u.metadata["critic"]["verdict"] != "gave_up"]
+    assert accepted and all(v["judge"]["why"] for v in accepted)  # every verdict says why the judge ran or not
 
 
 async def test_concat_projection_sends_one_user_message():

@@ -65,7 +65,7 @@ async def test_retriever_skips_what_is_in_the_window_and_feeds_the_persona(memor
     state = initial_state(SCENARIO, [ann, bob], memory_base={ann.persona.id: 0, bob.persona.id: 0})
     state = apply(state, {"transcript": [Utterance(speaker=bob.id, turn=0, text="Tell me about your cat Miso")]}) | {"next_speaker": ann.id}
     out = await persona(state, runtime("conv-new"))  # the memories are from an earlier conversation
-    assert "my cat is called Miso" in llm.requests[0].messages[0].content
+    assert "my cat is called Miso" in llm.requests[0].messages[-1].content  # after the transcript, not in the system prompt
     assert out["transcript"][0]["metadata"]["memories"] >= 1
 
 
@@ -90,7 +90,9 @@ async def test_memory_in_a_dyad_reflects_and_persists_across_conversations(memor
     assert state["memory_base"][ann.persona.id] >= 4
     llm.requests.clear()
     await run_conversation(second, gateway=gateway, memory=memory, graph=graph)
-    first_prompt = next(r for r in llm.requests if not schema_name(r)).messages[0].content
-    assert "What you remember" in first_prompt and "router" in first_prompt
+    first = next(r for r in llm.requests if not schema_name(r)).messages
+    # memories come last, after the transcript; the system prompt is the same on every call
+    assert "What you remember" in first[-1].content and "router" in first[-1].content
+    assert "What you remember" not in first[0].content
     steps = sorted(r.step for r in memory.export_records(ann.persona.id) if r.conversation_id == "conv-two" and r.kind == "observation")
     assert steps[0] >= 4

@@ -219,7 +219,7 @@ async def test_critic_llm_rejection_then_give_up_keeps_best_attempt():
     llm = ScriptedLLM(_critic_script(["Reply one.", "Reply two.", "Reply three."], verdicts=[False, False, False]))
     gateway = Gateway(llm)
     state = _state([ann, bob], texts=[(ann, "Hello?")]) | {"next_speaker": bob.id}
-    state, calls = await _turn(make_persona_node(gateway, review=True), make_critic_node(CriticConfig(max_attempts=3), gateway=gateway), state)
+    state, calls = await _turn(make_persona_node(gateway, review=True), make_critic_node(CriticConfig(max_attempts=3, judge="always"), gateway=gateway), state)
     assert calls == 3
     last = state["transcript"][-1]
     verdict = last["metadata"]["critic"]
@@ -234,7 +234,7 @@ async def test_critic_give_up_prefers_an_llm_objection_over_a_rule_failure():
     llm = ScriptedLLM(_critic_script(["A decent reply.", "", ""], verdicts=[False]))
     gateway = Gateway(llm)
     state = _state([ann, bob], texts=[(ann, "Hello?")]) | {"next_speaker": bob.id}
-    state, _ = await _turn(make_persona_node(gateway, review=True), make_critic_node(CriticConfig(max_attempts=3), gateway=gateway), state)
+    state, _ = await _turn(make_persona_node(gateway, review=True), make_critic_node(CriticConfig(max_attempts=3, judge="always"), gateway=gateway), state)
     last = state["transcript"][-1]
     assert last["text"] == "A decent reply." and last["metadata"]["critic"]["chosen_attempt"] == 0
 
@@ -339,3 +339,22 @@ async def test_llm_detector_unusable_reply_continues():
     ann, bob = people("Ann", "Bob")
     node = make_termination_node(TerminationConfig(detector_every=2), gateway=Gateway(ScriptedLLM(lambda r: "maybe?")))
     assert await node(_state([ann, bob], texts=[(ann, "a"), (bob, "b")]), runtime()) == {}
+
+
+async def test_llm_detector_runs_when_closing_cues_start_and_as_a_backstop():
+    ann, bob = people("Ann", "Bob")
+    llm = ScriptedLLM(lambda request: as_json({"ended": False, "reason": "not yet"}))
+    node = make_termination_node(TerminationConfig(detector_every=6, closing=False), gateway=Gateway(llm))
+    texts = [(ann, "My router is dead."), (bob, "Try restarting it."), (ann, "Okay, it works now, thanks!"),
+             (bob, "Glad to hear it, thank you."), (ann, "One more thing about the bill."), (bob, "Sure, go on.")]
+    ran = []
+    for n in range(2, len(texts) + 1):
+        before = llm.calls
+        await node(_state([ann, bob], texts=texts[:n]), runtime())
+        ran.append(llm.calls - before)
+    # turn 3 starts the cues (asked), turn 4 continues them (not asked again), turn 6 is the backstop
+    assert ran == [0, 1, 0, 0, 1]
+    every = make_termination_node(TerminationConfig(detector_every=6, closing=False, detector_schedule="every"), gateway=Gateway(llm))
+    before = llm.calls
+    await every(_state([ann, bob], texts=texts[:3]), runtime())
+    assert llm.calls == before  # the fixed schedule ignores cues

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from personae.llm.base import Message
 from personae.models import Participant, Persona, Role, Scenario, Utterance
 from personae.nodes.projection import project, project_concat, project_egocentric, render_system_prompt
 from personae.nodes.state import merge_by_id, speaker_labels
@@ -110,6 +111,37 @@ def test_window_keeps_last_turns_and_still_starts_with_user():
         ("assistant", "turn 8"),
         ("user", "turn 9"),
     ]
+
+
+def test_a_block_window_moves_in_steps_so_successive_prompts_extend_each_other():
+    from personae.nodes.projection import window_start
+
+    assert [window_start(n, 4) for n in (3, 4, 5, 9)] == [0, 0, 1, 5]  # sliding: exactly the last 4
+    assert [window_start(n, 4, 4) for n in (3, 4, 5, 7, 8, 11, 12)] == [0, 0, 0, 0, 4, 4, 8]
+    ann, bob = _people("Ann", "Bob")
+    transcript = [_utt(ann if i % 2 == 0 else bob, i, f"turn {i}") for i in range(14)]
+    prompts = [project_egocentric(transcript[:n], ann.id, [ann, bob], "S", opening="Begin.", window=4, block=4) for n in (4, 6, 8, 10, 12)]
+    extends = [later[: len(earlier)] == earlier for earlier, later in zip(prompts, prompts[1:])]
+    assert extends == [True, False, True, False]  # Ann's next call extends her previous one until the start moves on
+    assert all(len(p) - 2 >= 4 for p in prompts)  # never fewer than `window` utterances shown (system + opening + turns)
+    sliding = [project_egocentric(transcript[:n], ann.id, [ann, bob], "S", window=4) for n in (9, 11)]
+    assert sliding[1][: len(sliding[0])] != sliding[0]
+
+
+def test_the_graph_config_moves_the_window_in_blocks_of_its_own_size_by_default():
+    from personae.graphs import GraphConfig
+
+    assert GraphConfig().block == 12 and GraphConfig(window=8, window_block=4).block == 4
+    assert GraphConfig(window_mode="sliding").block is None and GraphConfig(window=None).block is None
+
+
+def test_a_trailing_note_joins_the_last_user_message_or_follows_the_assistant():
+    from personae.nodes.projection import with_trailing_note
+
+    sys_msg, user, assistant = Message(role="system", content="S"), Message(role="user", content="hi"), Message(role="assistant", content="yo")
+    assert with_trailing_note([sys_msg, user], "note")[-1] == Message(role="user", content="hi\n\nnote")
+    assert with_trailing_note([sys_msg, user, assistant], "note")[-1] == Message(role="user", content="note")
+    assert with_trailing_note([sys_msg, user], "") == [sys_msg, user]
 
 
 def test_unknown_speaker_is_rejected():

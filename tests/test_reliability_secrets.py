@@ -101,7 +101,7 @@ async def test_a_conversation_of_injected_personas_and_replies_is_treated_as_dat
     model = ScriptedLLM(script)
     gateway = Gateway(model)
     personas = [_injected_persona("Ann"), _injected_persona("Bob")]
-    graph = GraphConfig(kind="dyad", critic={"max_attempts": 2}, termination={"detector_every": 2, "closing": False})
+    graph = GraphConfig(kind="dyad", critic={"max_attempts": 2, "judge": "always"}, termination={"detector_every": 2, "closing": False})
     jobs = make_jobs(personas, [_injected_scenario()], graph, n_conversations=2, seed=1)
     out = tmp_path / "conversations.jsonl"
     result = await simulate_batch(jobs, gateway=gateway, out_path=out, checkpoint_path=tmp_path / "ck.sqlite")

@@ -128,7 +128,8 @@ def test_parent_and_child_runs_with_scrubbed_params_and_failure_status(tmp_path)
 @pytest.mark.slow
 def test_personae_run_leaves_a_complete_mlflow_run_and_no_secret(tmp_path, secret_env, prefect_api_session, openai_server):
     """`personae run` with the fake model (+ a judge on the test server keyed by an env var)."""
-    exp = fake_experiment(tmp_path, judge_url=openai_server.base_url, n_conversations=3)
+    # the critic judges every draft, so the priced judge is called (by default it judges only drafts at risk)
+    exp = fake_experiment(tmp_path, judge_url=openai_server.base_url, n_conversations=3, extra={"graph": {"kind": "dyad", "critic": {"judge": "always"}}})
     data_dir = tmp_path / "data"
     result = run_cli(["run", str(exp), "--data-dir", str(data_dir)])
     assert result.exit_code == 0, result.output

@@ -99,7 +99,7 @@ class ChatSession:
                 prompts=prompts, observers={persona.id},
             )
         self._speak = make_persona_node(
-            gateway, prompts=prompts, projection=graph.projection, window=graph.window, retriever=retriever,
+            gateway, prompts=prompts, projection=graph.projection, window=graph.window, window_block=graph.block, retriever=retriever,
             review=False, temperature=graph.temperature, max_tokens=graph.max_tokens,
         )
         self.state: DialogueState = initial_state(scenario, [persona, user])

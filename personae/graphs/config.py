@@ -41,6 +41,12 @@ class GraphConfig(BaseModel):
     turn_policy: TurnPolicyName | None = Field(None, description="None: alternate (dyad, interview), moderator (group)")
     opener: str | None = Field(None, description="role or participant id that speaks first; None: the scenario's first role")
     window: int | None = Field(12, ge=1, description="utterances shown verbatim; older ones reach agents through memory")
+    window_mode: Literal["block", "sliding"] = Field(
+        "block", description="block: the window's start moves window_block utterances at a time, so a speaker's successive "
+        "prompts extend each other (cacheable by the provider) and window to window + window_block - 1 utterances are shown; "
+        "sliding: it moves one utterance per turn, exactly window shown, and the prompt's prefix changes on every call",
+    )
+    window_block: int | None = Field(None, ge=1, description="step of a block window; None: the window itself")
     group_size: int = Field(4, ge=2, le=50, description="participants per group conversation")
     questions: list[str] = Field(default_factory=list, description="interview questions, in order")
     phrase_questions: bool = Field(False, description="let the interviewer's model word each question")
@@ -76,6 +82,13 @@ class GraphConfig(BaseModel):
         if any(not q.strip() for q in self.questions):
             raise ValueError("interview questions must not be empty")
         return self
+
+    @property
+    def block(self) -> int | None:
+        """The step the window's start moves by (None: it slides by one utterance)."""
+        if self.window is None or self.window_mode == "sliding":
+            return None
+        return self.window_block or self.window
 
     @property
     def policy(self) -> TurnPolicyName:

@@ -131,7 +131,7 @@ def _add_turn(
     """
     memory_node, retriever = _memory_parts(config, memory, gateway, prompts)
     persona = make_persona_node(
-        gateway, prompts=prompts, projection=config.projection, window=config.window, retriever=retriever,
+        gateway, prompts=prompts, projection=config.projection, window=config.window, window_block=config.block, retriever=retriever,
         review=config.critic.enabled, temperature=config.temperature, max_tokens=config.max_tokens,
     )
     end_of_turn = [

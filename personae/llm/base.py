@@ -81,6 +81,8 @@ class Usage(BaseModel):
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = Field(0, description="prompt tokens the provider served from its prompt cache (OpenAI's "
+                               "usage.prompt_tokens_details.cached_tokens); 0 when it does not say")
 
     @property
     def total_tokens(self) -> int:

@@ -50,6 +50,7 @@ class RoleUsage:
     cached_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
     latency_s: float = 0.0
     failures: int = 0
 
@@ -73,6 +74,8 @@ class UsageTracker:
             usage.cached_calls += int(response.cached)
             usage.prompt_tokens += response.usage.prompt_tokens
             usage.completion_tokens += response.usage.completion_tokens
+            if not response.cached:  # a reply replayed from our cache reached no provider's prompt cache
+                usage.cached_tokens += response.usage.cached_tokens
             usage.latency_s += response.latency_s
 
     def record_failure(self, role: str) -> None:
@@ -88,6 +91,7 @@ class UsageTracker:
                 out.cached_calls += u.cached_calls
                 out.prompt_tokens += u.prompt_tokens
                 out.completion_tokens += u.completion_tokens
+                out.cached_tokens += u.cached_tokens
                 out.latency_s += u.latency_s
                 out.failures += u.failures
             return out
@@ -104,6 +108,7 @@ class UsageTracker:
             out[f"{name}.cached_calls"] = u.cached_calls
             out[f"{name}.prompt_tokens"] = u.prompt_tokens
             out[f"{name}.completion_tokens"] = u.completion_tokens
+            out[f"{name}.cached_tokens"] = u.cached_tokens
             out[f"{name}.failures"] = u.failures
         return out
 

@@ -141,8 +141,10 @@ def _read_completion(data: Any, *, tool: bool, model: str) -> tuple[str, str | N
         if not isinstance(text, str):
             raise TypeError(f"content is {type(text).__name__}")
         usage = data.get("usage")
+        details = usage.get("prompt_tokens_details") if isinstance(usage, dict) else None
         counted = (
-            Usage(prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0)
+            Usage(prompt_tokens=usage.get("prompt_tokens") or 0, completion_tokens=usage.get("completion_tokens") or 0,
+                  cached_tokens=(details.get("cached_tokens") or 0) if isinstance(details, dict) else 0)
             if isinstance(usage, dict) else None
         )
         return text, choice.get("finish_reason"), data.get("model") or model, counted

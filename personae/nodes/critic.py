@@ -2,7 +2,10 @@
 
 Cheap checks run first (empty, too long, echoing the partner, role confusion, the
 scenario's regex rules); the LLM judgement (persona adherence, role, constraints)
-runs only when they pass. A rejected draft goes back to the persona node with
+runs only when they pass, and (``judge="at_risk"``, the default) only when a cheap
+risk signal says the draft may be out of character, or the draft falls in a seeded
+audit sample (:mod:`personae.nodes.critic_risk`); the verdict records why it ran or
+was skipped. A rejected draft goes back to the persona node with
 feedback, at most ``max_attempts`` generations per turn; then the best attempt is
 committed. Every verdict is recorded in ``utterance.metadata["critic"]``.
 """
@@ -24,6 +27,7 @@ from personae.errors import ModelOutputError
 from personae.llm.gateway import Gateway
 from personae.llm.base import Message
 from personae.nodes._text import valid_regex
+from personae.nodes.critic_risk import RiskCache, assess_risk
 from personae.models import Participant, Scenario, Utterance, is_event
 from personae.nodes.state import (
     DialogueState,
@@ -92,6 +96,17 @@ class CriticConfig(BaseModel):
     speakers: list[str] | None = Field(None, description="participant ids or role names reviewed; None = everyone")
     context_turns: int = Field(6, ge=0, description="recent turns shown to the critic model")
     role: str = Field("critic", description="gateway role of the critic model")
+    judge: Literal["always", "at_risk"] = Field(
+        "at_risk", description="when the LLM judgement runs on a draft that passed the cheap checks: on every one, or when a "
+        "cheap risk signal fires plus a seeded audit sample of the rest (personae.nodes.critic_risk)",
+    )
+    audit_rate: float = Field(0.05, ge=0.0, le=1.0, description="share of low-risk drafts judged anyway (judge=at_risk)")
+    risk_copy_share: float = Field(0.35, gt=0.0, le=1.0, description="copied share of a partner's or own turn that puts a draft at risk")
+    risk_repeat_share: float = Field(0.5, gt=0.0, le=1.0, description="copied share of one of the speaker's own turns that puts a draft at risk")
+    risk_drop: float = Field(2.0, gt=0.0, description="standard deviations below the speaker's usual persona/context similarity that put a draft at risk")
+    risk_length_ratio: float = Field(4.0, gt=1.0, description="times longer (or shorter) than the speaker's mean turn that puts a draft at risk")
+    risk_min_history: int = Field(2, ge=1, description="earlier turns needed before the similarity and length signals apply")
+    risk_novelty: float = Field(1.0, gt=0.0, le=1.0, description="share of a draft's content words new to the scenario, personas and conversation that puts it at risk")
 
 
 class CriticJudgement(BaseModel):
@@ -196,6 +211,8 @@ def make_critic_node(
     Route after it with :func:`route_after_critic` (``"revise"`` → the persona node).
     """
 
+    risk_cache = RiskCache(embedder)
+
     def reviews(speaker: Participant) -> bool:
         if not config.enabled:
             return False
@@ -213,9 +230,19 @@ def make_critic_node(
         transcript = transcript_of(state)
         attempt = int(draft["attempt"])
         issues = await cheap_issues(draft["text"], speaker, participants, transcript, config, embedder=embedder)
-        source, judged = "rules", False
+        source, judged, gate = "rules", False, None
         if not issues and config.llm and gateway is not None:
-            judged = True
+            if config.judge == "always":
+                gate = {"judge": True, "why": ["judge=always"]}
+            else:
+                previous = (draft.get("history") or [{}])[-1]
+                gate = await assess_risk(
+                    draft["text"], speaker, participants, transcript, config, cache=risk_cache, seed=ctx.seed,
+                    utterance=utterance_id(ctx.conversation_id, draft["turn"]), attempt=attempt,
+                    rejected_by_judge=previous.get("source") == "llm", scenario_text=_scenario_text(scenario_of(state)),
+                )
+            judged = bool(gate["judge"])
+        if judged:
             judgement = await _judge(ctx, state, speaker, participants, transcript, draft)
             if judgement is not None and not judgement.accept:
                 source = "llm"
@@ -226,10 +253,14 @@ def make_critic_node(
                 issues = [{"code": "llm", "detail": detail, "failed": ",".join(failed)}]
         if not issues:
             verdict = {"verdict": "accepted" if attempt == 0 else "revised", "attempts": attempt + 1, "llm": judged}
+            if gate is not None:
+                verdict["judge"] = gate
             if draft.get("history"):
                 verdict["history"] = _public(draft["history"])
             return _commit(ctx, draft, draft["text"], draft["metadata"], verdict)
         entry = {"attempt": attempt, "text": draft["text"], "issues": issues, "source": source, "metadata": draft["metadata"]}
+        if gate is not None:
+            entry["judge"] = gate
         history = [*draft.get("history", []), entry]
         if attempt + 1 < config.max_attempts:
             feedback = render_with(prompts, "critic_feedback", {"issues": issues, "role_name": speaker.role, "name": speaker.persona.name,
@@ -285,6 +316,10 @@ def make_critic_node(
 
     critic.__name__ = "critic"
     return critic
+
+
+def _scenario_text(scenario: Scenario) -> str:
+    return " ".join([scenario.name, scenario.setting, *(f"{r.name} {r.goal} {r.description}" for r in scenario.roles), *scenario.constraints])
 
 
 def _public(history: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ from personae.llm.gateway import Gateway
 from personae.llm.base import Message
 from personae.models import Participant, Scenario, Utterance
 from personae.nodes.events import sees
-from personae.nodes.projection import Projection, project, render_system_prompt
+from personae.nodes.projection import Projection, project, render_system_prompt, window_start, with_trailing_note
 from personae.nodes.state import (
     DialogueState,
     RunContext,
@@ -83,6 +83,7 @@ def make_persona_node(
     prompts: PromptSet | None = None,
     projection: Projection = "ecp",
     window: int | None = None,
+    window_block: int | None = None,
     retriever: Retriever | None = None,
     review: bool = False,
     temperature: float = 0.8,
@@ -98,7 +99,11 @@ def make_persona_node(
         projection: ``"ecp"`` (egocentric) or ``"concat"`` (baseline).
         window: only the last ``window`` utterances are shown; older content reaches the
             agent through ``retriever``.
-        retriever: memory lookup feeding the system prompt; ``None`` for no memory.
+        window_block: move the window's start in steps of this many utterances, so a
+            speaker's successive prompts share their prefix (see
+            :func:`~personae.nodes.projection.window_start`); ``None`` slides it by one.
+        retriever: memory lookup; the memories are added after the transcript, at the end
+            of the prompt, so the system prompt stays the same on every call.
         review: ``True`` writes the reply to ``state["draft"]`` for a critic; ``False``
             commits it to the transcript directly.
 
@@ -130,7 +135,7 @@ def make_persona_node(
                     query,
                     now_step=None if base is None else base + turn,
                     conversation_id=ctx.conversation_id,
-                    skip_from_step=None if base is None else base + max(0, turn - (window or turn)),
+                    skip_from_step=None if base is None else base + window_start(turn, window, window_block),
                 )
             )
         messages = _messages(state, speaker, participants, scenario, transcript, memories)
@@ -157,6 +162,7 @@ def make_persona_node(
             "usage": {
                 "prompt_tokens": response.usage.prompt_tokens,
                 "completion_tokens": response.usage.completion_tokens,
+                **({"cached_tokens": response.usage.cached_tokens} if response.usage.cached_tokens else {}),
             },
         }
         if retriever is not None:
@@ -189,7 +195,7 @@ def make_persona_node(
         transcript: list[Utterance],
         memories: Sequence[str],
     ) -> list[Message]:
-        system = render_system_prompt(speaker, scenario, participants, memories=memories, prompts=prompts)
+        system = render_system_prompt(speaker, scenario, participants, prompts=prompts)
         try:
             goal = scenario.role(speaker.role).goal
         except KeyError:
@@ -200,10 +206,15 @@ def make_persona_node(
             {"scenario": scenario.model_dump(mode="json"), "role_name": speaker.role, "goal": goal},
         )
         continuation = render_with(prompts, "persona_continue", {})
-        return project(
+        messages = project(
             projection, transcript, speaker.id, participants, system,
-            opening=opening, continuation=continuation, window=window, prompts=prompts,
+            opening=opening, continuation=continuation, window=window, block=window_block, prompts=prompts,
         )
+        if not memories:
+            return messages
+        # after the transcript, not in the system prompt: they change every turn, and the
+        # stable system prompt + transcript is the prefix a provider can cache
+        return with_trailing_note(messages, render_with(prompts, "persona_memories", {"memories": list(memories)}))
 
     persona.__name__ = "persona"
     return persona

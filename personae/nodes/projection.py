@@ -25,6 +25,8 @@ from personae.prompts import PromptSet, render_with
 
 __all__ = [
     "Projection",
+    "window_start",
+    "with_trailing_note",
     "render_system_prompt",
     "project_egocentric",
     "project_concat",
@@ -71,12 +73,42 @@ def render_system_prompt(
     )
 
 
-def _windowed(transcript: Sequence[Utterance], window: int | None) -> Sequence[Utterance]:
-    if window is None or window >= len(transcript):
-        return transcript
+def window_start(n: int, window: int | None, block: int | None = None) -> int:
+    """Index of the first of ``n`` utterances a window shows.
+
+    ``window`` utterances are always shown (all of them when ``window`` is None). With
+    ``block`` the start moves only in steps of ``block`` utterances, so between two steps
+    every prompt extends the previous one (the provider can serve it from its prompt
+    cache) and up to ``window + block - 1`` utterances are shown; ``None`` or 1 slides
+    the window by one utterance per turn (exactly ``window`` shown, a prefix that
+    changes on every call once the window is full).
+    """
+    if window is None or window >= n:
+        return 0
     if window < 0:
         raise ValueError(f"window must be >= 0, got {window}")
-    return transcript[len(transcript) - window :] if window else []
+    if block is not None and block < 1:
+        raise ValueError(f"window block must be >= 1, got {block}")
+    start = n - window
+    return start - start % block if block else start
+
+
+def _windowed(transcript: Sequence[Utterance], window: int | None, block: int | None = None) -> Sequence[Utterance]:
+    return transcript[window_start(len(transcript), window, block) :]
+
+
+def with_trailing_note(messages: list[Message], note: str) -> list[Message]:
+    """``messages`` with ``note`` added at the very end: to the last user message, or as a new one.
+
+    Content that changes on every call (retrieved memories, a per-turn instruction) goes
+    here rather than into the system prompt, so the system prompt and the transcript
+    before it stay a prefix shared with the speaker's next call.
+    """
+    if not note:
+        return messages
+    if messages and messages[-1].role == "user":
+        return [*messages[:-1], Message(role="user", content=f"{messages[-1].content}\n\n{note}")]
+    return [*messages, Message(role="user", content=note)]
 
 
 def project_egocentric(
@@ -88,6 +120,7 @@ def project_egocentric(
     opening: str | None = None,
     continuation: str | None = None,
     window: int | None = None,
+    block: int | None = None,
     prompts: PromptSet | None = None,
 ) -> list[Message]:
     """Project ``transcript`` into chat messages as seen by ``speaker_id``.
@@ -102,6 +135,8 @@ def project_egocentric(
         continuation: user message appended when the speaker spoke last and must go on.
         window: keep only the last ``window`` utterances (older content reaches the
             agent through memory retrieval instead).
+        block: move the window's start in steps of this many utterances (see
+            :func:`window_start`); ``None`` slides it by one.
 
     Injected events (``metadata["kind"] == "event"``) the speaker receives become
     ``user`` messages labelled as events (template ``event_message``); events addressed
@@ -116,7 +151,7 @@ def project_egocentric(
     named = len(participants) > 2
     turns: list[tuple[str, str]] = []
     heard_other = False  # someone else spoke before the speaker's first visible turn
-    for utt in _windowed(transcript, window):
+    for utt in _windowed(transcript, window, block):
         if not sees(utt, speaker_id):
             continue
         if is_event(utt):
@@ -151,6 +186,7 @@ def project_concat(
     *,
     opening: str | None = None,
     window: int | None = None,
+    block: int | None = None,
     prompts: PromptSet | None = None,
 ) -> list[Message]:
     """The baseline: the (windowed) history as labelled lines inside one user message."""
@@ -159,7 +195,7 @@ def project_concat(
     roles = {p.id: p.role for p in participants}
     lines = [
         {"label": labels.get(u.speaker, u.speaker), "role": "event" if is_event(u) else roles.get(u.speaker, ""), "text": u.text}
-        for u in _windowed(transcript, window)
+        for u in _windowed(transcript, window, block)
         if sees(u, speaker_id)
     ]
     content = render_with(
@@ -180,17 +216,18 @@ def project(
     opening: str | None = None,
     continuation: str | None = None,
     window: int | None = None,
+    block: int | None = None,
     prompts: PromptSet | None = None,
 ) -> list[Message]:
     """Dispatch to :func:`project_egocentric` (``"ecp"``) or :func:`project_concat` (``"concat"``)."""
     if kind == "ecp":
         return project_egocentric(
             transcript, speaker_id, participants, system_prompt,
-            opening=opening, continuation=continuation, window=window, prompts=prompts,
+            opening=opening, continuation=continuation, window=window, block=block, prompts=prompts,
         )
     if kind == "concat":
         return project_concat(
             transcript, speaker_id, participants, system_prompt,
-            opening=opening, window=window, prompts=prompts,
+            opening=opening, window=window, block=block, prompts=prompts,
         )
     raise ValueError(f"unknown projection {kind!r}; expected 'ecp' or 'concat'")

@@ -2,8 +2,9 @@
 
 Cheap rules run first: max turns, a closing/farewell exchange between two different
 speakers, a repetition loop, empty replies, and (interviews) all questions answered.
-Then, every ``detector_every`` turns, an LLM detector reads a sliding window of the
-conversation. The stop reason (:class:`~personae.models.StopReason`) and a detail are
+Then an LLM detector reads a sliding window of the conversation: when the latest turn
+has a closing cue (a goodbye, thanks, "that's all"; see ``detector_schedule``) and, as
+a backstop, every ``detector_every`` turns. The stop reason (:class:`~personae.models.StopReason`) and a detail are
 written to the state; route with :func:`route_after_termination`.
 """
 
@@ -39,6 +40,7 @@ from personae.prompts import PromptSet, render_with
 
 __all__ = [
     "DEFAULT_CLOSING_PATTERNS",
+    "DEFAULT_DETECTOR_CUES",
     "TerminationConfig",
     "EndDetection",
     "check_rules",
@@ -59,6 +61,18 @@ DEFAULT_CLOSING_PATTERNS: tuple[str, ...] = (
 )
 
 
+DEFAULT_DETECTOR_CUES: tuple[str, ...] = (
+    r"\bthanks?\b",
+    r"\bthank you\b",
+    r"\bcheers\b",
+    r"\bappreciate\b",
+    r"\b(that's|that is) (all|everything|it)\b",
+    r"\ball set\b",
+    r"\banything else\b",
+)
+"""Wrap-up phrases that may end a conversation without a goodbye: worth asking the detector."""
+
+
 class TerminationConfig(BaseModel):
     """Which end-of-conversation rules apply, and the LLM detector's schedule."""
 
@@ -73,11 +87,18 @@ class TerminationConfig(BaseModel):
     empty: bool = True
     empty_limit: int = Field(2, ge=1, description="consecutive empty replies that end the conversation")
     detector: bool = True
-    detector_every: int = Field(4, ge=1, description="run the LLM detector every N turns")
+    detector_schedule: Literal["cues", "every"] = Field(
+        "cues", description="cues: run the LLM detector when the latest turn has a closing cue (closing_patterns or "
+        "detector_cues; once per run of cue turns, then every detector_every turns while they last) and as a backstop every "
+        "detector_every turns; every: every detector_every turns only",
+    )
+    detector_every: int = Field(12, ge=1, description="run the LLM detector every N turns (the backstop with schedule=cues)")
+    detector_cues: list[str] = Field(default_factory=lambda: list(DEFAULT_DETECTOR_CUES),
+                                     description="regexes that, besides closing_patterns, make a turn a closing cue")
     detector_window: int = Field(6, ge=2, description="turns the detector reads")
     role: str = Field("termination", description="gateway role of the detector model")
 
-    @field_validator("closing_patterns")
+    @field_validator("closing_patterns", "detector_cues")
     @classmethod
     def _compile(cls, patterns: list[str]) -> list[str]:
         return [valid_regex(p) for p in patterns]
@@ -171,7 +192,7 @@ def make_termination_node(
             questions=len(state.get("questions") or []),
             interviewer=state.get("interviewer"),
         )
-        if found is None and _detector_due(len(transcript), scenario.min_turns):
+        if found is None and _detector_due(transcript, scenario.min_turns):
             found = await _detect(ctx, state, transcript)
         if found is None:
             return {}
@@ -179,8 +200,19 @@ def make_termination_node(
         log.debug("%s ends after %d turns: %s (%s)", ctx.conversation_id, len(transcript), reason.value, detail)
         return {"stop_reason": reason.value, "stop_detail": detail}
 
-    def _detector_due(n: int, min_turns: int) -> bool:
-        return config.detector and gateway is not None and n >= max(min_turns, 2) and n % config.detector_every == 0
+    def _detector_due(transcript: list[Utterance], min_turns: int) -> bool:
+        n = len(transcript)
+        if not (config.detector and gateway is not None and n >= max(min_turns, 2)):
+            return False
+        if n % config.detector_every == 0:
+            return True
+        if config.detector_schedule == "every":
+            return False
+        # a closing cue in the latest turn: ask once when the cues start (not on every polite turn after)
+        return _cued(transcript[-1].text) and not _cued(transcript[-2].text)
+
+    def _cued(text: str) -> bool:
+        return _is_closing(text, config.closing_patterns) or _is_closing(text, config.detector_cues)
 
     async def _detect(ctx: RunContext, state: DialogueState, transcript: list[Utterance]) -> tuple[StopReason, str] | None:
         participants = participants_of(state)
