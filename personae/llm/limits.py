@@ -443,10 +443,12 @@ class EndpointLimiter:
         if not self.config.adaptive or permit.epoch != self._epoch:
             return  # already cut for this round of calls
         self._epoch += 1
+        if self.window <= 1.0:
+            return  # never below one call in flight
         self.decreases += 1
-        before = self.window
+        before = self.limit
         self.window = max(1.0, self.window * self.config.decrease_factor)
-        log.info("%s on %s: calls in flight %d -> %d", why, self.key, int(before), self.limit)
+        log.info("%s on %s: calls in flight %d -> %d", why, self.key, before, self.limit)
 
     def _observe_locked(self, info: RateLimitInfo, now: float) -> None:
         changed = False
