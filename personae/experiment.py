@@ -21,7 +21,8 @@ from personae.errors import ConfigError
 from personae.evaluation.config import EvaluationConfig
 from personae.graphs.config import GraphConfig
 from personae.jsonl import read_jsonl_dicts
-from personae.llm import LLM, Gateway, build_gateway
+from personae.llm import LLM, Gateway, Limits, build_gateway
+from personae.llm.gateway import default_limit_config
 from personae.models import Scenario
 from personae.population.spec import PopulationSpec, load_population_spec
 from personae.settings import Settings
@@ -59,6 +60,9 @@ class ModelSpec(_Strict):
     environment variable ``api_key_env``; with a ``base_url`` of its own a model
     never receives the settings' default key, so a key is not sent to a host it was
     not meant for.
+
+    ``max_concurrency``, ``rpm`` and ``tpm`` limit the model's *endpoint* (its base URL):
+    models on one endpoint share one budget, the tightest any of them sets.
     """
 
     provider: Literal["openai", "local", "fake"] = "openai"
@@ -71,6 +75,11 @@ class ModelSpec(_Strict):
     n_ctx: int = Field(2048, ge=128, le=131072, description="local: context window")
     seed: int = Field(0, description="fake: seed of the deterministic replies")
     latency_s: float = Field(0.0, ge=0.0, le=60.0, description="fake: simulated latency per call")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=100_000, description="calls in flight on this model's endpoint (default: llm_max_concurrency)"
+    )
+    rpm: float | None = Field(None, gt=0, description="requests per minute on this model's endpoint (default: llm_rpm)")
+    tpm: float | None = Field(None, gt=0, description="tokens per minute on this model's endpoint (default: llm_tpm)")
 
     @model_validator(mode="before")
     @classmethod
@@ -362,15 +371,26 @@ def _provider(name: str, spec: ModelSpec, settings: Settings) -> LLM:
     )
 
 
-def build_gateway_for(experiment: Experiment, settings: Settings) -> Gateway:
+def build_gateway_for(experiment: Experiment, settings: Settings, *, limits: Limits | None = None) -> Gateway:
     """The gateway the experiment's models and role routing describe.
 
     With no ``models`` the settings choose (an endpoint if configured, else the
     embedded local model); a ``models`` mapping without ``default`` gets the
-    settings' model as its default.
+    settings' model as its default. ``limits`` shares the endpoint limits with other
+    gateways (e.g. every shard of a simulation in this process).
     """
     providers = {name: _provider(name, spec, settings) for name, spec in experiment.models.items()}
-    return build_gateway(settings, models=providers or None, roles=experiment.roles)
+    model_limits = {
+        name: default_limit_config(
+            providers[name],
+            max_concurrency=spec.max_concurrency or settings.llm_max_concurrency,
+            rpm=spec.rpm or settings.llm_rpm,
+            tpm=spec.tpm or settings.llm_tpm,
+        )
+        for name, spec in experiment.models.items()
+        if spec.max_concurrency or spec.rpm or spec.tpm
+    }
+    return build_gateway(settings, models=providers or None, roles=experiment.roles, model_limits=model_limits, limits=limits)
 
 
 def model_prices(experiment: Experiment) -> dict[str, float]:

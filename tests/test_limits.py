@@ -255,3 +255,65 @@ def test_models_on_one_endpoint_share_the_tightest_limits():
     b = limits.limiter("http://h/v1", LimitConfig(max_concurrency=4, tpm=1000))
     assert a is b and (a.limit, a.rpm, a.tpm) == (4, 600, 1000)
     assert limits.limiter("http://other/v1", LimitConfig()) is not a
+
+
+# ---- configuration ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "model, field",
+    [({"rpm": -5}, "models.default.rpm"), ({"tpm": 0}, "models.default.tpm"), ({"max_concurrency": 0}, "models.default.max_concurrency")],
+)
+def test_bad_model_limits_name_the_field(tmp_path, model, field):
+    import json
+
+    import yaml
+
+    from personae.errors import ConfigError
+    from personae.experiment import load_experiment
+
+    (tmp_path / "personas.jsonl").write_text(json.dumps({"name": "Ana"}) + "\n")
+    data = {
+        "name": "exp", "personas_file": "personas.jsonl", "graph": {"kind": "dyad"},
+        "scenarios": [{"name": "chat", "roles": [{"name": "a"}, {"name": "b"}]}],
+        "models": {"default": {"provider": "fake", **model}},
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as info:
+        load_experiment(tmp_path / "exp.yaml")
+    assert info.value.field == field and str(tmp_path / "exp.yaml") in str(info.value)
+
+
+def test_bad_rate_setting_names_the_environment_variable(monkeypatch):
+    from personae.errors import ConfigError
+    from personae.settings import Settings
+
+    monkeypatch.setenv("PERSONAE_LLM_TPM", "lots")
+    with pytest.raises(ConfigError) as info:
+        Settings.load()
+    assert info.value.field == "llm_tpm" and "PERSONAE_LLM_TPM" in str(info.value)
+
+
+async def test_experiment_models_on_one_endpoint_get_one_limiter_with_the_tightest_limits(monkeypatch):
+    from personae.experiment import Experiment, build_gateway_for
+    from personae.settings import Settings
+
+    url = "http://127.0.0.1:9/v1"
+    exp = Experiment.model_validate({
+        "name": "exp", "personas_file": None, "population": {"size": 1},
+        "graph": {"kind": "dyad"}, "scenarios": [{"name": "chat", "roles": [{"name": "a"}, {"name": "b"}]}],
+        "models": {
+            "default": {"model": "a", "base_url": url, "rpm": 600, "max_concurrency": 8},
+            "judge": {"model": "b", "base_url": url + "/", "rpm": 300, "tpm": 20_000},
+            "fake": {"provider": "fake"},
+        },
+    })
+    gateway = build_gateway_for(exp, Settings(llm_max_concurrency=16, llm_tpm=50_000))
+    try:
+        limiters = gateway.endpoint_limiters()
+        assert sorted(limiters) == ["fake", url]
+        shared = limiters[url]
+        assert (shared.limit, shared.rpm, shared.tpm) == (8, 300, 20_000)
+        assert (limiters["fake"].limit, limiters["fake"].tpm) == (16, 50_000)  # the settings apply where a model sets nothing
+    finally:
+        await gateway.aclose()
