@@ -2,8 +2,8 @@
 
 It routes each call to a model by *role* (persona, critic, judge, ...), serves
 repeated requests from the response cache, stacks the cross-cutting wrappers
-(retries → shared concurrency limit → provider), does structured output with a
-fallback chain, and accounts calls and tokens per role.
+(retries → the endpoint's limiter of calls in flight, RPM and TPM → provider), does
+structured output with a fallback chain, and accounts calls and tokens per role.
 
 The cache stores a reply only once it has passed its validation (a structured reply
 parsed and schema-valid, or whatever ``check`` the caller gives), so a rerun never

@@ -71,6 +71,8 @@ class RetryingLLM(WrapperLLM):
 
     A ``Retry-After`` from the server is honoured as the minimum wait. After
     ``max_retries`` the last error is raised, so a persistent fault stops the caller.
+    Above a :class:`LimitedLLM` (as in the gateway), every failed attempt has already given
+    its slot back and fed its 429 to the endpoint's AIMD before the wait starts.
     """
 
     def __init__(
