@@ -317,3 +317,14 @@ async def test_experiment_models_on_one_endpoint_get_one_limiter_with_the_tighte
         assert (limiters["fake"].limit, limiters["fake"].tpm) == (16, 50_000)  # the settings apply where a model sets nothing
     finally:
         await gateway.aclose()
+
+
+def test_a_429_without_retry_after_waits_for_the_spent_quota_to_reset():
+    from personae.llm.openai_provider import _retry_after
+
+    assert _retry_after({"retry-after": "2"}) == 2.0
+    assert _retry_after({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s",
+                         "x-ratelimit-remaining-tokens": "900", "x-ratelimit-reset-tokens": "6m0s"}) == 1.5
+    assert _retry_after({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "20ms"}) == pytest.approx(0.02)
+    assert _retry_after({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "1s"}) is None
+    assert _retry_after({}) is None
