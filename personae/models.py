@@ -19,6 +19,9 @@ __all__ = [
     "Role",
     "Scenario",
     "Utterance",
+    "EVENT_KIND",
+    "Intervention",
+    "is_event",
     "Participant",
     "StopReason",
     "ConversationStatus",
@@ -145,6 +148,56 @@ class Utterance(_Model):
         if not self.id:
             self.id = stable_id("utt", self.speaker, self.turn, self.text)
         return self
+
+
+EVENT_KIND = "event"
+"""``Utterance.metadata["kind"]`` of an injected event (see :class:`Intervention`)."""
+
+
+def is_event(utterance: Utterance | dict[str, Any]) -> bool:
+    """Whether a transcript entry is an injected event rather than something a participant said."""
+    metadata = utterance.get("metadata") if isinstance(utterance, dict) else utterance.metadata
+    return (metadata or {}).get("kind") == EVENT_KIND
+
+
+class Intervention(_Model):
+    """An event an experiment schedules into running conversations.
+
+    ``at_turn: 6`` injects the event once six participant turns have been taken (before
+    the seventh; events themselves are not counted), optionally only in conversations of
+    ``session``. The event goes into the transcript as an :class:`Utterance` whose
+    ``speaker`` is ``source`` and whose ``metadata["kind"]`` is ``"event"``; the projection
+    shows it to each recipient as a labelled event, and memory (when on) records it.
+    ``to`` is ``"all"`` or a list of participant ids, persona ids or role names.
+    """
+
+    at_turn: int = Field(ge=0, le=1000, description="participant turns taken before the event (0: before anyone speaks)")
+    session: int | None = Field(None, ge=1, description="only in conversations of this session (None: every session)")
+    source: str = Field("moderator", min_length=1, max_length=100, pattern=r"^[^\s].*$", description="who announces it, e.g. moderator or narrator")
+    text: str = Field(min_length=1, max_length=4000)
+    to: str | list[str] = Field("all", description="'all', or participant ids, persona ids or role names")
+
+    @field_validator("text")
+    @classmethod
+    def _not_blank(cls, text: str) -> str:
+        if not text.strip():
+            raise ValueError("the event's text is blank")
+        return text.strip()
+
+    @field_validator("to")
+    @classmethod
+    def _recipients(cls, to: str | list[str]) -> str | list[str]:
+        if isinstance(to, str):
+            if to != "all":
+                raise ValueError(f"'to' is 'all' or a list of participant ids, persona ids or role names, got {to!r}")
+            return to
+        if not to or any(not str(t).strip() for t in to):
+            raise ValueError("'to' lists at least one recipient, none of them blank (or is 'all')")
+        return to
+
+    def reaches(self, participant: Participant) -> bool:
+        """Whether ``participant`` receives this event."""
+        return self.to == "all" or bool({participant.id, participant.persona.id, participant.role} & set(self.to))
 
 
 class Participant(_Model):

@@ -56,7 +56,10 @@ class Settings(BaseSettings):
 
     embeddings_base_url: str | None = None
     embeddings_model: str | None = None
-    embeddings_provider: str | None = Field(None, description="force: openai | local | hashing")
+    embeddings_provider: str | None = Field(None, description="force: openai | local | hashing | langchain")
+    embeddings_class: str | None = Field(None, description="langchain: the Embeddings class, e.g. langchain_ollama:OllamaEmbeddings")
+    embeddings_kwargs: dict[str, Any] | None = Field(None, description="langchain: the class's keyword arguments")
+    embeddings_api_key_env: str | None = Field(None, description="langchain: NAME of the env var whose value is passed as api_key")
 
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None

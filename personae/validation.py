@@ -38,7 +38,7 @@ def describe_validation_error(exc: ValidationError) -> tuple[str, str, Any]:
     return field, msg, _redact(err.get("input")) if kind != "missing" else None
 
 
-_SECRET_KEYS = re.compile(r"(^|_)(api_?key|apikey|key|token|secret|password|passwd|credentials?)$", re.IGNORECASE)
+_SECRET_KEYS = re.compile(r"(^|[_-])(api_?key|apikey|key|token|secret|password|passwd|credentials?|authorization)$", re.IGNORECASE)
 
 
 def _redact(value: Any) -> Any:

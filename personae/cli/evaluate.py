@@ -25,13 +25,14 @@ def register(app: typer.Typer) -> None:
 
     @app.command("evaluate")
     def evaluate(
-        conversations: Path | None = typer.Argument(None, help="conversations.jsonl written by a simulation (optional with --judged --personas)"),
+        conversations: Path | None = typer.Argument(None, help="conversations.jsonl written by a simulation, or its run folder (optional with --judged --personas)"),
         personas: Path | None = typer.Option(None, "--personas", help=(
             "the population (default: the participants): personas.jsonl, or PersonaGym's one-line personas "
             "(.txt one per line, .json list of strings, or PersonaGym's personas.py as it is)")),
         out: Path | None = typer.Option(None, "--out", help="output folder (default: under the data dir's runs/)"),
         judged: bool = typer.Option(False, "--judged", help="also run the judged (PersonaGym-style) evaluation; costs model calls"),
-        compare: Path | None = typer.Option(None, "--compare", help="another conversations.jsonl to compare with, metric by metric"),
+        compare: Path | None = typer.Option(None, "--compare", help=(
+            "another conversations.jsonl (or run folder) to compare with, metric by metric: e.g. an ablation with and without an intervention")),
         config: Path | None = typer.Option(None, "--config", help="YAML/JSON EvaluationConfig (judges, tasks, …)"),
         population_report: Path | None = typer.Option(None, "--population-report", help="population_report.json to include"),
         reference: Path | None = typer.Option(None, "--reference", help=(
@@ -142,7 +143,7 @@ async def _evaluate(
     comparison = None
     if other is not None:
         comparison = await acompare_arms(conversations, other, embedder=embedder, personas=personas, config=config,
-                                         label_a=conversations_path.stem, label_b=compare_path.stem)
+                                         label_a=_label(conversations_path), label_b=_label(compare_path))
     gateway = _judged_gateway(settings, config.judged.judges, judged_inputs.judge_models, build_gateway) if config.judged.enabled else None
     try:
         with Progress(TextColumn("judged evaluation"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -220,10 +221,29 @@ def _judge_provider(settings, model: str):
     return build_provider(settings, model=model)
 
 
+def _conversations_file(path: Path) -> Path:
+    """``path``, or the ``conversations.jsonl`` inside it when it is a run folder."""
+    if path.is_dir():
+        inside = path / "conversations.jsonl"
+        if not inside.is_file():
+            raise ConfigError("the run folder holds no conversations", file=str(path), expected="a conversations.jsonl in it (run the simulate stage first)")
+        return inside
+    return path
+
+
+def _label(path: Path) -> str:
+    """An arm's name in a comparison: the file's stem, or its run folder's name for a run's conversations.jsonl."""
+    path = _conversations_file(path)
+    return path.parent.name if path.stem == "conversations" else path.stem
+
+
 def _read_conversations(path: Path) -> list:
-    """The file's conversations, the latest record per id (a file rewritten by ``retry_failed`` holds stale failures)."""
+    """The file's conversations, the latest record per id (a file rewritten by ``retry_failed`` holds stale failures).
+
+    ``path`` may be a run folder: its ``conversations.jsonl`` is read."""
     from personae.graphs.runner import latest_conversations
 
+    path = _conversations_file(path)
     conversations = latest_conversations(path)
     if not conversations:
         raise ConfigError("no conversations in the file", file=str(path), expected="one Conversation JSON object per line")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 from personae.embeddings.base import Embedder, HashingEmbedder
 from personae.errors import ConfigError
 from personae.settings import Settings
 
 __all__ = ["build_embedder", "EMBEDDING_PROVIDERS"]
 
-EMBEDDING_PROVIDERS = ("local", "openai", "hashing")
+EMBEDDING_PROVIDERS = ("local", "openai", "hashing", "langchain")
 
 
 def build_embedder(settings: Settings) -> Embedder:
@@ -25,6 +27,10 @@ def build_embedder(settings: Settings) -> Embedder:
       (required) and the ``llm_api_key`` secret.
     - ``hashing``: the deterministic lexical :class:`HashingEmbedder` (a fake for
       tests); ``embeddings_model`` may give its dimension, e.g. ``"256"``.
+    - ``langchain``: :class:`~personae.embeddings.langchain.LangChainEmbedder` over the
+      LangChain ``Embeddings`` class at ``embeddings_class``, built from
+      ``embeddings_kwargs`` (plus ``embeddings_model`` as ``model`` and the value of the
+      variable ``embeddings_api_key_env`` as ``api_key``, when set).
 
     Raises :class:`ConfigError` for an unknown provider or a missing model name.
     """
@@ -50,7 +56,27 @@ def build_embedder(settings: Settings) -> Embedder:
         )
     if kind == "hashing":
         return HashingEmbedder(_hashing_dim(settings.embeddings_model))
+    if kind == "langchain":
+        return _langchain_embedder(settings)
     raise ConfigError("unknown embeddings provider", field="embeddings_provider", expected=" | ".join(EMBEDDING_PROVIDERS), got=kind)
+
+
+def _langchain_embedder(settings: Settings) -> Embedder:
+    from personae.embeddings.langchain import LangChainEmbedder, load_embeddings
+
+    if not settings.embeddings_class:
+        raise ConfigError("the langchain embeddings provider needs a class", field="embeddings_class", expected="the import path of a LangChain Embeddings class, e.g. langchain_ollama:OllamaEmbeddings")
+    kwargs = dict(settings.embeddings_kwargs or {})
+    if settings.embeddings_model:
+        kwargs["model"] = settings.embeddings_model
+    secrets: tuple[str, ...] = ()
+    if settings.embeddings_api_key_env:
+        key = os.environ.get(settings.embeddings_api_key_env)
+        if not key:
+            raise ConfigError(f"environment variable {settings.embeddings_api_key_env} is not set", field="embeddings_api_key_env", expected="the variable to hold the API key")
+        kwargs["api_key"], secrets = key, (key,)
+    embeddings = load_embeddings(settings.embeddings_class, kwargs, field_prefix="embeddings", secrets=secrets)
+    return LangChainEmbedder(embeddings)
 
 
 def _hashing_dim(model: str | None) -> int:

@@ -27,7 +27,7 @@ from typing import Any
 from personae.evaluation.lexical import COPY_SHARE, copies, leaks_prompt, prompt_fragments
 from personae.evaluation.text import words
 from personae.evaluation.transcript import TranscriptReport
-from personae.models import Conversation, Utterance
+from personae.models import Conversation, Utterance, is_event
 from personae.nodes.critic import role_confusion_issues
 from personae.nodes.state import speaker_labels
 
@@ -142,7 +142,7 @@ def _turn(u: Utterance, labels: dict[str, str], roles: dict[str, str], flags: li
     return {
         "turn": u.turn,
         "speaker": labels.get(u.speaker, u.speaker),
-        "role": roles.get(u.speaker, "?"),
+        "role": roles.get(u.speaker, "event" if is_event(u) else "?"),
         "text": _cap(u.text, _MAX_TEXT),
         "flags": flags,
         "critic": _critic(u.metadata.get("critic")),

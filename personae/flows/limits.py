@@ -59,6 +59,10 @@ def _endpoint(spec: ModelSpec | None, settings: Settings) -> str:
         kind, url = spec.provider, spec.base_url or settings.llm_base_url
     if kind == "openai":
         return (url or _OPENAI_URL).rstrip("/")
+    if kind == "langchain" and spec is not None:  # the URL a LangChain model reads from its arguments, if any
+        kwargs = spec.kwargs or {}
+        url = kwargs.get("base_url") or kwargs.get("openai_api_base")
+        return url.rstrip("/") if isinstance(url, str) and url else kind
     return kind
 
 

@@ -4,6 +4,7 @@ The state, projection and nodes they are composed of live in :mod:`personae.node
 and are re-exported here for convenience.
 """
 
+from personae.graphs.chat import ChatSession
 from personae.graphs.config import GraphConfig, MemoryConfig, validate_conversation
 from personae.graphs.prebuilt import build_graph, dyad, fuse_nodes, group, interview, recursion_limit
 from personae.graphs.runner import (
@@ -21,6 +22,7 @@ from personae.nodes.state import DialogueState, RunContext, initial_state, merge
 
 __all__ = [
     "BatchResult",
+    "ChatSession",
     "ConversationJob",
     "DialogueState",
     "GraphConfig",

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from personae.errors import ConfigError
-from personae.models import Participant, Persona, Scenario
+from personae.models import Intervention, Participant, Persona, Scenario
 from personae.nodes.critic import CriticConfig
 from personae.nodes.orchestrator import TurnPolicyName
 from personae.nodes.termination import TerminationConfig
@@ -52,6 +52,16 @@ class GraphConfig(BaseModel):
     max_tokens: int = Field(200, ge=1, le=32_000)
     moderator_attempts: int = Field(2, ge=1, le=10)
     durability: Literal["sync", "async", "exit"] = Field("sync", description="when checkpoints are written (LangGraph durability)")
+    events: list[Intervention] = Field(default_factory=list, description="interventions injected into dyad and group conversations")
+
+    @model_serializer(mode="wrap")
+    def _without_empty_events(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # a config without events dumps as before events existed, so conversation ids (derived
+        # from the dumped config) stay the same and earlier runs still resume and skip what is done
+        data = handler(self)
+        if isinstance(data, dict) and not self.events:
+            data.pop("events", None)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> GraphConfig:
@@ -61,6 +71,8 @@ class GraphConfig(BaseModel):
             raise ValueError("an interview alternates between interviewer and respondent; leave turn_policy unset")
         if self.kind == "group" and self.turn_policy == "alternate":
             raise ValueError("'alternate' needs exactly two participants; use round_robin, random or moderator for groups")
+        if self.events and self.kind == "interview":
+            raise ValueError("events are injected into dyad and group conversations; an interview asks its questions only")
         if any(not q.strip() for q in self.questions):
             raise ValueError("interview questions must not be empty")
         return self
@@ -95,5 +107,8 @@ def validate_conversation(config: GraphConfig, scenario: Scenario, participants:
         raise ConfigError("a group needs at least two participants", field="participants", expected=">= 2", got=n)
     if config.policy == "alternate" and n != 2:
         raise ConfigError("the 'alternate' turn policy needs exactly two participants", field="turn_policy", got=n)
+    clash = sorted({e.source for e in config.events} & set(ids))
+    if clash:
+        raise ConfigError("an event's source is also a participant id", field="events.source", expected="a name no participant has as id, e.g. moderator", got=clash)
     if config.opener is not None and not any(config.opener in (p.id, p.role) for p in participants):
         raise ConfigError("the opener matches no participant", field="opener", expected=f"a role among {sorted(roles)} or a participant id", got=config.opener)

@@ -21,6 +21,7 @@ from personae.errors import ConfigError
 from personae.graphs.config import GraphConfig
 from personae.llm.gateway import Gateway
 from personae.nodes.critic import make_critic_node, route_after_critic
+from personae.nodes.events import make_event_node
 from personae.nodes.interview import InterviewAnswers, make_extract_node, make_question_node, route_by_speaker
 from personae.nodes.orchestrator import CustomPolicy, make_orchestrator_node
 from personae.nodes.persona import make_persona_node
@@ -158,12 +159,19 @@ def _conversation(
     prompts: PromptSet | None,
     turn_policy: CustomPolicy | None,
 ) -> StateGraph:
-    """orchestrator → persona → [critic ⟲ persona] → end of turn ⟲ persona (see :func:`_add_turn`)."""
+    """orchestrator → persona → [critic ⟲ persona] → end of turn ⟲ persona (see :func:`_add_turn`).
+
+    With ``config.events`` the event node runs right before the orchestrator, at the start
+    and at the end of every turn, in the same fused step: an event due after turn *n* is in
+    the transcript when the next speaker is chosen and speaks.
+    """
     builder = StateGraph(DialogueState, context_schema=RunContext)
     orchestrator = make_orchestrator_node(
         turn_policy or config.policy, gateway=gateway, opener=config.opener, prompts=prompts,
         moderator_attempts=config.moderator_attempts,
     )
+    if config.events:
+        orchestrator = fuse_nodes(make_event_node(config.events), orchestrator, name="orchestrator")
     builder.add_node("orchestrator", orchestrator)
     _, route_from = _add_turn(builder, "persona", config, config.termination, orchestrator, gateway=gateway, embedder=embedder, memory=memory, prompts=prompts)
     builder.add_edge(START, "orchestrator")

@@ -33,7 +33,7 @@ from personae.graphs.prebuilt import build_graph, recursion_limit
 from personae.ids import stable_id
 from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts
 from personae.llm.gateway import Gateway
-from personae.models import Conversation, ConversationStatus, Participant, Persona, Scenario, StopReason, Utterance
+from personae.models import Conversation, ConversationStatus, Participant, Persona, Scenario, StopReason, Utterance, is_event
 from personae.nodes.orchestrator import pick_opener
 from personae.nodes.state import DialogueState, RunContext, derive_seed, initial_state
 
@@ -63,6 +63,7 @@ class ConversationJob(BaseModel):
     participants: list[Participant] = Field(min_length=1)
     graph: GraphConfig = Field(default_factory=GraphConfig)
     seed: int = 0
+    session: int = Field(1, ge=1, description="which round of the batch: events may target one session")
 
 
 class BatchResult(BaseModel):
@@ -130,6 +131,10 @@ def make_jobs(
     and the other seats are drawn at random from the rest. Interviews pair the
     interviewer persona with each respondent. Ids derive from seed, index, cast and
     graph config, so the same call gives the same jobs.
+
+    Conversations come in sessions of ``len(personas)``: session 1 is conversations
+    0..P-1, in which every persona opens one conversation, session 2 the next P, and so
+    on (``ConversationJob.session``; an event with ``session`` targets one of them).
     """
     if n_conversations < 1:
         raise ConfigError("the number of conversations must be at least 1", field="n_conversations", got=n_conversations)
@@ -145,7 +150,10 @@ def make_jobs(
         participants = _cast(graph, scenario, people, i, random.Random(derive_seed(seed, i, "cast")))
         validate_conversation(graph, scenario, participants)
         job_id = stable_id("conv", seed, i, scenario.id, [p.id for p in participants], graph_key)
-        jobs.append(ConversationJob(id=job_id, scenario=scenario, participants=participants, graph=graph, seed=derive_seed(seed, i)))
+        jobs.append(ConversationJob(
+            id=job_id, scenario=scenario, participants=participants, graph=graph, seed=derive_seed(seed, i),
+            session=1 + i // len(people),
+        ))
     return jobs
 
 
@@ -164,7 +172,9 @@ def job_state(job: ConversationJob, *, memory_base: dict[str, int] | None = None
 
 
 def conversation_metrics(utterances: Sequence[Utterance]) -> dict[str, float]:
-    """Turns, persona tokens and critic activity of a transcript."""
+    """Turns, persona tokens and critic activity of a transcript (injected events are counted apart, as ``events``)."""
+    events = sum(1 for u in utterances if is_event(u))
+    utterances = [u for u in utterances if not is_event(u)]
     usage = [u.metadata.get("usage") or {} for u in utterances]
     critic = [u.metadata.get("critic") for u in utterances if u.metadata.get("critic")]
     return {
@@ -175,6 +185,7 @@ def conversation_metrics(utterances: Sequence[Utterance]) -> dict[str, float]:
         "critic_revisions": sum(max(0, int(c.get("attempts", 1)) - 1) for c in critic),
         "critic_gave_up": sum(1 for c in critic if c.get("verdict") == "gave_up"),
         "mean_chars": sum(len(u.text) for u in utterances) / len(utterances) if utterances else 0.0,
+        **({"events": events} if events else {}),
     }
 
 
@@ -218,6 +229,9 @@ def _conversation(
         "seed": job.seed,
         "stop_detail": values.get("stop_detail"),
     }
+    if job.graph.events:
+        metadata["session"] = job.session
+        metadata["events"] = [u.id for u in utterances if is_event(u)]
     for key in ("qa", "extracted", "extract_error"):
         if key in values:
             metadata[key] = values[key]
@@ -267,7 +281,7 @@ async def run_conversation(
         )
     persistent = getattr(graph, "checkpointer", None) is not None
     config = {"configurable": {"thread_id": job.id}, "recursion_limit": recursion_limit(job.graph, job.scenario.max_turns)}
-    context = RunContext(conversation_id=job.id, seed=job.seed)
+    context = RunContext(conversation_id=job.id, seed=job.seed, session=job.session)
     checkpointed = 0
     try:
         snapshot = await graph.aget_state(config) if persistent else None

@@ -28,7 +28,23 @@ __all__ = [
     "Limits",
     "build_provider",
     "build_gateway",
+    "LangChainLLM",
+    "load_chat_model",
 ]
+
+# any LangChain chat model as a provider; langchain-core loads on first use
+_LAZY = {"LangChainLLM": "personae.llm.langchain_provider", "load_chat_model": "personae.llm.langchain_provider"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'personae.llm' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 log = logging.getLogger(__name__)
 

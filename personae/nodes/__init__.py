@@ -6,6 +6,7 @@ or use the prebuilt graphs in :mod:`personae.graphs`. The memory node lives in
 """
 
 from personae.nodes.critic import ConstraintRule, CriticConfig, CriticJudgement, make_critic_node, route_after_critic
+from personae.nodes.events import make_event_node
 from personae.nodes.interview import (
     InterviewAnswers,
     QuestionAnswer,
@@ -40,6 +41,7 @@ __all__ = [
     "derive_seed",
     "initial_state",
     "make_critic_node",
+    "make_event_node",
     "make_extract_node",
     "make_orchestrator_node",
     "make_persona_node",

@@ -24,7 +24,7 @@ from personae.errors import ModelOutputError
 from personae.llm.gateway import Gateway
 from personae.llm.base import Message
 from personae.nodes._text import valid_regex
-from personae.models import Participant, Scenario, Utterance
+from personae.models import Participant, Scenario, Utterance, is_event
 from personae.nodes.state import (
     DialogueState,
     RunContext,
@@ -144,7 +144,7 @@ async def cheap_issues(
     if len(text) > config.max_chars:
         issues.append({"code": "too_long", "detail": f"{len(text)} characters, limit {config.max_chars}"})
     labels = speaker_labels(participants)
-    recent = [u for u in transcript if u.speaker != speaker.id and u.text.strip()][-config.echo_window :]
+    recent = [u for u in transcript if u.speaker != speaker.id and u.text.strip() and not is_event(u)][-config.echo_window :]
     tokens = words(text)
     if recent:
         shares = [copies(tokens, [words(u.text)]) or 0.0 for u in recent]

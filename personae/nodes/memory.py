@@ -11,7 +11,7 @@ feeds the persona node with the best memories that are not already in its window
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any
 
 from langgraph.runtime import Runtime
@@ -19,7 +19,8 @@ from langgraph.runtime import Runtime
 from personae.errors import ModelOutputError
 from personae.llm.gateway import Gateway
 from personae.memory import DEFAULT_REFLECTION_THRESHOLD, AgentMemory, Observation
-from personae.models import Participant
+from personae.models import Participant, Utterance, is_event
+from personae.nodes.events import sees
 from personae.nodes.persona import Retriever
 from personae.nodes.state import (
     DialogueState,
@@ -67,8 +68,13 @@ def make_memory_node(
     reflect: bool = True,
     reflect_threshold: float = DEFAULT_REFLECTION_THRESHOLD,
     prompts: PromptSet | None = None,
+    observers: Collection[str] | None = None,
 ) -> Callable[..., Awaitable[dict[str, Any]]]:
     """A node observing new transcript entries into every participant's memory.
+
+    ``observers`` limits who remembers to these participant ids (e.g. the persona of a
+    chat, not its human partner). An injected event is remembered by the participants it
+    reaches, as the ``memory_event`` template words it.
 
     Place it after utterances are committed. It writes ``observed`` (how many
     transcript entries are stored). The clock base should come with the initial
@@ -81,7 +87,8 @@ def make_memory_node(
 
     async def memory_node(state: DialogueState, runtime: Runtime[RunContext] | None = None) -> dict[str, Any]:
         ctx = run_context(runtime)
-        participants = participants_of(state)
+        everyone = participants_of(state)
+        participants = [p for p in everyone if observers is None or p.id in observers]
         update: dict[str, Any] = {}
         bases = state.get("memory_base")
         if not bases:
@@ -89,29 +96,35 @@ def make_memory_node(
         transcript = transcript_of(state)
         start = int(state.get("observed") or 0)
         new = [u for u in transcript[start:] if u.text.strip()]
-        labels = speaker_labels(participants)
-        roles = {p.id: p.role for p in participants}
+        labels = speaker_labels(everyone)
+        roles = {p.id: p.role for p in everyone}
         scenario_name = (state.get("scenario") or {}).get("name", "")
+        def text_of(u: Utterance, p: Participant) -> str:
+            if is_event(u):
+                return render_with(prompts, "memory_event", {"source": u.speaker, "scenario": scenario_name, "text": u.text})
+            return render_with(
+                prompts,
+                "memory_observation",
+                {
+                    "own": u.speaker == p.id,
+                    "speaker": labels.get(u.speaker, u.speaker),
+                    "role": roles.get(u.speaker, ""),
+                    "scenario": scenario_name,
+                    "text": u.text,
+                },
+            )
+
         observations = [
             Observation(
                 agent_id=p.persona.id,
-                text=render_with(
-                    prompts,
-                    "memory_observation",
-                    {
-                        "own": u.speaker == p.id,
-                        "speaker": labels.get(u.speaker, u.speaker),
-                        "role": roles.get(u.speaker, ""),
-                        "scenario": scenario_name,
-                        "text": u.text,
-                    },
-                ),
+                text=text_of(u, p),
                 step=bases.get(p.persona.id, 0) + u.turn,
                 conversation_id=ctx.conversation_id,
-                metadata={"speaker": u.speaker, "turn": u.turn},
+                metadata={"speaker": u.speaker, "turn": u.turn, **({"kind": "event"} if is_event(u) else {})},
             )
             for u in new
             for p in participants
+            if sees(u, p.id)
         ]
         if observations:
             await memory.observe_many(observations)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, create_model
 from personae.errors import ConfigError, ModelOutputError
 from personae.llm.base import Message
 from personae.llm.gateway import Gateway
-from personae.models import Participant, Scenario, Utterance
+from personae.models import Participant, Scenario, Utterance, is_event
 from personae.nodes.state import (
     DialogueState,
     RunContext,
@@ -62,13 +62,13 @@ class TurnView:
 
     @property
     def turn(self) -> int:
-        """Index of the turn about to be taken."""
+        """Index of the turn about to be taken (injected events hold a transcript index too)."""
         return len(self.transcript)
 
     @property
     def last_speaker(self) -> str | None:
-        """Participant id of the latest speaker, if any."""
-        return self.transcript[-1].speaker if self.transcript else None
+        """Participant id of the latest speaker, if any (injected events are not speakers)."""
+        return next((u.speaker for u in reversed(self.transcript) if not is_event(u)), None)
 
 
 CustomPolicy = Callable[[TurnView], "str | Awaitable[str]"]
@@ -168,7 +168,7 @@ def make_orchestrator_node(
             if asyncio.iscoroutine(chosen) or isinstance(chosen, Awaitable):
                 chosen = await chosen
             return {"next_speaker": _resolve(view, str(chosen)), "speaker_choice": {"policy": "custom"}}
-        if view.turn == 0:
+        if view.last_speaker is None:  # nobody has spoken yet (an event may have opened the conversation)
             first = pick_opener(view.participants, view.scenario, opener)
             return {"next_speaker": first.id, "speaker_choice": {"policy": policy, "opener": True}}
         if policy == "moderator":
@@ -190,7 +190,7 @@ def make_orchestrator_node(
                 "options": [{"name": labels[p.id], "role": p.role, "summary": p.persona.summary()} for p in options],
                 "last": labels.get(view.last_speaker or "", None),
                 "lines": [
-                    {"label": labels.get(u.speaker, u.speaker), "role": roles.get(u.speaker, ""), "text": u.text}
+                    {"label": labels.get(u.speaker, u.speaker), "role": roles.get(u.speaker, "event" if is_event(u) else ""), "text": u.text}
                     for u in view.transcript[-context_turns:]
                 ],
             },

@@ -12,6 +12,7 @@ from langgraph.runtime import Runtime
 from personae.llm.gateway import Gateway
 from personae.llm.base import Message
 from personae.models import Participant, Scenario, Utterance
+from personae.nodes.events import sees
 from personae.nodes.projection import Projection, project, render_system_prompt
 from personae.nodes.state import (
     DialogueState,
@@ -67,7 +68,7 @@ def _unquote(text: str) -> str:
 def retrieval_query(transcript: Sequence[Utterance], speaker_id: str, scenario: Scenario, role: str) -> str:
     """What to look up in memory: the latest turn by someone else, else the speaker's goal."""
     for utt in reversed(transcript):
-        if utt.speaker != speaker_id and utt.text.strip():
+        if utt.speaker != speaker_id and utt.text.strip() and sees(utt, speaker_id):
             return utt.text
     try:
         goal = scenario.role(role).goal

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 from typing import Literal
 
 from personae.llm.base import Message
-from personae.models import Participant, Scenario, Utterance
+from personae.models import Participant, Scenario, Utterance, is_event
+from personae.nodes.events import sees
 from personae.nodes.state import participant_by_id, speaker_labels
 from personae.prompts import PromptSet, render_with
 
@@ -87,6 +88,7 @@ def project_egocentric(
     opening: str | None = None,
     continuation: str | None = None,
     window: int | None = None,
+    prompts: PromptSet | None = None,
 ) -> list[Message]:
     """Project ``transcript`` into chat messages as seen by ``speaker_id``.
 
@@ -101,6 +103,11 @@ def project_egocentric(
         window: keep only the last ``window`` utterances (older content reaches the
             agent through memory retrieval instead).
 
+    Injected events (``metadata["kind"] == "event"``) the speaker receives become
+    ``user`` messages labelled as events (template ``event_message``); events addressed
+    to others are left out. ``opening`` is still shown when only events precede the
+    speaker's first visible turn.
+
     Consecutive messages with the same role are merged into one, so the result
     alternates user/assistant after the system message.
     """
@@ -108,18 +115,27 @@ def project_egocentric(
     labels = speaker_labels(participants)
     named = len(participants) > 2
     turns: list[tuple[str, str]] = []
+    heard_other = False  # someone else spoke before the speaker's first visible turn
     for utt in _windowed(transcript, window):
-        if utt.speaker == speaker_id:
+        if not sees(utt, speaker_id):
+            continue
+        if is_event(utt):
+            role, content = "user", render_with(prompts, "event_message", {"source": utt.speaker, "text": utt.text})
+        elif utt.speaker == speaker_id:
             role, content = "assistant", utt.text
         else:
             role = "user"
             content = f"{labels.get(utt.speaker, utt.speaker)}: {utt.text}" if named else utt.text
+            heard_other = heard_other or not any(r == "assistant" for r, _ in turns)
         if turns and turns[-1][0] == role:
             turns[-1] = (role, f"{turns[-1][1]}\n\n{content}")
         else:
             turns.append((role, content))
-    if (not turns or turns[0][0] == "assistant") and opening:
-        turns.insert(0, ("user", opening))
+    if opening and not heard_other:
+        if turns and turns[0][0] == "user":
+            turns[0] = ("user", f"{opening}\n\n{turns[0][1]}")
+        else:
+            turns.insert(0, ("user", opening))
     if turns and turns[-1][0] == "assistant" and continuation:
         turns.append(("user", continuation))
     return [Message(role="system", content=system_prompt)] + [
@@ -142,8 +158,9 @@ def project_concat(
     labels = speaker_labels(participants)
     roles = {p.id: p.role for p in participants}
     lines = [
-        {"label": labels.get(u.speaker, u.speaker), "role": roles.get(u.speaker, ""), "text": u.text}
+        {"label": labels.get(u.speaker, u.speaker), "role": "event" if is_event(u) else roles.get(u.speaker, ""), "text": u.text}
         for u in _windowed(transcript, window)
+        if sees(u, speaker_id)
     ]
     content = render_with(
         prompts,
@@ -169,7 +186,7 @@ def project(
     if kind == "ecp":
         return project_egocentric(
             transcript, speaker_id, participants, system_prompt,
-            opening=opening, continuation=continuation, window=window,
+            opening=opening, continuation=continuation, window=window, prompts=prompts,
         )
     if kind == "concat":
         return project_concat(

@@ -45,6 +45,7 @@ class RunContext:
 
     conversation_id: str = "conversation"
     seed: int = 0
+    session: int = 1
 
 
 def _as_dict(item: Utterance | dict[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from personae.llm.base import Message
 from personae.nodes._text import normalise, valid_regex
 from personae.llm.gateway import Gateway
 from personae.models import StopReason, Utterance
+from personae.nodes.events import spoken
 from personae.nodes.state import (
     DialogueState,
     RunContext,
@@ -158,7 +159,7 @@ def make_termination_node(
         if state.get("stop_reason"):
             return {}
         ctx = run_context(runtime)
-        transcript = transcript_of(state)
+        transcript = spoken(transcript_of(state))  # injected events are not turns
         scenario = scenario_of(state)
         max_turns = config.max_turns or scenario.max_turns
         found = await check_rules(
