@@ -328,3 +328,68 @@ def test_a_429_without_retry_after_waits_for_the_spent_quota_to_reset():
     assert _retry_after({"x-ratelimit-remaining-tokens": "0", "x-ratelimit-reset-tokens": "20ms"}) == pytest.approx(0.02)
     assert _retry_after({"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "1s"}) is None
     assert _retry_after({}) is None
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_latency_spike_narrows_the_window_and_small_jitter_does_not():
+    clock = _Clock()
+    limiter = EndpointLimiter("http://h/v1", LimitConfig(max_concurrency=8, latency_spike_factor=4.0, latency_spike_min_s=1.0), clock=clock)
+
+    async def call(latency: float) -> None:
+        permit = await limiter.acquire()
+        clock.now += latency
+        await limiter.release(permit)
+
+    for _ in range(12):
+        await call(0.2)
+    await call(0.7)  # 3.5x the mean: not a spike
+    await call(1.0)  # 5x the mean but only 0.8 s above it: not a spike
+    assert (limiter.limit, limiter.decreases) == (8, 0)
+    await call(3.0)
+    assert (limiter.limit, limiter.decreases) == (4, 1)
+
+
+@pytest.fixture
+def slept(monkeypatch) -> list[float]:
+    """The waits the limiter asks for (asyncio.sleep recorded, not slept: the tests' clock is fake)."""
+    waits: list[float] = []
+    original = asyncio.sleep
+
+    async def recording_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        await original(0)
+
+    monkeypatch.setattr(asyncio, "sleep", recording_sleep)
+    return waits
+
+
+async def test_token_reservations_are_settled_to_the_real_usage(slept):
+    clock = _Clock()
+    limiter = EndpointLimiter("x", LimitConfig(tpm=600), clock=clock)  # 10 tokens per second, a bucket of 10
+    permit = await limiter.acquire(tokens=8)
+    await limiter.release(permit, tokens_used=3)  # 5 of the 8 reserved come back
+    permit = await limiter.acquire(tokens=7)  # 7 left: no wait
+    await limiter.release(permit, tokens_used=7)
+    permit = await limiter.acquire(tokens=5)  # 0 left: waits half a second for 5 more
+    await limiter.release(permit, tokens_used=5)
+    assert slept == [pytest.approx(0.5)]
+
+
+async def test_headers_tighten_the_buckets(slept):
+    from personae.llm.limits import RateLimitInfo
+
+    clock = _Clock()
+    limiter = EndpointLimiter("x", LimitConfig(rpm=6000), clock=clock)
+    permit = await limiter.acquire()
+    await limiter.release(permit, rate_limit=RateLimitInfo(limit_requests=120, remaining_requests=0, limit_tokens=1000))
+    assert (limiter.rpm, limiter.tpm) == (120, 1000)  # the provider's lower limits win; a token bucket appears
+    permit = await limiter.acquire(tokens=1)  # no request left: wait for one at 2 per second
+    await limiter.release(permit)
+    assert slept == [pytest.approx(0.5)]
