@@ -8,7 +8,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from personae.ids import content_hash
-from personae.llm.limits import RateLimitInfo
+from personae.llm.rate_headers import RateLimitInfo
 
 __all__ = [
     "Message",

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 from personae.endpoint import public_url, unreachable_reason
 from personae.errors import ModelCallError, UnsupportedFeature
 from personae.llm.base import LLMRequest, LLMResponse, ResponseFormat, Usage, estimate_tokens
-from personae.llm.limits import parse_rate_limit_headers
+from personae.llm.rate_headers import parse_rate_limit_headers
 
 __all__ = ["OpenAICompatibleLLM"]
 
