@@ -22,7 +22,8 @@ from personae.errors import ConfigError
 from personae.evaluation.config import EvaluationConfig
 from personae.graphs.config import GraphConfig
 from personae.jsonl import read_jsonl_dicts
-from personae.llm import LLM, Gateway, build_gateway
+from personae.llm import LLM, Gateway, Limits, build_gateway
+from personae.llm.gateway import default_limit_config
 from personae.models import Intervention, Scenario
 from personae.population.spec import PopulationSpec, load_population_spec
 from personae.settings import Settings
@@ -67,6 +68,9 @@ class ModelSpec(_Strict):
     ``langchain`` builds any LangChain chat model: ``class`` is its import path
     (``package.module:ClassName``), ``kwargs`` its constructor arguments, ``model``
     (if given) is passed as ``model`` and the key from ``api_key_env`` as ``api_key``.
+
+    ``max_concurrency``, ``rpm`` and ``tpm`` limit the model's *endpoint* (its base URL):
+    models on one endpoint share one budget, the tightest any of them sets.
     """
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
@@ -85,6 +89,11 @@ class ModelSpec(_Strict):
     class_path: str | None = Field(None, alias="class", description="langchain: the chat model class, e.g. langchain_ollama:ChatOllama")
     kwargs: dict[str, Any] | None = Field(None, description="langchain: the class's keyword arguments (no keys: use api_key_env)")
     sampling: Literal["request", "model"] | None = Field(None, description="langchain: set each call's temperature/max_tokens/seed (request, the default), or keep the model's")
+    max_concurrency: int | None = Field(
+        None, ge=1, le=100_000, description="calls in flight on this model's endpoint (default: llm_max_concurrency)"
+    )
+    rpm: float | None = Field(None, gt=0, description="requests per minute on this model's endpoint (default: llm_rpm)")
+    tpm: float | None = Field(None, gt=0, description="tokens per minute on this model's endpoint (default: llm_tpm)")
 
     @model_validator(mode="before")
     @classmethod
@@ -498,22 +507,36 @@ def _provider(name: str, spec: ModelSpec, settings: Settings) -> LLM:
     )
 
 
-def build_gateway_for(experiment: Experiment, settings: Settings, *, meter: BudgetMeter | None = None) -> Gateway:
+def build_gateway_for(
+    experiment: Experiment, settings: Settings, *, meter: BudgetMeter | None = None, limits: Limits | None = None
+) -> Gateway:
     """The gateway the experiment's models and role routing describe.
 
     With no ``models`` the settings choose (an endpoint if configured, else the
     embedded local model); a ``models`` mapping without ``default`` gets the
     settings' model as its default. With a ``meter`` every call that reaches a model
     is checked against and charged to the run's budget (see :mod:`personae.costs`).
+    ``limits`` shares the endpoint limits with other gateways (e.g. every shard of a
+    simulation in this process).
     """
     providers = {name: _provider(name, spec, settings) for name, spec in experiment.models.items()}
+    model_limits = {
+        name: default_limit_config(
+            providers[name],
+            max_concurrency=spec.max_concurrency or settings.llm_max_concurrency,
+            rpm=spec.rpm or settings.llm_rpm,
+            tpm=spec.tpm or settings.llm_tpm,
+        )
+        for name, spec in experiment.models.items()
+        if spec.max_concurrency or spec.rpm or spec.tpm
+    }
     if meter is not None:
         from personae.llm import build_provider
         from personae.llm.metered import MeteredLLM
 
         providers.setdefault("default", build_provider(settings))
         providers = {name: MeteredLLM(p, meter, name) for name, p in providers.items()}
-    return build_gateway(settings, models=providers or None, roles=experiment.roles)
+    return build_gateway(settings, models=providers or None, roles=experiment.roles, model_limits=model_limits, limits=limits)
 
 
 def model_prices(experiment: Experiment) -> dict[str, float]:

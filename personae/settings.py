@@ -40,7 +40,18 @@ class Settings(BaseSettings):
         description="seconds a model call to an HTTP endpoint may wait, to connect and then for its reply, before it "
         "fails and is retried; a call that never answers holds its conversation up to (1 + llm_max_retries) times this",
     )
-    llm_max_concurrency: int = Field(64, ge=1, le=100_000)
+    llm_max_concurrency: int = Field(
+        64, ge=1, le=100_000,
+        description="model calls in flight at once per endpoint, shared by every model, loop and thread (and the "
+        "shards of a simulation); adapted below it on 429s and latency spikes",
+    )
+    llm_rpm: float | None = Field(None, gt=0, description="requests per minute per endpoint (your plan's quota); unset: none")
+    llm_tpm: float | None = Field(None, gt=0, description="tokens per minute per endpoint (prompt + max_tokens, settled to the usage)")
+    llm_global_limits: bool | None = Field(
+        None,
+        description="share the endpoint limits across processes through Prefect's global concurrency and rate limits "
+        "(needs a Prefect server); unset: on for simulation shards on Dask",
+    )
     llm_max_retries: int = Field(5, ge=0, le=100)
     llm_provider: str | None = Field(None, description="force a provider: openai | local | fake")
 

@@ -152,7 +152,11 @@ def test_simulation_shards_run_on_dask_against_a_real_server(tmp_path, prefect_a
 
     with get_client(sync_client=True) as client:
         shards = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="simulate-shard")))
+        limits = {gcl.name: gcl for gcl in client.read_global_concurrency_limits(limit=200)}
     assert len(shards) >= 2 and all(t.state.is_completed() for t in shards[:2])
+    # the Dask shards shared the fake endpoint's budget through a Prefect global limit, now all released
+    calls = [gcl for name, gcl in limits.items() if name.startswith("personae-llm-fake-") and name.endswith("-calls")]
+    assert len(calls) == 1 and calls[0].limit == Settings().llm_max_concurrency and calls[0].active_slots == 0
 
 
 def test_memory_on_a_local_qdrant_held_by_another_client_fails_clearly_then_works(tmp_path, prefect_api_session):

@@ -25,12 +25,15 @@ def register(app: typer.Typer) -> None:
         reject_tools: bool = typer.Option(False, help="Answer requests with tools with HTTP 400."),
         seed: int = typer.Option(0, help="Seeds the replies and the fault draw."),
         embedding_dim: int = typer.Option(256, help="Embedding size (unless a request sets 'dimensions')."),
+        quota_rpm: int | None = typer.Option(None, help="Quota mode: chat requests per minute; past it, 429 with Retry-After."),
+        quota_tpm: int | None = typer.Option(None, help="Quota mode: tokens per minute; past it, 429 with Retry-After."),
+        quota_window: float = typer.Option(60.0, help="Quota mode: seconds of quota the buckets hold (the largest burst)."),
     ) -> None:
         """Serve a fake OpenAI-compatible API (chat, embeddings, models) until Ctrl-C.
 
         Replies are deterministic and JSON replies are schema-valid, but they are not
         language: this is a test double for the plumbing (retries, fallbacks, caching,
-        concurrency). Point personae at the printed URL with
+        concurrency, rate limits with --quota-rpm/--quota-tpm). Point personae at the printed URL with
         PERSONAE_LLM_BASE_URL=<url> PERSONAE_LLM_MODEL=test.
         """
         from personae.testing.server import config_from_options, serve_until_interrupted

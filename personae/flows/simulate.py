@@ -2,7 +2,7 @@
 
 Each task owns a shard of the jobs (and is retried as a whole; a retry skips what
 is done). Inside a shard, conversations run concurrently on asyncio under the
-gateway's shared limit, and each finished conversation is appended to
+endpoint limits every shard shares (:mod:`personae.flows.limits`), and each finished conversation is appended to
 ``conversations.jsonl`` at once. A rerun skips conversations already in the file
 and resumes half-done ones from the shard's LangGraph checkpoint.
 
@@ -23,9 +23,11 @@ from personae.costs import BudgetMeter
 from personae.errors import BudgetExceeded, ConfigError, MissingExtra
 from personae.experiment import Experiment, SimulationConfig, build_gateway_for
 from personae.flows.context import RunPaths, StageResult, embedder_for, open_context, open_memory, settings_in_task
+from personae.flows.limits import limits_for
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
 from personae.graphs.runner import BatchResult, ConversationJob, done_ids, latest_conversations, make_jobs, simulate_batch
 from personae.jsonl import read_jsonl
+from personae.llm import Limits
 from personae.memory import AgentMemory
 from personae.models import ConversationStatus, Persona
 
@@ -63,12 +65,16 @@ async def _simulate_shard(
     progress: ProgressCallback | None = None,
     memory: AgentMemory | None = None,
     meter: BudgetMeter | None = None,
+    limits: Limits | None = None,
 ) -> StageResult:
     """Run one shard of conversations; returns its counts and model usage.
 
     ``memory`` is a shared in-process memory (thread shards on a local Qdrant);
     without it the shard opens the experiment's memory itself (a Qdrant server
-    on Dask). Jobs already in the output are skipped.
+    on Dask). ``limits`` are the endpoint limits shared by the shards of this process;
+    without them (Dask) the shard builds its own, joined to the other processes'
+    through Prefect's global limits (:mod:`personae.flows.limits`). Jobs already in the
+    output are skipped.
 
     With a budget ``meter`` (shared by the thread shards of a run), reaching a limit
     stops the shard cleanly: finished conversations are written, the ones in flight
@@ -80,7 +86,9 @@ async def _simulate_shard(
     already = done_ids(paths.conversations, retry_failed=retry_failed)
     skipped = sum(1 for job in jobs if job.id in already)
     meter = meter.child() if meter is not None else None
-    gateway = build_gateway_for(experiment, settings, meter=meter)
+    if limits is None:
+        limits = limits_for(experiment, settings, other_processes=True, create=False)
+    gateway = build_gateway_for(experiment, settings, meter=meter, limits=limits)
     embedder = embedder_for(settings)  # semantic echo/repetition checks, and memory
     opened = None
     if memory is None and experiment.memory_enabled:
@@ -165,6 +173,9 @@ def simulate_flow(
     shard_task = simulate_shard.with_options(retries=exp.simulation.max_retries, retry_delay_seconds=exp.simulation.retry_delay_s)
     with ctx.stage_run("simulate", parent_run_id) as run:
         memory, opened = None, None
+        # one budget per endpoint: thread shards share this process's limits; Dask shards
+        # share Prefect's global limits (created here, before they start) when a server is set
+        limits = limits_for(exp, ctx.settings, other_processes=bool(exp.simulation.dask))
         if exp.memory_enabled and not exp.simulation.dask:
             # thread shards share one in-process memory (local Qdrant allows one client per path)
             memory, opened = open_memory(exp, ctx.settings, embedder_for(ctx.settings))
@@ -173,7 +184,8 @@ def simulate_flow(
         meter = ctx.meter(budget_spent)
         try:
             futures = [
-                shard_task.submit(exp, ctx.overrides, part, index, len(shards), local_progress, memory, _shard_meter(meter, exp, len(shards)))
+                shard_task.submit(exp, ctx.overrides, part, index, len(shards), local_progress, memory,
+                                  _shard_meter(meter, exp, len(shards)), None if exp.simulation.dask else limits)
                 for index, part in enumerate(shards)
             ]
             results = []

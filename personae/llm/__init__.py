@@ -9,6 +9,7 @@ from personae.errors import ConfigError, MissingExtra
 from personae.llm.base import LLM, LLMRequest, LLMResponse, Message, ResponseFormat, Usage, estimate_tokens
 from personae.llm.cache import ResponseCache
 from personae.llm.gateway import Budget, Gateway, UsageTracker
+from personae.llm.limits import LimitConfig, Limits
 from personae.settings import Settings
 
 __all__ = [
@@ -23,6 +24,8 @@ __all__ = [
     "Budget",
     "Gateway",
     "UsageTracker",
+    "LimitConfig",
+    "Limits",
     "build_provider",
     "build_gateway",
     "LangChainLLM",
@@ -79,8 +82,14 @@ def build_gateway(
     models: Mapping[str, LLM] | None = None,
     roles: Mapping[str, str] | None = None,
     budget: Budget | None = None,
+    model_limits: Mapping[str, LimitConfig] | None = None,
+    limits: Limits | None = None,
 ) -> Gateway:
-    """A gateway wired from ``settings``: provider, persistent cache, retries and shared limit."""
+    """A gateway wired from ``settings``: provider, persistent cache, retries and endpoint limits.
+
+    Every endpoint gets ``llm_max_concurrency`` calls in flight and the ``llm_rpm``/``llm_tpm``
+    rates unless ``model_limits`` says otherwise; pass ``limits`` to share the budget with
+    other gateways of the process (see :class:`~personae.llm.limits.Limits`)."""
     providers = dict(models) if models else {"default": build_provider(settings)}
     if "default" not in providers:
         providers["default"] = build_provider(settings)
@@ -94,4 +103,8 @@ def build_gateway(
         max_concurrency=1 if local and len(providers) == 1 else settings.llm_max_concurrency,
         max_retries=settings.llm_max_retries,
         budget=budget,
+        rpm=settings.llm_rpm,
+        tpm=settings.llm_tpm,
+        model_limits=model_limits,
+        limits=limits,
     )

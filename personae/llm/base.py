@@ -8,6 +8,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from personae.ids import content_hash
+from personae.llm.rate_headers import RateLimitInfo
 
 __all__ = [
     "Message",
@@ -99,6 +100,9 @@ class LLMResponse(BaseModel):
     finish_reason: str | None = None
     cached: bool = False
     latency_s: float = 0.0
+    rate_limit: RateLimitInfo | None = Field(
+        None, exclude=True, description="the provider's rate-limit headers on this reply (for the limiter; never cached)"
+    )
 
 
 @runtime_checkable

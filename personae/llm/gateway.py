@@ -2,8 +2,8 @@
 
 It routes each call to a model by *role* (persona, critic, judge, ...), serves
 repeated requests from the response cache, stacks the cross-cutting wrappers
-(retries → shared concurrency limit → provider), does structured output with a
-fallback chain, and accounts calls and tokens per role.
+(retries → the endpoint's limiter of calls in flight, RPM and TPM → provider), does
+structured output with a fallback chain, and accounts calls and tokens per role.
 
 The cache stores a reply only once it has passed its validation (a structured reply
 parsed and schema-valid, or whatever ``check`` the caller gives), so a rerun never
@@ -26,9 +26,10 @@ from personae.errors import BudgetExceeded, ConfigError, ModelOutputError, Unsup
 from personae.llm.base import LLM, LLMRequest, LLMResponse, Message, ResponseFormat
 from personae.llm.cache import ResponseCache, cache_key
 from personae.llm.structured import parse_structured, schema_for
-from personae.llm.wrappers import LimitedLLM, RetryingLLM, WrapperLLM
+from personae.llm.limits import EndpointLimiter, LimitConfig, Limits, endpoint_key
+from personae.llm.wrappers import LimitedLLM, RetryingLLM
 
-__all__ = ["Gateway", "RoleUsage", "UsageTracker", "Budget"]
+__all__ = ["Gateway", "RoleUsage", "UsageTracker", "Budget", "default_limit_config"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
@@ -130,8 +131,15 @@ class Gateway:
             model in ``models`` directly needs no entry.
         cache: response cache shared by all models; ``None`` disables caching. Only
             replies that pass their validation are stored (see :meth:`complete`).
-        max_concurrency: calls in flight at once, shared by every caller and model.
-        max_retries: retries per call for 429/5xx/timeouts.
+        max_concurrency: calls in flight at once per endpoint, shared by every caller and
+            model reaching that endpoint (and by every gateway sharing ``limits``); adapted
+            below it by AIMD on 429s and latency spikes.
+        max_retries: retries per call for 429/5xx/timeouts; a retry waits without its slot.
+        rpm, tpm: requests and tokens per minute per endpoint (``None``: unlimited).
+        model_limits: model name → its :class:`~personae.llm.limits.LimitConfig`, instead of
+            ``max_concurrency``/``rpm``/``tpm``; models on one endpoint share the tightest.
+        limits: the registry of endpoint limiters to share with other gateways (e.g. the
+            shards of one simulation); by default the gateway has its own.
         budget: optional hard limits.
     """
 
@@ -145,6 +153,10 @@ class Gateway:
         max_retries: int = 5,
         retry_base_delay_s: float = 0.25,
         budget: Budget | None = None,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        model_limits: Mapping[str, LimitConfig] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         raw = {"default": models} if not isinstance(models, Mapping) else dict(models)
         if "default" not in raw:
@@ -159,9 +171,14 @@ class Gateway:
         self.usage = UsageTracker()
         self._unsupported: dict[str, set[ResponseFormat]] = {}
         self._providers = raw
+        self.limits = limits if limits is not None else Limits()
         self._models: dict[str, LLM] = {}
+        self._limiters: dict[str, EndpointLimiter] = {}
         for name, model in raw.items():
-            wrapped: LLM = LimitedLLM(model, max_concurrency)
+            config = (model_limits or {}).get(name) or default_limit_config(model, max_concurrency=max_concurrency, rpm=rpm, tpm=tpm)
+            limiter = self.limits.limiter(endpoint_key(model), config)
+            self._limiters[name] = limiter
+            wrapped: LLM = LimitedLLM(model, limiter)
             self._models[name] = RetryingLLM(wrapped, max_retries=max_retries, base_delay_s=retry_base_delay_s)
 
     # ---- routing ---------------------------------------------------------
@@ -337,21 +354,26 @@ class Gateway:
 
     @property
     def peak_in_flight(self) -> int:
-        """Most model calls that were in flight at once (for overlap checks)."""
-        peaks = []
-        for m in self._models.values():
-            node = m
-            while isinstance(node, WrapperLLM):
-                if isinstance(node, LimitedLLM):
-                    peaks.append(node.peak_in_flight)
-                node = node.inner
-        return max(peaks, default=0)
+        """Most model calls that were in flight at once on one endpoint, across all its models
+        (and every gateway sharing :attr:`limits`)."""
+        return max((lim.peak_in_flight for lim in self._limiters.values()), default=0)
+
+    def endpoint_limiters(self) -> dict[str, EndpointLimiter]:
+        """Endpoint key → the limiter this gateway's calls to it go through."""
+        return {lim.key: lim for lim in self._limiters.values()}
 
     async def aclose(self) -> None:
         """Close every provider and the cache."""
         await asyncio.gather(*(m.aclose() for m in self._providers.values()))
         if self.cache is not None:
             self.cache.close()
+
+
+def default_limit_config(model: LLM, *, max_concurrency: int, rpm: float | None = None, tpm: float | None = None) -> LimitConfig:
+    """The limits of ``model``'s endpoint when none are given: latency spikes count only for
+    HTTP endpoints (a fake or in-process model's latency says nothing about a server's load)."""
+    remote = endpoint_key(model).startswith(("http://", "https://"))
+    return LimitConfig(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm, latency_spike_factor=4.0 if remote else None)
 
 
 def _accepts(check: Callable[[LLMResponse], Any] | None, response: LLMResponse) -> bool:

@@ -10,12 +10,14 @@ import json
 import time
 from typing import Any
 
+import httpx
 import openai
 from pydantic import SecretStr
 
 from personae.endpoint import public_url, unreachable_reason
 from personae.errors import ModelCallError, UnsupportedFeature
 from personae.llm.base import LLMRequest, LLMResponse, ResponseFormat, Usage, estimate_tokens
+from personae.llm.rate_headers import parse_rate_limit_headers
 
 __all__ = ["OpenAICompatibleLLM"]
 
@@ -41,8 +43,6 @@ class OpenAICompatibleLLM:
         timeout_s: float = 60.0,
         max_connections: int = 512,
     ) -> None:
-        import httpx
-
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._model = model
         self.base_url = base_url
@@ -111,9 +111,10 @@ class OpenAICompatibleLLM:
             # (already plain JSON) body (~2 ms per call), and read as plain JSON (`cast_to=object`):
             # building a ChatCompletion model costs ~0.3 ms per call for the few fields personae
             # reads, which `_read_completion` checks itself
-            data = await self._client.post("/chat/completions", cast_to=object, body=self._kwargs(request))
-            if isinstance(data, str):  # the SDK returns the text of a body not labelled as JSON
-                data = json.loads(data)
+            # `cast_to=httpx.Response` is the SDK's documented way to read a custom request's
+            # headers (README, "Undocumented endpoints"): the x-ratelimit-* ones feed the limiter
+            raw = await self._client.post("/chat/completions", cast_to=httpx.Response, body=self._kwargs(request))
+            data = json.loads(raw.content)
         except openai.APIStatusError as exc:
             raise _status_error(exc, request, self._model) from None
         except openai.APIConnectionError as exc:  # APITimeoutError included
@@ -125,7 +126,10 @@ class OpenAICompatibleLLM:
         text, finish_reason, model, usage = _read_completion(data, tool=request.response_format is ResponseFormat.TOOL, model=self._model)
         if usage is None:
             usage = Usage(prompt_tokens=sum(estimate_tokens(m.content) for m in request.messages), completion_tokens=estimate_tokens(text))
-        return LLMResponse(text=text, usage=usage, model=model, provider=self.provider, finish_reason=finish_reason, latency_s=latency)
+        return LLMResponse(
+            text=text, usage=usage, model=model, provider=self.provider, finish_reason=finish_reason, latency_s=latency,
+            rate_limit=parse_rate_limit_headers(raw.headers),
+        )
 
 
 def _read_completion(data: Any, *, tool: bool, model: str) -> tuple[str, str | None, str, Usage | None]:
@@ -171,14 +175,23 @@ def _status_error(exc: openai.APIStatusError, request: LLMRequest, model: str) -
     if status in (400, 422) and request.response_format is not ResponseFormat.TEXT:
         return UnsupportedFeature(f"endpoint rejected response format {request.response_format.value}: {detail}", status=status, model=model)
     retryable = status in (408, 409, 425, 429) or status >= 500
-    retry_after = None
-    header = exc.response.headers.get("retry-after") if exc.response is not None else None
-    if header:
-        try:
-            retry_after = float(header)
-        except ValueError:
-            retry_after = None
+    retry_after = _retry_after(exc.response.headers) if exc.response is not None else None
     return ModelCallError(f"endpoint returned HTTP {status}: {detail}", status=status, model=model, retryable=retryable, retry_after=retry_after)
+
+
+def _retry_after(headers: Any) -> float | None:
+    """Seconds to wait before a retry: ``Retry-After`` (or ``retry-after-ms``), else, when a quota
+    is spent (``x-ratelimit-remaining-*`` is 0), the time until it resets."""
+    info = parse_rate_limit_headers(headers)
+    if info is None:
+        return None
+    if info.retry_after_s is not None:
+        return info.retry_after_s
+    waits = [
+        reset for remaining, reset in ((info.remaining_requests, info.reset_requests_s), (info.remaining_tokens, info.reset_tokens_s))
+        if remaining == 0 and reset is not None
+    ]
+    return max(waits) if waits else None
 
 
 def _error_detail(exc: openai.APIStatusError) -> str:

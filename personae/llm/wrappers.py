@@ -1,15 +1,15 @@
-"""Cross-cutting behaviour as models that wrap a model: cache, retries, concurrency limit."""
+"""Cross-cutting behaviour as models that wrap a model: cache, retries, endpoint limits."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import random
-import weakref
 
 from personae.errors import ModelCallError
-from personae.llm.base import LLM, LLMRequest, LLMResponse
+from personae.llm.base import LLM, LLMRequest, LLMResponse, estimate_tokens
 from personae.llm.cache import ResponseCache, cache_key
+from personae.llm.limits import EndpointLimiter, LimitConfig, endpoint_key, reservation
 
 __all__ = ["WrapperLLM", "CachedLLM", "RetryingLLM", "LimitedLLM"]
 
@@ -71,6 +71,8 @@ class RetryingLLM(WrapperLLM):
 
     A ``Retry-After`` from the server is honoured as the minimum wait. After
     ``max_retries`` the last error is raised, so a persistent fault stops the caller.
+    Above a :class:`LimitedLLM` (as in the gateway), every failed attempt has already given
+    its slot back and fed its 429 to the endpoint's AIMD before the wait starts.
     """
 
     def __init__(
@@ -110,33 +112,58 @@ class RetryingLLM(WrapperLLM):
 
 
 class LimitedLLM(WrapperLLM):
-    """Caps concurrent calls at ``limit`` across every caller sharing this wrapper.
+    """Admits each call through an endpoint's :class:`~personae.llm.limits.EndpointLimiter`.
 
-    One semaphore per event loop, so a gateway reused by successive ``asyncio.run``
-    calls (e.g. Prefect tasks) never touches a semaphore bound to a dead loop.
+    The limiter holds the endpoint's budget (calls in flight, requests and tokens per
+    minute) for every model, event loop and thread that shares it, and learns from each
+    call: successes widen the window of calls in flight, a 429 narrows it and pauses the
+    endpoint for its ``Retry-After``, the provider's ``x-ratelimit-*`` headers tighten the
+    buckets, and the real token count corrects the reservation. Under a
+    :class:`RetryingLLM` a call holds its slot only while it is on the wire, not while it
+    sleeps before a retry.
+
+    ``limiter`` may be a plain ``int``: a limit of that many calls in flight for this
+    wrapper alone (no rates, no adaptation).
     """
 
-    def __init__(self, inner: LLM, limit: int) -> None:
+    def __init__(self, inner: LLM, limiter: EndpointLimiter | int) -> None:
         super().__init__(inner)
-        if limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
-        self.limit = limit
-        self._semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
-        self.in_flight = 0
-        self.peak_in_flight = 0
+        if isinstance(limiter, int):
+            if limiter < 1:
+                raise ValueError(f"limit must be >= 1, got {limiter}")
+            limiter = EndpointLimiter(endpoint_key(inner), LimitConfig(max_concurrency=limiter, adaptive=False, latency_spike_factor=None))
+        self.limiter = limiter
 
-    def _semaphore(self) -> asyncio.Semaphore:
-        loop = asyncio.get_running_loop()
-        sem = self._semaphores.get(loop)
-        if sem is None:
-            sem = self._semaphores[loop] = asyncio.Semaphore(self.limit)
-        return sem
+    @property
+    def limit(self) -> int:
+        """Calls allowed in flight now on this endpoint."""
+        return self.limiter.limit
+
+    @property
+    def in_flight(self) -> int:
+        return self.limiter.in_flight
+
+    @property
+    def peak_in_flight(self) -> int:
+        """Most calls in flight at once on this endpoint (every model sharing its limiter)."""
+        return self.limiter.peak_in_flight
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        async with self._semaphore():
-            self.in_flight += 1
-            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
-            try:
-                return await self.inner.complete(request)
-            finally:
-                self.in_flight -= 1
+        limiter = self.limiter
+        tokens = 0
+        if limiter.counts_tokens:
+            prompt = sum(estimate_tokens(m.content) for m in request.messages)
+            tokens = reservation(prompt, request.max_tokens)
+        permit = await limiter.acquire(tokens)
+        try:
+            response = await self.inner.complete(request)
+        except ModelCallError as exc:
+            await limiter.release(
+                permit, ok=False, throttled=exc.status == 429, retry_after_s=exc.retry_after, tokens_used=None
+            )
+            raise
+        except BaseException:
+            await limiter.release(permit, ok=False)
+            raise
+        await limiter.release(permit, tokens_used=response.usage.total_tokens, rate_limit=response.rate_limit)
+        return response

@@ -12,6 +12,11 @@ injected at ``fault_rate`` from a seeded generator: 429 (with ``Retry-After``),
 body is broken JSON), truncated (JSON content cut short) and schema_invalid
 (valid JSON that violates the schema).
 
+``quota_rpm``/``quota_tpm`` turn on the quota mode (:mod:`personae.testing.quota`): chat
+requests past the quota get a 429 with ``Retry-After`` and ``x-ratelimit-*`` headers, and
+admitted ones carry the ``x-ratelimit-*`` headers too (:attr:`~OpenAITestServer.quota`
+counts both).
+
 ``hold_until_in_flight=N`` holds every reply until N requests are in flight at once
 (:attr:`~OpenAITestServer.gate_opened`), which proves that a client overlaps N calls
 whatever the machine's speed, where a wall-clock bound would not.
@@ -38,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from personae.errors import ConfigError
 from personae.testing import replies
+from personae.testing.quota import ServerQuota
 from personae.validation import validate_data
 
 __all__ = ["TestServerConfig", "OpenAITestServer", "FaultKind", "ALL_FAULTS", "serve_until_interrupted", "config_from_options", "main"]
@@ -74,6 +80,12 @@ class TestServerConfig(BaseModel):
         "the gate opens once and stays open",
     )
     hold_s: float = Field(60.0, gt=0.0, description="longest a reply waits for the hold_until_in_flight gate before it is answered anyway")
+    quota_rpm: int | None = Field(None, ge=1, description="quota mode: chat requests per minute, past which it answers 429")
+    quota_tpm: int | None = Field(None, ge=1, description="quota mode: tokens per minute (prompt + max_tokens, settled to the real usage)")
+    quota_window_s: float = Field(
+        60.0, gt=0.0, le=3600.0,
+        description="quota mode: seconds of quota the buckets hold (the largest burst); 1 enforces the quota per second",
+    )
 
 
 @dataclass
@@ -146,6 +158,8 @@ class OpenAITestServer:
         self._in_flight = 0
         self.peak_in_flight = 0
         """Most requests the server was handling at once (since start or :meth:`reset_counts`)."""
+        self.quota: ServerQuota | None = self._new_quota(self.config)
+        """The quota mode's buckets and counts (``admitted``, ``rejected``), or None when it is off."""
         self._gate: asyncio.Event | None = None
         self.gate_opened = False
         """Whether ``hold_until_in_flight`` requests were once in flight at the same time (the gate opened)."""
@@ -256,8 +270,16 @@ class OpenAITestServer:
         with self._lock:
             if new.seed != self.config.seed:
                 self._rng = random.Random(new.seed)
+            if (new.quota_rpm, new.quota_tpm, new.quota_window_s) != (self.config.quota_rpm, self.config.quota_tpm, self.config.quota_window_s):
+                self.quota = self._new_quota(new)
             self.config = new
         return new
+
+    @staticmethod
+    def _new_quota(config: TestServerConfig) -> ServerQuota | None:
+        if config.quota_rpm is None and config.quota_tpm is None:
+            return None
+        return ServerQuota(rpm=config.quota_rpm, tpm=config.quota_tpm, window_s=config.quota_window_s)
 
     def reset_counts(self) -> None:
         """Forget counted requests, recorded bodies and fault counts."""
@@ -415,7 +437,31 @@ class OpenAITestServer:
             applicable.add("truncated")
             if plan.schema is not None:
                 applicable.add("schema_invalid")
-        return await self._serve("chat.completions", body, lambda b, fault, rng: self._chat_reply(b, plan, fault, rng), applicable)
+        quota = self.quota
+        if quota is None:
+            return await self._serve("chat.completions", body, lambda b, fault, rng: self._chat_reply(b, plan, fault, rng), applicable)
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        prompt = replies.prompt_tokens(body["messages"])
+        reserved, headers = quota.admit(prompt, max_tokens if isinstance(max_tokens, int) else None)
+        if reserved is None:
+            reply = _error(429, "rate limit reached: quota of the personae test server", kind="requests", code="rate_limit_exceeded")
+            reply.headers.update(headers)
+            return reply
+        used = 0
+
+        def build(b: dict[str, Any], fault: str | None, rng: random.Random) -> _Reply:
+            nonlocal used
+            out = self._chat_reply(b, plan, fault, rng)
+            used = json.loads(out.body)["usage"]["total_tokens"]
+            return out
+
+        try:
+            reply = await self._serve("chat.completions", body, build, applicable)
+        finally:
+            quota.settle(reserved, used)
+        if isinstance(reply, _Reply):
+            reply.headers.update(headers)
+        return reply
 
     def _chat_reply(self, body: dict[str, Any], plan: replies.ChatPlan, fault: str | None, rng: random.Random) -> _Reply:
         max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
@@ -510,6 +556,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reject-tools", action="store_true")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--embedding-dim", type=int, default=256)
+    p.add_argument("--quota-rpm", type=int, default=None, help="quota mode: chat requests per minute (429 past it)")
+    p.add_argument("--quota-tpm", type=int, default=None, help="quota mode: tokens per minute (429 past it)")
+    p.add_argument("--quota-window", type=float, default=60.0, help="quota mode: seconds of quota the buckets hold")
     return p
 
 
@@ -523,6 +572,9 @@ def config_from_options(
     reject_tools: bool = False,
     seed: int = 0,
     embedding_dim: int = 256,
+    quota_rpm: int | None = None,
+    quota_tpm: int | None = None,
+    quota_window: float = 60.0,
 ) -> TestServerConfig:
     """A config from command-line style options (``faults`` comma-separated); bad values raise ConfigError."""
     return validate_data(
@@ -536,6 +588,9 @@ def config_from_options(
             "reject_tools": reject_tools,
             "seed": seed,
             "embedding_dim": embedding_dim,
+            "quota_rpm": quota_rpm,
+            "quota_tpm": quota_tpm,
+            "quota_window_s": quota_window,
         },
         what="test server options",
     )
