@@ -221,8 +221,13 @@ def test_budget_stops_the_run_cleanly_and_a_larger_budget_resumes_to_the_same_re
     def run(budget: dict | None, where: Path):
         return run_cli(["run", str(experiment(budget)), "--no-track", "--data-dir", str(where), "--stage", "generate", "--stage", "simulate"])
 
-    unlimited = run(None, reference_dir)  # what the run makes without a budget
-    assert unlimited.exit_code == 0, unlimited.output
+    from personae.flows.pipeline import pipeline_flow
+
+    unlimited = pipeline_flow(experiment=str(experiment(None)), stages=["generate", "simulate"], track=False, data_dir=str(reference_dir))
+    assert unlimited.budget_stop is None
+    # stop the second run half-way through the simulation, whatever a conversation costs today
+    simulation_calls = unlimited.metrics["simulate.usage.model_calls"]
+    assert simulation_calls >= 4 * n, unlimited.metrics
     ref_run = Settings(data_dir=reference_dir).run_dir("budget-test")
     reference = _transcripts(ref_run / "conversations.jsonl")
     assert len(reference) == n
@@ -237,9 +242,7 @@ def test_budget_stops_the_run_cleanly_and_a_larger_budget_resumes_to_the_same_re
     assert not (run_dir / "conversations.jsonl").exists()
 
     # 2. a larger budget counts generation and simulation (both shards) together and stops mid-simulation
-    from personae.flows.pipeline import pipeline_flow
-
-    limit = generation_calls + 70
+    limit = generation_calls + int(simulation_calls // 2)
     second = pipeline_flow(experiment=str(experiment({"max_model_calls": limit})), stages=["generate", "simulate"], track=False, data_dir=str(data_dir))
     assert second.budget_stop and "max_model_calls" in second.budget_stop and "simulate" in second.budget_stop
     m = second.metrics
