@@ -1,0 +1,80 @@
+"""A synthetic target with a known answer model, for refinement and calibration tests.
+
+The scripted respondents answer every statement by one attribute, ``psychographics.outlook``
+(optimists lean to agree, pessimists to disagree; ``salt`` and ``taxes`` are reverse-keyed).
+The humans: half north, half south; 80 % of the north and 50 % of the south are
+pessimists. The simulated population is wrong twice: two thirds live in the north, and
+every northerner is an optimist. Targets are the exact expected distributions of the
+humans under the known model, overall and per region (with the cell sizes).
+"""
+
+from __future__ import annotations
+
+from personae.models import Persona
+from personae.survey.instrument import Instrument, Option, Question
+from personae.survey.targets import Distribution, HumanTargets
+from personae.testing.respondents import ScriptedRespondents
+
+SCALE = ["strongly disagree", "disagree", "neither", "agree", "strongly agree"]
+TOPICS = {
+    "bread": "Fresh bread from the corner bakery is worth the queue.",
+    "parks": "City parks are kept in good shape.",
+    "taxes": "Local taxes are spent badly.",
+    "trains": "The trains will be on time next year.",
+    "music": "Street musicians make the town livelier.",
+    "rivers": "The rivers are cleaner than a decade ago.",
+    "salt": "Winter road salt does more harm than good.",
+    "stars": "Children today will have better lives than their parents.",
+}
+REVERSED = {"taxes", "salt"}
+OUTLOOK, REGION = "psychographics.outlook", "demographics.region"
+REVISABLE = {OUTLOOK: ["optimist", "pessimist"]}
+
+
+def instrument() -> Instrument:
+    questions = [Question(id=f"q_{k}", type="likert", text=t, options=[Option(code=s, label=s) for s in SCALE]) for k, t in TOPICS.items()]
+    return Instrument(name="synthetic", randomize_options=False, questions=questions)
+
+
+def rules() -> dict:
+    up = {"strongly agree": 5, "agree": 3, "neither": 1, "disagree": 0.5, "strongly disagree": 0.5}
+    down = {s: up[SCALE[4 - i]] for i, s in enumerate(SCALE)}
+    out = {}
+    for k in TOPICS:
+        opt, pes = (down, up) if k in REVERSED else (up, down)
+        out[f"q_{k}"] = {"by": {OUTLOOK: {"optimist": opt, "pessimist": pes}}}
+    return out
+
+
+def respondents(inst: Instrument, seed: int = 0, midpoint_bias: float = 0.0) -> ScriptedRespondents:
+    return ScriptedRespondents(inst, rules(), seed=seed, midpoint_bias=midpoint_bias)
+
+
+HUMANS = {"north": {"pessimist": 0.8, "optimist": 0.2}, "south": {"pessimist": 0.5, "optimist": 0.5}}
+HUMAN_REGIONS = {"north": 0.5, "south": 0.5}
+
+
+def targets(inst: Instrument, model: ScriptedRespondents) -> HumanTargets:
+    out = HumanTargets(source="synthetic: the known answer model", kind="aggregate")
+    for q in inst.questions:
+        overall: dict[str, float] = {}
+        for region, mix in HUMANS.items():
+            cell: dict[str, float] = {}
+            for outlook, share in mix.items():
+                for code, p in model.probabilities(q.id, {OUTLOOK: outlook}).items():
+                    cell[code] = cell.get(code, 0.0) + share * p
+                    overall[code] = overall.get(code, 0.0) + share * p * HUMAN_REGIONS[region]
+            out.add(q.id, {REGION: region}, Distribution(shares=cell, n=1000 * HUMAN_REGIONS[region]))
+        out.add(q.id, {}, Distribution(shares=overall, n=1000))
+    return out
+
+
+def population(north: int = 16, south: int = 8) -> list[Persona]:
+    """All northerners optimists; the south half and half (each persona its own draws: ``panel.number``)."""
+    people = []
+    for i in range(north + south):
+        region = "north" if i < north else "south"
+        outlook = "optimist" if region == "north" or (i - north) % 2 == 0 else "pessimist"
+        people.append(Persona(name=f"Respondent {i}", description=f"A {outlook} from the {region}.",
+                              attributes={REGION: region, OUTLOOK: outlook, "panel.number": str(i)}))
+    return people
