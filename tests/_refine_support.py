@@ -1,10 +1,11 @@
 """A synthetic target with a known answer model, for refinement and calibration tests.
 
-The scripted respondents answer every statement by one attribute, ``psychographics.outlook``
-(optimists lean to agree, pessimists to disagree; ``salt`` and ``taxes`` are reverse-keyed).
-The humans: half north, half south; 80 % of the north and 50 % of the south are
-pessimists. The simulated population is wrong twice: two thirds live in the north, and
-every northerner is an optimist. Targets are the exact expected distributions of the
+The scripted respondents answer every statement by one taxonomy attribute,
+``values_beliefs.attitude_to_change`` (those who embrace change lean to agree, those who
+resist it to disagree; ``salt`` and ``taxes`` are reverse-keyed). The humans: half union
+members (``work.union_member``), half not; 80 % of members and 50 % of non-members resist
+change. The simulated population is wrong twice: two thirds are members, and every
+member embraces change. Targets are the exact expected distributions of the
 humans under the known model, overall and per region (with the cell sizes).
 """
 
@@ -27,8 +28,9 @@ TOPICS = {
     "stars": "Children today will have better lives than their parents.",
 }
 REVERSED = {"taxes", "salt"}
-OUTLOOK, REGION = "psychographics.outlook", "demographics.region"
-REVISABLE = {OUTLOOK: ["optimist", "pessimist"]}
+OUTLOOK, REGION = "values_beliefs.attitude_to_change", "work.union_member"
+OPT, PES = "embraces change", "resists change"
+REVISABLE = {OUTLOOK: [OPT, PES]}
 
 
 def instrument() -> Instrument:
@@ -42,7 +44,7 @@ def rules() -> dict:
     out = {}
     for k in TOPICS:
         opt, pes = (down, up) if k in REVERSED else (up, down)
-        out[f"q_{k}"] = {"by": {OUTLOOK: {"optimist": opt, "pessimist": pes}}}
+        out[f"q_{k}"] = {"by": {OUTLOOK: {OPT: opt, PES: pes}}}
     return out
 
 
@@ -50,8 +52,8 @@ def respondents(inst: Instrument, seed: int = 0, midpoint_bias: float = 0.0) -> 
     return ScriptedRespondents(inst, rules(), seed=seed, midpoint_bias=midpoint_bias)
 
 
-HUMANS = {"north": {"pessimist": 0.8, "optimist": 0.2}, "south": {"pessimist": 0.5, "optimist": 0.5}}
-HUMAN_REGIONS = {"north": 0.5, "south": 0.5}
+HUMANS = {"yes": {PES: 0.8, OPT: 0.2}, "no": {PES: 0.5, OPT: 0.5}}
+HUMAN_REGIONS = {"yes": 0.5, "no": 0.5}
 
 
 def targets(inst: Instrument, model: ScriptedRespondents) -> HumanTargets:
@@ -69,12 +71,12 @@ def targets(inst: Instrument, model: ScriptedRespondents) -> HumanTargets:
     return out
 
 
-def population(north: int = 16, south: int = 8) -> list[Persona]:
-    """All northerners optimists; the south half and half (each persona its own draws: ``panel.number``)."""
+def population(members: int = 16, others: int = 8) -> list[Persona]:
+    """Every union member embraces change; non-members half and half (each persona its own draws: ``panel.number``)."""
     people = []
-    for i in range(north + south):
-        region = "north" if i < north else "south"
-        outlook = "optimist" if region == "north" or (i - north) % 2 == 0 else "pessimist"
-        people.append(Persona(name=f"Respondent {i}", description=f"A {outlook} from the {region}.",
+    for i in range(members + others):
+        region = "yes" if i < members else "no"
+        outlook = OPT if region == "yes" or (i - members) % 2 == 0 else PES
+        people.append(Persona(name=f"Respondent {i}", description=f"Someone who {outlook}; union member: {region}.",
                               attributes={REGION: region, OUTLOOK: outlook, "panel.number": str(i)}))
     return people
