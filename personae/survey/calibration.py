@@ -11,7 +11,9 @@ weight is its raked cell total over its cell count (mean weight 1). The answer
 distributions are then recomputed with the weights. :func:`target_marginals` reads the
 marginals off the targets' per-cell sample sizes. It corrects *who* answered, not *how*:
 when the answers within a cell are wrong, reweighting cannot fix them; a target value no
-simulated respondent holds cannot be reached (``max_error`` says by how much, with a warning).
+simulated respondent holds, or a combination the marginals force (e.g. every union member embraces
+change but the targets need more resisting than non-members can give), cannot be reached:
+``max_error`` says by how much, with a warning.
 
 **Mapped** (:func:`fit_mapping`, :func:`apply_mapping`): one ordinal shift-and-stretch learned
 on the *train* questions and applied to the other questions. On each train question with
@@ -129,6 +131,9 @@ def rake_weights(frame: pd.DataFrame, marginals: Mapping[str, Mapping[str, float
         for v in values[a]:
             if marginals[a][v] > 0 and unweighted[a][v] == 0:
                 warnings.append(f"no simulated respondent has {a}={v}: its target share cannot be met")
+    if error > 1e-6 and not any("cannot be met" in w for w in warnings):
+        warnings.append(f"the target marginals cannot be met jointly by these respondents (max error {error:.3f}): "
+                        "a combination the targets need has no simulated respondent")
     for warning in warnings:
         log.warning("raking: %s", warning)
     return RakingResult(weights=weights, targets={a: dict(marginals[a]) for a in attributes}, achieved=achieved, unweighted=unweighted,

@@ -64,6 +64,17 @@ class ScriptedReviser:
                                   "description": None, "reason": f"fits the human answers of {evidence['cell']}"})
         return json.dumps({"revisions": revisions})
 
+    def reply(self, body: dict[str, Any]) -> str | None:
+        """The test server's reply function: revision prompts here, the rest to ``respondents.reply``."""
+        response_format = body.get("response_format") or {}
+        name = (response_format.get("json_schema") or {}).get("name") if isinstance(response_format, dict) else None
+        for tool in body.get("tools") or []:
+            name = name or ((tool or {}).get("function") or {}).get("name")
+        if name == "PersonaRevisions":
+            user = [str(m.get("content")) for m in body.get("messages") or [] if m.get("role") == "user"]
+            return self.answer("\n".join(user))
+        return self.respondents.reply(body) if self.respondents is not None else None
+
     def llm(self, *, model: str = "scripted-reviser") -> ScriptedLLM:
         """One fake model: revision prompts answered here, the rest by ``respondents.llm()``."""
         inner = self.respondents.llm() if self.respondents is not None else None
@@ -76,3 +87,4 @@ class ScriptedReviser:
             return await inner.complete(request)
 
         return ScriptedLLM(script, model=model)
+
