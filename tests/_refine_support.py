@@ -39,7 +39,7 @@ def instrument() -> Instrument:
 
 
 def rules() -> dict:
-    up = {"strongly agree": 5, "agree": 3, "neither": 1, "disagree": 0.5, "strongly disagree": 0.5}
+    up = {"strongly agree": 6, "agree": 3, "neither": 0.5, "disagree": 0.25, "strongly disagree": 0.25}
     down = {s: up[SCALE[4 - i]] for i, s in enumerate(SCALE)}
     out = {}
     for k in TOPICS:
@@ -80,3 +80,32 @@ def population(members: int = 16, others: int = 8) -> list[Persona]:
         people.append(Persona(name=f"Respondent {i}", description=f"Someone who {outlook}; union member: {region}.",
                               attributes={REGION: region, OUTLOOK: outlook, "panel.number": str(i)}))
     return people
+
+
+def write_experiment(tmp_path, model: dict, *, name: str = "refine-test", members: int = 16, others: int = 8):
+    """An experiment file: the synthetic instrument and targets as files, the wrong population as a personas file."""
+    import json
+
+    import yaml
+
+    inst = instrument()
+    model_answers = respondents(inst, seed=3)
+    (tmp_path / "instrument.yaml").write_text(yaml.safe_dump(inst.model_dump(mode="json", exclude_defaults=True), sort_keys=False))
+    tgt = targets(inst, model_answers)
+    questions = {}
+    for qid, cells in tgt.cells.items():
+        entry: dict = {"cells": []}
+        for label, dist in cells.items():
+            if label == "overall":
+                entry["overall"] = {"n": dist.n, "distribution": dist.shares}
+            else:
+                (_, value), = tgt.cell_attributes[qid][label].items()
+                entry["cells"].append({"where": {"union_member": value}, "n": dist.n, "distribution": dist.shares})
+        questions[qid] = entry
+    (tmp_path / "targets.yaml").write_text(yaml.safe_dump({"kind": "aggregate", "source": "synthetic", "questions": questions}, sort_keys=False))
+    (tmp_path / "personas.jsonl").write_text("".join(json.dumps(p.model_dump(mode="json")) + "\n" for p in population(members, others)))
+    data = {"name": name, "seed": 5, "models": {"default": model}, "personas_file": "personas.jsonl",
+            "survey": {"instrument": "instrument.yaml", "targets": "targets.yaml", "mode": "direct", "min_cell": 1, "concurrency": 4}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

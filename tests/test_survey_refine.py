@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 import _refine_support as S
+from _flows_support import prefect_api_session  # noqa: F401 - fixture
 from personae.llm import Gateway
 from personae.survey import run_survey
 from personae.survey.calibration import apply_mapping, calibrate_report, fit_mapping, rake_weights, target_marginals
@@ -224,3 +225,60 @@ def test_the_mapping_learned_on_train_questions_corrects_a_shared_shift_on_test_
         assert q.mapped_distance == pytest.approx(0.0, abs=1e-12) and q.distance == pytest.approx(0.25)
     assert all(calibrated.question(q).mapped is None for q in train)  # never applied where it was fitted
     assert distance(inst.question("q_music"), calibrated.question("q_music").mapped, human)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+# ---- the flow and its MLflow rounds ---------------------------------------------------------
+def _runs(path, data_dir):
+    from personae.experiment import load_experiment, settings_for
+    from personae.tracking import Tracker
+
+    exp = load_experiment(path)
+    tracker = Tracker(settings_for(exp, data_dir=str(data_dir)), exp.name)
+    client = tracker.client()
+    parents = client.search_runs([tracker.experiment_id(create=False)], filter_string="tags.`personae.kind` = 'refine'")
+    assert len(parents) == 1
+    children = client.search_runs([tracker.experiment_id(create=False)], filter_string=f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    return parents[0], sorted(children, key=lambda r: r.info.run_name)
+
+
+async def test_each_round_is_an_mlflow_child_run(tmp_path):
+    from personae.flows.refine import run_refine_experiment
+
+    path = S.write_experiment(tmp_path, {"provider": "fake"})
+    inst = S.instrument()
+    fake = ScriptedReviser(S.respondents(inst, seed=3))
+    outcome = await run_refine_experiment(path, attributes=["attitude_to_change"], data_dir=str(tmp_path / "data"), gateway=Gateway(fake.llm()),
+                                          max_rounds=2, patience=1)
+    result = outcome.result
+    parent, children = _runs(path, tmp_path / "data")
+    assert parent.info.run_id == outcome.run_id and parent.info.status == "FINISHED"
+    assert [c.info.run_name for c in children] == [f"round-{r.round:02d}" for r in result.rounds]
+    assert sorted(c.info.run_id for c in children) == sorted(outcome.round_run_ids)
+    for child, r in zip(children, result.rounds, strict=True):
+        assert child.data.metrics["refine.validation_distance"] == pytest.approx(r.validation_distance) if r.validation_distance is not None else True
+        assert child.data.metrics["refine.kept"] == float(r.kept) and child.data.tags["refine.kept"] == str(r.kept).lower()
+    assert any("refine.cell.union_member_yes" in c.data.metrics for c in children[1:])
+    metrics = parent.data.metrics
+    assert metrics["refine.test_before"] == pytest.approx(result.test_before) and metrics["refine.test_reduction"] >= 0.5
+    assert {"refine.test_distance_raw", "refine.test_distance_reweighted"} <= set(metrics)
+    assert parent.data.params["refine.test"] == ",".join(result.split.test)
+    calibration = json.loads((result.out_dir / "calibration.json").read_text())
+    assert [d["question"] for d in calibration["distances"]] == result.split.test
+    assert calibration["calibration"]["reweighted"]["max_error"] <= 0.02
+    assert outcome.calibrated.question(result.split.test[0]).distance is not None  # raw beside the calibrated columns
+
+
+@pytest.mark.slow
+def test_refine_flow_runs_in_prefect_against_the_test_server(tmp_path, prefect_api_session, monkeypatch):
+    from personae.flows.refine import refine_flow
+    from personae.testing.server import OpenAITestServer, TestServerConfig
+
+    monkeypatch.setenv("PERSONAE_TEST_JUDGE_KEY", "sk-test-not-a-secret")
+    fake = ScriptedReviser(S.respondents(S.instrument(), seed=3))
+    with OpenAITestServer(TestServerConfig(), reply=fake.reply) as server:
+        path = S.write_experiment(tmp_path, {"provider": "openai", "model": "test-model", "base_url": server.url, "api_key_env": "PERSONAE_TEST_JUDGE_KEY"})
+        metrics = refine_flow(str(path), ["attitude_to_change"], data_dir=str(tmp_path / "data"), max_rounds=1)
+    assert metrics["rounds"] == 1 and metrics["test_reduction"] >= 0.5
+    assert fake.prompts
+    _, children = _runs(path, tmp_path / "data")
+    assert [c.info.run_name for c in children] == ["round-00", "round-01"]

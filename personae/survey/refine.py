@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -84,7 +85,7 @@ class RoundResult(BaseModel):
         out = {"train_distance": self.train_distance, "validation_distance": self.validation_distance,
                "best_validation_distance": self.best_validation_distance, "kept": float(self.kept),
                "revised_personas": self.revised_personas, "model_calls": self.model_calls}
-        out.update({f"cell.{k}": v for k, v in self.cells.items()})
+        out.update({"cell." + re.sub(r"[^A-Za-z0-9_./ -]+", "_", k): v for k, v in self.cells.items()})  # MLflow-safe names
         return {k: float(v) for k, v in out.items() if v is not None}
 
 
