@@ -276,7 +276,7 @@ def test_refine_flow_runs_in_prefect_against_the_test_server(tmp_path, prefect_a
     monkeypatch.setenv("PERSONAE_TEST_JUDGE_KEY", "sk-test-not-a-secret")
     fake = ScriptedReviser(S.respondents(S.instrument(), seed=3))
     with OpenAITestServer(TestServerConfig(), reply=fake.reply) as server:
-        path = S.write_experiment(tmp_path, {"provider": "openai", "model": "test-model", "base_url": server.url, "api_key_env": "PERSONAE_TEST_JUDGE_KEY"})
+        path = S.write_experiment(tmp_path, {"provider": "openai", "model": "test-model", "base_url": server.base_url, "api_key_env": "PERSONAE_TEST_JUDGE_KEY"})
         metrics = refine_flow(str(path), ["attitude_to_change"], data_dir=str(tmp_path / "data"), max_rounds=1)
     assert metrics["rounds"] == 1 and metrics["test_reduction"] >= 0.5
     assert fake.prompts
