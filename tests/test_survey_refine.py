@@ -282,3 +282,17 @@ def test_refine_flow_runs_in_prefect_against_the_test_server(tmp_path, prefect_a
     assert fake.prompts
     _, children = _runs(path, tmp_path / "data")
     assert [c.info.run_name for c in children] == ["round-00", "round-01"]
+
+
+def test_cli_refine_on_the_fake_model(tmp_path):
+    from typer.testing import CliRunner
+
+    from personae.cli import app
+
+    path = S.write_experiment(tmp_path, {"provider": "fake"}, members=4, others=2)
+    result = CliRunner().invoke(app, ["refine", str(path), "--attribute", "attitude_to_change", "--reviser", "mixture", "--max-rounds", "1",
+                                      "--no-track", "--data-dir", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert "held-out test distance" in result.output and "personas_refined.jsonl" in result.output
+    bad = CliRunner().invoke(app, ["refine", str(path), "--attribute", "no_such_attribute", "--no-track", "--data-dir", str(tmp_path / "data")])
+    assert bad.exit_code != 0

@@ -48,6 +48,7 @@ __all__ = [
     "simulated_distribution",
     "answer_profiles",
     "scale_stats",
+    "cell_rows",
 ]
 
 
@@ -294,6 +295,9 @@ def _cell_rows(frame: pd.DataFrame, where: Mapping[str, str]) -> pd.DataFrame | 
             return None
         mask &= frame[column].astype("string") == str(value)
     return frame[mask]
+
+
+cell_rows = _cell_rows  # public: the rows of one demographic cell (None when the personas lack an attribute)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:

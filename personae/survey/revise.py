@@ -39,7 +39,7 @@ from personae.llm.gateway import Gateway
 from personae.models import Persona
 from personae.prompts import PromptSet, render_with
 from personae.survey.instrument import Instrument
-from personae.survey.realism import _cell_rows, distance, simulated_distribution
+from personae.survey.realism import cell_rows, distance, simulated_distribution
 from personae.survey.split import QuestionSplit
 from personae.survey.targets import HumanTargets
 
@@ -111,7 +111,7 @@ def training_view(
             if label == "overall":
                 continue
             where = targets.cell_attributes[qid][label]
-            subset = _cell_rows(qrows, where)
+            subset = cell_rows(qrows, where)
             if subset is None:
                 continue
             cell_sim, _, n = simulated_distribution(subset, question)
