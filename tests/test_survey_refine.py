@@ -64,6 +64,8 @@ async def test_refinement_halves_the_held_out_divergence(tmp_path, kind):
         assert fake.prompts and reviser.calls == len(fake.prompts)
     else:
         assert not fake.prompts
+        moved = [p for p in refined if p.attributes[S.OUTLOOK] != before[p.id].attributes[S.OUTLOOK]]
+        assert moved and all(p.description == f"Someone who {p.attributes[S.OUTLOOK]}; union member: {p.attributes[S.REGION]}." for p in moved)
 
 
 async def test_no_revision_prompt_mentions_a_test_or_validation_question(tmp_path):
