@@ -298,3 +298,22 @@ def test_cli_refine_on_the_fake_model(tmp_path):
     assert "held-out test distance" in result.output and "personas_refined.jsonl" in result.output
     bad = CliRunner().invoke(app, ["refine", str(path), "--attribute", "no_such_attribute", "--no-track", "--data-dir", str(tmp_path / "data")])
     assert bad.exit_code != 0
+
+
+async def test_an_unusable_reviser_reply_costs_its_cell_not_the_refinement(tmp_path):
+    from personae.llm.testing import ScriptedLLM
+
+    inst, model, targets = _setup()
+    respondents = model.llm()
+
+    async def script(request):
+        if request.schema_name == "PersonaRevisions":
+            return "no idea, sorry"
+        return await respondents.complete(request)
+
+    gateway = Gateway(ScriptedLLM(script), max_retries=0)
+    reviser = LLMReviser(gateway, max_cells=2)
+    result, refined = await refine_personas(inst, S.population(4, 2), targets, gateway=gateway, reviser=reviser, config=_config(), out_dir=tmp_path)
+    assert reviser.failures == reviser.calls == 2
+    assert [(r.round, r.note) for r in result.rounds] == [(0, "baseline"), (1, "no revision proposed")]
+    assert result.best_round == 0 and [p.attributes for p in refined] == [p.attributes for p in S.population(4, 2)]

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from personae.errors import ModelOutputError
 from personae.llm.gateway import Gateway
 from personae.models import Persona
 from personae.prompts import PromptSet, render_with
@@ -305,6 +306,7 @@ class LLMReviser:
         self.gateway, self.prompts, self.role = gateway, prompts, role
         self.max_cells, self.max_personas, self.temperature = max_cells, max_personas, temperature
         self.calls = 0
+        self.failures = 0
 
     def prompt(self, personas: Sequence[Persona], view: TrainingView, cell: CellDivergence) -> str:
         """The revision prompt for one cell (only the view's train questions and these personas)."""
@@ -326,8 +328,13 @@ class LLMReviser:
                 continue
             prompt = self.prompt(personas, view, cell)
             self.calls += 1
-            reply = await self.gateway.structured([{"role": "user", "content": prompt}], PersonaRevisions, role=self.role,
-                                                  temperature=self.temperature, max_tokens=4000, seed=seed * 1000 + k)
+            try:
+                reply = await self.gateway.structured([{"role": "user", "content": prompt}], PersonaRevisions, role=self.role,
+                                                      temperature=self.temperature, max_tokens=4000, seed=seed * 1000 + k)
+            except ModelOutputError as exc:  # one cell's unusable reply costs that cell's revisions, not the refinement
+                self.failures += 1
+                log.warning("the reviser's reply for cell %s did not validate (%s); no revisions for it this round", cell.cell, exc.message)
+                continue
             ids = {p.id for p in cell_personas(personas, cell.where)}
             revisions += [r for r in reply.revisions if r.persona_id in ids]  # only this cell's personas
         return PersonaRevisions(revisions=revisions)
