@@ -33,7 +33,7 @@ app = typer.Typer(
 )
 
 # Commands, in the order --help lists them.
-_COMMAND_MODULES = ("run", "estimate", "generate", "parse", "simulate", "survey", "evaluate", "export", "chat", "compare", "serve", "doctor", "testserver")
+_COMMAND_MODULES = ("run", "estimate", "generate", "parse", "simulate", "survey", "refine", "evaluate", "export", "chat", "compare", "serve", "doctor", "testserver")
 
 
 @app.callback()

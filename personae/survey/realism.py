@@ -48,6 +48,7 @@ __all__ = [
     "simulated_distribution",
     "answer_profiles",
     "scale_stats",
+    "cell_rows",
 ]
 
 
@@ -76,6 +77,11 @@ class QuestionRealism(BaseModel):
     modal_share: float | None = Field(None, description="share of answerers giving the most common answer")
     simulated: dict[str, float] = Field(default_factory=dict)
     human: dict[str, float] | None = None
+    # calibration columns (personae.survey.calibration), beside the raw figures above, never instead
+    reweighted: dict[str, float] | None = Field(None, description="answers with respondents raked to the target marginals")
+    reweighted_distance: float | None = None
+    mapped: dict[str, float] | None = Field(None, description="answers through the mapping learned on the train questions")
+    mapped_distance: float | None = None
 
 
 class CellRealism(BaseModel):
@@ -120,9 +126,14 @@ class RealismReport(BaseModel):
     cells: list[CellRealism] = Field(default_factory=list)
     profiles: ProfileStats
     warnings: list[str] = Field(default_factory=list)
+    calibration: dict[str, Any] | None = Field(None, description="how the reweighted and mapped columns were made (see calibration.py)")
 
     def question(self, qid: str) -> QuestionRealism:
         return next(q for q in self.questions if q.id == qid)
+
+    def distances(self) -> list[dict[str, Any]]:
+        """Per question: the raw distance, and beside it the reweighted and mapped ones (``None`` where not made)."""
+        return [{"question": q.id, "raw": q.distance, "reweighted": q.reweighted_distance, "mapped": q.mapped_distance} for q in self.questions]
 
     def metrics(self, prefix: str = "survey") -> dict[str, float]:
         """Every finite figure as a flat ``name → float`` (for MLflow and the scorecard)."""
@@ -133,8 +144,10 @@ class RealismReport(BaseModel):
             "distinct_profiles": self.profiles.n_distinct, "distinct_profile_share": self.profiles.distinct_share,
             "mode_collapse": 1.0 if self.profiles.collapsed else 0.0,
         }
+        for column in ("reweighted", "mapped"):
+            out[f"mean_distance_{column}"] = _mean([getattr(q, f"{column}_distance") for q in self.questions])
         for q in self.questions:
-            for name in ("distance", "variance_ratio", "extreme_rate", "midpoint_rate", "acquiescence", "refusal_rate", "modal_share"):
+            for name in ("distance", "reweighted_distance", "mapped_distance", "variance_ratio", "extreme_rate", "midpoint_rate", "acquiescence", "refusal_rate", "modal_share"):
                 out[f"q.{q.id}.{name}"] = getattr(q, name)
         return {f"{prefix}.{k}": float(v) for k, v in out.items() if v is not None and math.isfinite(float(v))}
 
@@ -282,6 +295,9 @@ def _cell_rows(frame: pd.DataFrame, where: Mapping[str, str]) -> pd.DataFrame | 
             return None
         mask &= frame[column].astype("string") == str(value)
     return frame[mask]
+
+
+cell_rows = _cell_rows  # public: the rows of one demographic cell (None when the personas lack an attribute)
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
