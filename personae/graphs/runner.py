@@ -127,6 +127,25 @@ def _cast(graph: GraphConfig, scenario: Scenario, personas: list[Persona], index
     return [Participant(persona=p, role=roles[i % len(roles)]) for i, p in enumerate([first, *others])]
 
 
+def _cast_group(graph: GraphConfig, scenario: Scenario, shuffled: list[Persona], index: int) -> list[Participant]:
+    """Group ``index`` of a multi-session simulation: the next ``size`` personas of a seeded shuffle.
+
+    Groups share no persona while the population allows (``groups × size <= personas``), so
+    each group's memories are its own and a group's sessions replay the same whatever the
+    others do; past that the shuffle wraps around and groups overlap.
+    """
+    if graph.kind == "interview":
+        return _cast(graph, scenario, shuffled, index, random.Random(0))
+    roles = [r.name for r in scenario.roles]
+    if graph.kind == "dyad" and len(roles) < 2:
+        raise ConfigError("a dyad scenario needs two roles", field="scenario.roles", expected="at least 2 roles", got=roles)
+    size = 2 if graph.kind == "dyad" else min(graph.group_size, len(shuffled))
+    if len(shuffled) < size:
+        raise ConfigError(f"a {graph.kind} needs {size} distinct personas", field="personas", expected=f">= {size}", got=len(shuffled))
+    members = [shuffled[(index * size + j) % len(shuffled)] for j in range(size)]
+    return [Participant(persona=p, role=roles[j % len(roles)]) for j, p in enumerate(members)]
+
+
 def make_jobs(
     personas: Sequence[Persona],
     scenarios: Sequence[Scenario],
@@ -145,7 +164,8 @@ def make_jobs(
     graph config, so the same call gives the same jobs.
 
     With ``sessions`` each of the ``n_conversations`` casts is a *group* meeting
-    ``sessions.count`` times in the same scenario: the jobs are session 1 of every group,
+    ``sessions.count`` times in the same scenario (groups are consecutive personas of a
+    seeded shuffle, disjoint while the population allows): the jobs are session 1 of every group,
     then session 2, and so on, and each later session names the one before it in
     ``after`` (so a batch starts it only once that one is written), starts its memory
     clock ``sessions.gap_steps`` later and, with ``sessions.reflect``, lets the
@@ -160,9 +180,13 @@ def make_jobs(
         raise ConfigError("no personas given", field="personas", expected="at least one persona")
     graph_key = graph.model_dump(mode="json")
     casts: list[tuple[Scenario, list[Participant]]] = []
+    shuffled = random.Random(derive_seed(seed, "groups")).sample(people, len(people))
     for i in range(n_conversations):
         scenario = scenarios[i % len(scenarios)]
-        participants = _cast(graph, scenario, people, i, random.Random(derive_seed(seed, i, "cast")))
+        if sessions is None:
+            participants = _cast(graph, scenario, people, i, random.Random(derive_seed(seed, i, "cast")))
+        else:
+            participants = _cast_group(graph, scenario, shuffled, i)
         validate_conversation(graph, scenario, participants)
         casts.append((scenario, participants))
     if sessions is None:
@@ -576,17 +600,17 @@ async def _run_all(
         return graphs[key]
 
     async def one(job: ConversationJob) -> None:
-        try:
-            if job.after is not None:
-                if job.after in written:
-                    await written[job.after].wait()
-                if not outcome.get(job.after, False):
-                    log.warning("%s (session %d) not started: the previous session %s did not complete", job.id, job.session, job.after)
-                    counts["blocked"] += 1
-                    return
-            await run(job)
-        finally:
-            written[job.id].set()
+        # the event is set only when a job ends normally: an error stopping the batch cancels the waiters
+        if job.after is not None:
+            if job.after in written:
+                await written[job.after].wait()
+            if not outcome.get(job.after, False):
+                log.warning("%s (session %d) not started: the previous session %s did not complete", job.id, job.session, job.after)
+                counts["blocked"] += 1
+                written[job.id].set()
+                return
+        await run(job)
+        written[job.id].set()
 
     async def run(job: ConversationJob) -> None:
         async with limit:

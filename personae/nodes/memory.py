@@ -83,7 +83,8 @@ def make_memory_retriever(memory: AgentMemory, *, k: int = 4) -> Retriever:
         agent_id: str, query: str, *, now_step: int | None = None, conversation_id: str | None = None, skip_from_step: int | None = None
     ) -> list[str]:
         extra = 0 if skip_from_step is None or now_step is None else max(0, now_step - skip_from_step)
-        scored = await memory.retrieve(agent_id, query, k=k + extra, now_step=now_step)
+        hide = (conversation_id, now_step) if conversation_id is not None and now_step is not None else None
+        scored = await memory.retrieve(agent_id, query, k=k + extra, now_step=now_step, hide_from=hide)
         texts = [
             s.record.text
             for s in scored
