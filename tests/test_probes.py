@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from _flows_support import fake_experiment, prefect_api_session, run_cli  # noqa: F401 (a fixture)
 from _graph_helpers import SCENARIO, persona
 
 from personae.evaluation.probes import evaluate_probes, extract_probes, recall_score
@@ -105,3 +106,31 @@ async def test_recall_is_higher_with_memory_on_against_the_test_server(tmp_path,
     assert report.recall_off == 0.0 and report.recall_on > report.recall_off
     assert report.difference_ci is not None and report.difference_ci[0] > 0
     assert set(report.metrics()) >= {"probes.recall_on", "probes.recall_off", "probes.difference_lo"}
+
+
+@pytest.mark.timeout(600)
+def test_the_pipeline_runs_sessions_across_shards_and_scores_probes(tmp_path, prefect_api_session):
+    """``personae run`` with sessions, memory, a session-2 event and probes: each group's sessions stay in one
+    shard and in order, the event fires in session 2 only, and the scorecard carries the probe figures."""
+    from personae.settings import Settings
+
+    exp = fake_experiment(tmp_path, n_conversations=2, shards=2, max_turns=6, extra={
+        "memory": {"enabled": True},
+        "simulation": {"n_conversations": 2, "shards": 2, "concurrency": 4, "sessions": {"count": 2, "gap": "3 days"}},
+        "interventions": [{"at_turn": 1, "session": 2, "text": "The shop moved to Harbour Street 12."}],
+        "evaluation": {"probes": {"enabled": True, "questions": "extract", "per_conversation": 2}},
+    })
+    data_dir = tmp_path / "data"
+    result = run_cli(["run", str(exp), "--data-dir", str(data_dir), "--no-track"])
+    assert result.exit_code == 0, result.output
+    root = Settings(data_dir=data_dir).run_dir("flows-test")
+    conversations = latest_conversations(root / "conversations.jsonl")
+    assert len(conversations) == 4 and {c.status.value for c in conversations} == {"complete"}
+    by_group: dict[str, list] = {}
+    for c in conversations:  # in the order written
+        by_group.setdefault(c.metadata["group"], []).append(c)
+    assert len(by_group) == 2 and all([c.metadata["session"] for c in held] == [1, 2] for held in by_group.values())
+    assert all(bool(c.metadata["events"]) == (c.metadata["session"] == 2) for c in conversations)
+    card = json.loads((root / "scorecard.json").read_text())
+    assert card["probes"]["n_probes"] == 4 and card["probes"]["sources"] == {"extract": 4}
+    assert card["probes"]["recall_on"] is not None and card["probes"]["recall_off"] is not None
