@@ -123,6 +123,11 @@ def make_gateway(local: bool) -> Gateway:
     return Gateway(ScriptedLLM(scripted_negotiator))
 
 
+def studio_graph(config=None):
+    """The negotiation graph on the scripted fake model, for LangGraph Studio (``langgraph.json``)."""
+    return build(make_gateway(local=False))
+
+
 async def negotiate(gateway: Gateway, *, turns: int = 9, seed: int = 0) -> dict:
     """Run one negotiation and return the final state."""
     graph = build(gateway)

@@ -61,6 +61,8 @@ _LAZY = {
     "HashingEmbedder": "personae.embeddings",
     "LangChainLLM": "personae.llm.langchain_provider",
     "LangChainEmbedder": "personae.embeddings.langchain",
+    "ExportOptions": "personae.export",
+    "export_run": "personae.export",
 }
 
 

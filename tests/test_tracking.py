@@ -160,6 +160,20 @@ def test_personae_run_leaves_a_complete_mlflow_run_and_no_secret(tmp_path, secre
     assert {a.path for a in tracker.client().list_artifacts(parent.run_id)} == {exp.name}
     assert openai_server.request_count > 0  # the keyed judge was really called
 
+    # the run folder records its config for `personae export`, scrubbed like the params
+    run_config = settings.run_dir("flows-test") / "run_config.json"
+    recorded = json.loads(run_config.read_text())
+    assert recorded["models"] == {"default": "fake:fake-chat", "judge": "openai:judge-model"}
+    assert recorded["seeds"]["simulation"] == 7 and recorded["experiment"]["name"] == "flows-test"
+    assert SECRET.encode() not in run_config.read_bytes()
+
+    # exporting the run logs an `export` run pointing at this pipeline run, the dataset folder as its artifact
+    exported = run_cli(["export", "flows-test", "--out", str(tmp_path / "dataset"), "--data-dir", str(data_dir)])
+    assert exported.exit_code == 0, exported.output
+    export_runs = tracker.client().search_runs([tracker.experiment_id()], filter_string="tags.`personae.kind` = 'export'")
+    assert [r.data.tags["personae.source_run_id"] for r in export_runs] == [parent.run_id]
+    assert "export/README.md" in {a.path for a in tracker.client().list_artifacts(export_runs[0].info.run_id, "export")}
+
     # no secret anywhere in the tracking store or its artifacts
     for path in [settings.root / "mlflow.db", *settings.mlflow_artifact_root.rglob("*")]:
         if Path(path).is_file():

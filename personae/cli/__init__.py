@@ -32,7 +32,7 @@ app = typer.Typer(
 )
 
 # Commands, in the order --help lists them.
-_COMMAND_MODULES = ("run", "generate", "simulate", "evaluate", "chat", "compare", "serve", "doctor", "testserver")
+_COMMAND_MODULES = ("run", "generate", "simulate", "evaluate", "export", "chat", "compare", "serve", "doctor", "testserver")
 
 
 @app.callback()

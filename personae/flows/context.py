@@ -29,6 +29,7 @@ __all__ = [
     "run_stage",
     "settings_in_task",
     "experiment_params",
+    "write_run_config",
     "model_params",
     "run_tags",
     "open_memory",
@@ -225,6 +226,53 @@ def experiment_params(experiment: Experiment, settings: Settings) -> dict[str, A
     for name, described in describe_models(experiment, settings).items():
         params[f"model.{name}"] = described
     return params
+
+
+def write_run_config(experiment: Experiment, settings: Settings, paths: RunPaths) -> Path:
+    """Write ``run_config.json`` into the run folder: the experiment config, seeds, models and
+    prompt versions the run was made with (what ``personae export`` puts in the dataset card).
+
+    Every string is scrubbed of secrets as tracked params are; the file is replaced atomically.
+    """
+    import json
+    import os
+    import tempfile
+
+    from personae import __version__
+    from personae.tracking import scrub_params, secret_values
+
+    secrets = secret_values(settings)
+
+    def scrub(value: Any, path: str) -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [scrub(v, f"{path}.{i}") for i, v in enumerate(value)]
+        return scrub_params({path: value}, secrets=secrets)[path] if isinstance(value, str) else value
+
+    record = scrub({
+        "experiment": experiment.model_dump(mode="json", exclude_none=True),
+        "seeds": {
+            "simulation": experiment.seed,
+            "population": getattr(experiment.population, "seed", None) if experiment.population is not None else None,
+            "evaluation": experiment.evaluation.judged.seed,
+        },
+        "models": describe_models(experiment, settings),
+        "prompt_versions": default_prompts().versions(),
+        "personae_version": __version__,
+    }, "")
+    paths.root.mkdir(parents=True, exist_ok=True)
+    target = paths.root / "run_config.json"
+    fd, tmp = tempfile.mkstemp(prefix=".run_config.", suffix=".tmp", dir=paths.root)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=2, ensure_ascii=False, default=str)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
 
 
 def model_params(gateway: Gateway) -> dict[str, str]:

@@ -14,7 +14,7 @@ from prefect import flow
 from pydantic import BaseModel, Field
 
 from personae.errors import ConfigError
-from personae.flows.context import STAGES, experiment_params, open_context, run_tags
+from personae.flows.context import STAGES, experiment_params, open_context, run_tags, write_run_config
 from personae.flows.evaluate import evaluate_flow
 from personae.flows.generate import generate_flow
 from personae.flows.progress import LocalCallback, ProgressCallback
@@ -91,6 +91,7 @@ def pipeline_flow(
                 name = key.removeprefix("usage.")
                 if key.startswith("usage.") and name in _ADDITIVE:
                     totals[key] = totals.get(key, 0.0) + value
+        write_run_config(exp, ctx.settings, ctx.paths)  # after the stages: a run refused for bad input writes nothing
         totals["wall_s"] = time.perf_counter() - started
         parent.log_metrics(totals)
         parent.set_tags({"personae.run_dir": str(ctx.paths.root)})
