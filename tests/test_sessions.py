@@ -153,3 +153,22 @@ async def test_a_failed_session_blocks_the_next_until_retried(tmp_path, hashing_
     assert [c.metadata["session"] for c in latest_conversations(out)] == [1]
     second = await simulate_batch(jobs, gateway=Gateway(FakeLLM()), out_path=out, checkpoint_path=None, retry_failed=True)
     assert second.completed == 2 and second.unfinished == 0
+
+
+def test_cli_simulate_holds_sessions_with_memory(tmp_path, cli_env):
+    from typer.testing import CliRunner
+
+    from personae.jsonl import write_jsonl
+
+    write_jsonl(tmp_path / "personas.jsonl", PERSONAS)
+    (tmp_path / "scenario.yaml").write_text(SCENARIO.model_dump_json())
+    (tmp_path / "graph.yaml").write_text("critic: {enabled: false}\ntermination: {detector: false}\nmemory: {enabled: true}\n")
+    args = ["simulate", "--personas", str(tmp_path / "personas.jsonl"), "--scenario", str(tmp_path / "scenario.yaml"), "-n", "2",
+            "--sessions", "2", "--gap", "3 days", "--out", str(tmp_path / "out.jsonl"), "--config", str(tmp_path / "graph.yaml")]
+    result = CliRunner().invoke(cli_env, args)
+    assert result.exit_code == 0, result.output
+    written = latest_conversations(tmp_path / "out.jsonl")
+    assert sorted(c.metadata["session"] for c in written) == [1, 1, 2, 2]
+    assert {c.metadata["simulated_start_s"] for c in written if c.metadata["session"] == 2} == {3 * 86_400}
+    bad = CliRunner().invoke(cli_env, [*args[:-4], "--gap", "soon", *args[-4:]])
+    assert bad.exit_code != 0 and "gap" in str(bad.exception or bad.output)
