@@ -206,6 +206,11 @@ async def generate_probes(
 ) -> list[Probe]:
     """Up to ``n`` probes written by the model serving ``role``; the cloze extraction when its reply is unusable."""
     names = {p.persona.name.lower(): p.persona.id for p in conversation.participants}
+    firsts = [p.persona.name.split()[0].lower() for p in conversation.participants if p.persona.name.split()]
+    for p in conversation.participants:  # a model often names people by their first name
+        first = p.persona.name.split()[0].lower() if p.persona.name.split() else ""
+        if first and firsts.count(first) == 1:
+            names.setdefault(first, p.persona.id)
     labels = {p.id: p.persona.name for p in conversation.participants}
     lines = [{"speaker": labels.get(u.speaker, u.speaker), "text": u.text} for u in conversation.utterances if not is_event(u)]
     prompt = render_with(prompts, "probe_questions", {
