@@ -21,6 +21,7 @@ from personae.costs import BudgetMeter, BudgetSpend, ModelPrice, RunBudget, reso
 from personae.errors import ConfigError
 from personae.evaluation.config import EvaluationConfig
 from personae.graphs.config import GraphConfig
+from personae.graphs.sessions import Sessions
 from personae.jsonl import read_jsonl_dicts
 from personae.llm import LLM, Gateway, Limits, build_gateway
 from personae.llm.gateway import default_limit_config
@@ -211,6 +212,9 @@ class SimulationConfig(_Strict):
         False, description="run shards on Dask: true = a local cluster, or a scheduler address (tcp://host:8786)"
     )
     dask_workers: int | None = Field(None, ge=1, le=1024, description="workers of the local Dask cluster")
+    sessions: Sessions | None = Field(
+        None, description="the same participants meet count times, gap of simulated time apart: n_conversations groups"
+    )
 
     @field_validator("dask")
     @classmethod
@@ -308,6 +312,14 @@ class Experiment(_Strict):
                 raise ValueError(
                     f"{where}.{index}.at_turn: {event.at_turn} is never reached; conversations end after at most "
                     f"{longest} turns, so at_turn must be below {longest}"
+                )
+        held = self.simulation.sessions.count if self.simulation.sessions else 1
+        for index, event in enumerate(self.graph.events):
+            if event.session is not None and event.session > held:
+                where = "interventions" if self.interventions else "graph.events"
+                raise ValueError(
+                    f"{where}.{index}.session: session {event.session} never happens; the simulation holds {held} "
+                    "session(s) (set simulation.sessions.count)"
                 )
         if self.memory.enabled and not self.graph.memory.enabled:
             memory = self.graph.memory.model_copy(update={"enabled": True})

@@ -139,7 +139,7 @@ def test_a_model_with_its_own_endpoint_never_gets_the_default_key(tmp_path, sett
     assert shared._client.api_key == "sk-default-key-0000"
 
 
-@pytest.mark.parametrize("name", ["quickstart", "customer_support", "focus_group", "survey_interview"])
+@pytest.mark.parametrize("name", ["quickstart", "customer_support", "focus_group", "survey_interview", "multi_session"])
 def test_examples_are_valid(name):
     exp = load_experiment(EXAMPLES / f"{name}.yaml")
     assert isinstance(exp, Experiment) and exp.name

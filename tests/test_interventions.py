@@ -15,6 +15,7 @@ from personae.errors import ConfigError, ModelCallError
 from personae.graphs import GraphConfig, latest_conversations, make_jobs, run_conversation, simulate_batch
 from personae.graphs.checkpoint import sqlite_checkpointer
 from personae.graphs.prebuilt import build_graph
+from personae.graphs.sessions import Sessions
 from personae.llm import Gateway
 from personae.llm.testing import FakeLLM
 from personae.models import ConversationStatus, Intervention, Role, Scenario, is_event
@@ -137,8 +138,9 @@ async def test_a_resumed_conversation_injects_each_event_exactly_once(tmp_path, 
 async def test_a_group_event_targets_one_session_and_policies_skip_it(hashing_embedder):
     group = Scenario(name="Snack panel", setting="Tasting crisps.", roles=[Role(name="participant", goal="be honest")], max_turns=6)
     config = _config({"at_turn": 3, "session": 2, "text": PRICE}, kind="group", turn_policy="round_robin", group_size=3)
-    jobs = make_jobs(PERSONAS, [group], config, n_conversations=8, seed=2)
+    jobs = make_jobs(PERSONAS, [group], config, n_conversations=4, seed=2, sessions=Sessions(count=2))
     assert [j.session for j in jobs] == [1, 1, 1, 1, 2, 2, 2, 2]
+    assert [j.group for j in jobs[4:]] == [j.group for j in jobs[:4]] and jobs[4].after == jobs[0].id
     gateway = Gateway(FakeLLM(seed=2))
     first = await run_conversation(jobs[0], gateway=gateway, embedder=hashing_embedder)
     second = await run_conversation(jobs[4], gateway=gateway, embedder=hashing_embedder)
@@ -172,6 +174,8 @@ def test_the_experiment_file_validates_interventions_naming_the_field(tmp_path):
         assert err.value.field.startswith(field), (bad, err.value)
     with pytest.raises(ConfigError, match=r"interventions.0.at_turn: 6 is never reached"):
         load([{"at_turn": 6, "text": "too late"}])
+    with pytest.raises(ConfigError, match=r"interventions.0.session: session 2 never happens"):
+        load([{"at_turn": 1, "session": 2, "text": "x"}])  # one session unless simulation.sessions says more
     with pytest.raises(ConfigError, match="not both"):
         load([{"at_turn": 1, "text": "x"}], events=[{"at_turn": 2, "text": "y"}])
     with pytest.raises(ConfigError, match="interview"):

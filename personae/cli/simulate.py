@@ -38,6 +38,8 @@ def register(app: typer.Typer) -> None:
         checkpoint: Path | None = typer.Option(None, "--checkpoint", help="SQLite checkpoint file (default: the data dir's)"),
         no_checkpoint: bool = typer.Option(False, "--no-checkpoint", help="do not checkpoint (a killed run restarts its conversations)"),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun conversations recorded as failed"),
+        sessions: int = typer.Option(1, "--sessions", min=1, help="each of the -n groups meets this many times, in order"),
+        gap: str = typer.Option("7 days", "--gap", help="simulated time between sessions, e.g. '7 days' (with --sessions > 1)"),
     ) -> None:
         """Simulate conversations; a rerun skips finished ones and resumes interrupted ones mid-conversation.
 
@@ -46,7 +48,8 @@ def register(app: typer.Typer) -> None:
         and each failed record's "error" field says why; 2 for bad input or usage.
         """
         result, out_path = asyncio.run(
-            _simulate(personas, scenario, graph, conversations, out, config, seed, concurrency, checkpoint, no_checkpoint, retry_failed)
+            _simulate(personas, scenario, graph, conversations, out, config, seed, concurrency, checkpoint, no_checkpoint, retry_failed,
+                      sessions, gap)
         )
         if result.unfinished:
             Console(stderr=True).print(failure_summary(result.unfinished, result.total, result.failed_before, out_path, "--retry-failed"), soft_wrap=True)
@@ -77,6 +80,8 @@ async def _simulate(
     checkpoint: Path | None,
     no_checkpoint: bool,
     retry_failed: bool,
+    sessions: int = 1,
+    gap: str = "7 days",
 ) -> tuple[Any, Path]:
     """Run the batch; return its :class:`~personae.graphs.BatchResult` and the output file."""
     from personae.embeddings.factory import build_embedder
@@ -106,8 +111,14 @@ async def _simulate(
             raise ConfigError("unknown graph", field="--graph", expected="dyad | group | interview", got=kind)
         raw["kind"] = kind
     graph = validate_data(GraphConfig, raw, file=config_path, what="graph config")
-    jobs = make_jobs(people, scenarios, graph, n_conversations=n, seed=seed)
-    out = out or settings.run_dir(f"simulate-{graph.kind}-{content_hash([seed, n, graph.model_dump(mode='json')], length=8)}") / "conversations.jsonl"
+    plan = None
+    if sessions > 1:
+        from personae.graphs.sessions import Sessions
+
+        plan = validate_data(Sessions, {"count": sessions, "gap": gap}, what="--sessions/--gap")
+    jobs = make_jobs(people, scenarios, graph, n_conversations=n, seed=seed, sessions=plan)
+    key = [seed, n, graph.model_dump(mode="json")] + ([plan.model_dump(mode="json")] if plan else [])
+    out = out or settings.run_dir(f"simulate-{graph.kind}-{content_hash(key, length=8)}") / "conversations.jsonl"
     checkpoint_path = None if no_checkpoint else (checkpoint or settings.checkpoint_path)
     settings.check_data_dir()  # every output place, before a store is opened or a model called
     require_writable(out, kind="file", field="--out")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["TASKS", "TaskName", "ReliabilityThresholds", "JudgeReliabilityConfig", "JudgedConfig", "EvaluationConfig"]
+__all__ = ["TASKS", "TaskName", "ReliabilityThresholds", "JudgeReliabilityConfig", "JudgedConfig", "ProbesConfig", "EvaluationConfig"]
 
 TaskName = Literal[
     "expected_action",
@@ -106,6 +106,19 @@ class JudgedConfig(BaseModel):
         return list(dict.fromkeys(tasks))
 
 
+class ProbesConfig(BaseModel):
+    """Memory probes of a multi-session run (``simulation.sessions`` with memory): recall with memory on against off."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    per_conversation: int = Field(3, ge=1, le=50, description="questions written per earlier-session conversation")
+    k: int = Field(16, ge=1, le=200, description="memories retrieved per question with memory on (above what one session leaves)")
+    questions: Literal["model", "extract"] = Field("model", description="written by the evaluator model, or a deterministic cloze extraction")
+    question_role: str = Field("evaluator", description="gateway role that writes the questions")
+    answer_role: str = Field("persona", description="gateway role that answers them (a participant's own model first)")
+
+
 class EvaluationConfig(BaseModel):
     """What to evaluate and how.
 
@@ -117,6 +130,7 @@ class EvaluationConfig(BaseModel):
 
     transcript: bool = True
     judged: JudgedConfig = Field(default_factory=JudgedConfig)
+    probes: ProbesConfig = Field(default_factory=ProbesConfig)
     echo_window: int = Field(1, ge=1, le=20, description="preceding partner turns an utterance is compared with")
     hit_k: int = Field(5, ge=1, le=1000, description="k of adherence hit@k")
     plots: bool = True

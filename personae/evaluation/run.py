@@ -16,6 +16,7 @@ from personae.errors import ConfigError
 from personae.evaluation.compare import ComparisonReport
 from personae.evaluation.config import EvaluationConfig
 from personae.evaluation.judged import evaluate_judged
+from personae.evaluation.probes import ProbeReport
 from personae.evaluation.reference import human_likeness, load_reference
 from personae.evaluation.scorecard import Scorecard, population_metrics
 from personae.evaluation.transcript import evaluate_transcripts, population_for
@@ -41,6 +42,7 @@ async def evaluate_run(
     prompts: PromptSet | None = None,
     title: str = "personae scorecard",
     on_progress: Callable[[int, int], None] | None = None,
+    probes: ProbeReport | None = None,
 ) -> Scorecard:
     """Evaluate a run and write ``out_dir/scorecard.json`` and ``out_dir/scorecard.html`` (+ plots).
 
@@ -55,6 +57,7 @@ async def evaluate_run(
         population_report: the population engine's report (dict), passed through.
         comparison: a comparison with another run or arm to include in the report.
         on_progress: ``(done, total)`` callback of the judged suite, per persona.
+        probes: memory probes of a multi-session run (:func:`personae.evaluation.probes.evaluate_probes`).
     """
     config = config or EvaluationConfig()
     population = population_for(conversations, personas)
@@ -82,7 +85,8 @@ async def evaluate_run(
         population=population_metrics(population_report) or None,
         comparison=comparison,
         reference=reference,
-        prompt_versions={n: v for n, v in ps.versions().items() if n.startswith("eval_")},
+        probes=probes,
+        prompt_versions={n: v for n, v in ps.versions().items() if n.startswith("eval_") or (probes is not None and n.startswith("probe_"))},
     )
     paths = scorecard.write(out_dir, conversations=conversations)
     log.info("scorecard written to %s", paths["html"])

@@ -31,6 +31,7 @@ from personae.evaluation.compare import ComparisonReport
 from personae.evaluation.config import EvaluationConfig
 from personae.evaluation.judged import JudgedReport
 from personae.evaluation.plots import scorecard_plots
+from personae.evaluation.probes import ProbeReport
 from personae.evaluation.reference import ReferenceReport
 from personae.evaluation.validation import HEADLINE_METRICS, measured_validity
 from personae.evaluation.transcript import TranscriptReport
@@ -137,6 +138,7 @@ class Scorecard(BaseModel):
     comparison: ComparisonReport | None = None
     reference: ReferenceReport | None = None
     survey: RealismReport | None = None
+    probes: ProbeReport | None = None
     prompt_versions: dict[str, str] = Field(default_factory=dict)
 
     # ---- numbers ---------------------------------------------------------------
@@ -155,6 +157,8 @@ class Scorecard(BaseModel):
             out.update(self.reference.metrics("reference"))
         if self.survey is not None:
             out.update(self.survey.metrics("survey"))
+        if self.probes is not None:
+            out.update(self.probes.metrics("probes"))
         return {_metric_key(k): v for k, v in out.items()}
 
     def headline(self) -> list[tuple[str, float | None]]:
@@ -175,6 +179,9 @@ class Scorecard(BaseModel):
         if self.survey is not None:
             rows.append(("survey representativeness", self.survey.representativeness))
             rows.append(("survey distinct answer profiles", self.survey.profiles.distinct_share))
+        if self.probes is not None:
+            rows.append(("memory recall, memory on", self.probes.recall_on))
+            rows.append(("memory recall, memory off", self.probes.recall_off))
         return rows
 
     def summary_table(self) -> Table:
@@ -259,6 +266,7 @@ class Scorecard(BaseModel):
             "comparison": _comparison_context(self.comparison) if self.comparison is not None else None,
             "reference": _reference_context(self.reference) if self.reference is not None else None,
             "survey": survey_section(self.survey) if self.survey is not None else None,
+            "probes": _probes_context(self.probes) if self.probes is not None else None,
             "population": sorted((k, _fmt(v)) for k, v in (self.population or {}).items()),
             "config_json": json.dumps(self.config.model_dump(mode="json"), indent=2),
             "prompt_versions": sorted(self.prompt_versions.items()),
@@ -293,6 +301,20 @@ def _transcript_context(t: TranscriptReport) -> dict[str, Any]:
 
 
 _UNITS = {"turn": "turns", "reply": "replies", "conversation": "conversations"}
+
+
+def _probes_context(p: ProbeReport) -> dict[str, Any]:
+    def ci(bounds: tuple[float, float] | None) -> str:
+        return f"[{_fmt(bounds[0])}, {_fmt(bounds[1])}]" if bounds else "–"
+
+    return {
+        "n_probes": p.n_probes, "n_answers": p.n_answers, "sources": ", ".join(f"{k}: {v}" for k, v in sorted(p.sources.items())),
+        "rows": [
+            {"name": "memory on", "value": _fmt(p.recall_on), "ci": ci(p.recall_on_ci)},
+            {"name": "memory off", "value": _fmt(p.recall_off), "ci": ci(p.recall_off_ci)},
+            {"name": "on − off", "value": _fmt(p.difference), "ci": ci(p.difference_ci)},
+        ],
+    }
 
 
 def _reference_context(r: ReferenceReport) -> dict[str, Any]:

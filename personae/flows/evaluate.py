@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 from personae.costs import BudgetMeter
 from personae.errors import BudgetExceeded, ConfigError
 from personae.experiment import Experiment, build_gateway_for
-from personae.flows.context import StageResult, embedder_for, run_stage, settings_in_task
+from personae.flows.context import StageResult, embedder_for, open_memory, run_stage, settings_in_task
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
 from personae.jsonl import read_jsonl
 from personae.graphs.runner import latest_conversations
@@ -41,8 +41,14 @@ async def evaluate_task(
     conversations = latest_conversations(paths.conversations)
     personas = read_jsonl(paths.personas, Persona, unique="id") if paths.personas.is_file() else []
     population_report = _read_json(paths.population_report)
+    probing = experiment.evaluation.probes.enabled
+    if probing and not (experiment.memory_enabled and experiment.simulation.sessions):
+        raise ConfigError(
+            "memory probes need a multi-session run with memory", field="evaluation.probes.enabled",
+            expected="simulation.sessions and memory.enabled, or probes off",
+        )
     meter = meter.child() if meter is not None else None
-    gateway = build_gateway_for(experiment, settings, meter=meter) if experiment.evaluation.judged.enabled else None
+    gateway = build_gateway_for(experiment, settings, meter=meter) if experiment.evaluation.judged.enabled or probing else None
 
     def on_progress(done: int, total: int) -> None:
         usage = gateway.usage.total() if gateway is not None else None
@@ -54,10 +60,12 @@ async def evaluate_task(
 
     emit(progress, ProgressEvent(stage="evaluate", done=0, total=len(conversations)))
     try:
+        embedder = embedder_for(settings)
+        probes = await _probe(experiment, settings, embedder, conversations, gateway) if probing else None
         scorecard = await evaluate_run(
-            conversations, personas, config=experiment.evaluation, gateway=gateway, embedder=embedder_for(settings),
+            conversations, personas, config=experiment.evaluation, gateway=gateway, embedder=embedder,
             out_dir=paths.root, population_report=population_report, title=f"{experiment.name} scorecard",
-            on_progress=on_progress,
+            on_progress=on_progress, probes=probes,
         )
     except BudgetExceeded as exc:
         log.warning("evaluate: %s; no scorecard written", exc)
@@ -68,6 +76,24 @@ async def evaluate_task(
     emit(progress, ProgressEvent(stage="evaluate", done=len(conversations), total=len(conversations), finished=True))
     metrics = {f"eval.{k}": v for k, v in scorecard.metrics().items()}
     return StageResult.of(metrics, gateway, meter=meter)
+
+
+async def _probe(experiment: Experiment, settings: Any, embedder: Any, conversations: list, gateway: Any) -> Any:
+    """Memory probes of the run, on the run's memory (opened here and closed again: local Qdrant allows one client)."""
+    from personae.evaluation.probes import evaluate_probes
+
+    cfg = experiment.evaluation.probes
+    memory, opened = open_memory(experiment, settings, embedder)
+    try:
+        report = await evaluate_probes(
+            conversations, gateway=gateway, memory=memory, per_conversation=cfg.per_conversation, k=cfg.k,
+            questions=cfg.questions, question_role=cfg.question_role, answer_role=cfg.answer_role, seed=experiment.seed,
+        )
+    finally:
+        if opened is not None:
+            opened.close()
+    log.info("memory probes: recall %s with memory on, %s off (%d questions)", report.recall_on, report.recall_off, report.n_probes)
+    return report
 
 
 @flow(name="personae-evaluate")

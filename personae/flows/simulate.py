@@ -37,9 +37,17 @@ log = logging.getLogger(__name__)
 
 
 def shard_jobs(jobs: list[ConversationJob], shards: int) -> list[list[ConversationJob]]:
-    """Split ``jobs`` round-robin into at most ``shards`` non-empty shards (deterministic)."""
-    shards = max(1, min(shards, len(jobs)))
-    return [jobs[i::shards] for i in range(shards)]
+    """Split ``jobs`` round-robin into at most ``shards`` non-empty shards (deterministic).
+
+    The sessions of one group stay in one shard (a later session waits for the one before
+    it); groups, and jobs without one, are dealt round-robin in order of first appearance.
+    """
+    units: dict[str, list[ConversationJob]] = {}
+    for job in jobs:
+        units.setdefault(job.group or job.id, []).append(job)
+    shards = max(1, min(shards, len(units)))
+    order = {key: index % shards for index, key in enumerate(units)}
+    return [[job for job in jobs if order[job.group or job.id] == i] for i in range(shards)]
 
 
 def task_runner_for(simulation: SimulationConfig):
@@ -134,6 +142,7 @@ async def _simulate_shard(
         "conversations.completed_new": result.completed,
         "conversations.failed_new": result.failed,
         "conversations.skipped": result.skipped,
+        "conversations.blocked_new": result.blocked,
         "shard_wall_s_sum": result.wall_s,
     }
     log.info("shard %d/%d: %s", shard + 1, shards, result)
@@ -168,7 +177,10 @@ def simulate_flow(
     if not paths.personas.is_file():
         raise ConfigError("no personas to simulate: run the generate stage first", file=str(paths.personas), field="stages", expected="generate before simulate")
     personas = read_jsonl(paths.personas, Persona, unique="id")
-    jobs = make_jobs(personas, exp.scenarios, exp.graph, n_conversations=exp.simulation.n_conversations, seed=exp.seed)
+    jobs = make_jobs(
+        personas, exp.scenarios, exp.graph, n_conversations=exp.simulation.n_conversations, seed=exp.seed,
+        sessions=exp.simulation.sessions,
+    )
     shards = shard_jobs(jobs, exp.simulation.shards)
     shard_task = simulate_shard.with_options(retries=exp.simulation.max_retries, retry_delay_seconds=exp.simulation.retry_delay_s)
     with ctx.stage_run("simulate", parent_run_id) as run:

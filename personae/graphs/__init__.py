@@ -7,6 +7,7 @@ and are re-exported here for convenience.
 from personae.graphs.chat import ChatSession
 from personae.graphs.config import GraphConfig, MemoryConfig, validate_conversation
 from personae.graphs.prebuilt import build_graph, dyad, fuse_nodes, group, interview, recursion_limit
+from personae.graphs.sessions import Sessions
 from personae.graphs.runner import (
     BatchResult,
     ConversationJob,
@@ -28,6 +29,7 @@ __all__ = [
     "GraphConfig",
     "MemoryConfig",
     "RunContext",
+    "Sessions",
     "build_graph",
     "done_ids",
     "dyad",

@@ -30,6 +30,7 @@ from personae.errors import BudgetExceeded, ConfigError, ModelCallError, Persona
 from personae.graphs.checkpoint import checkpointed_threads, sqlite_checkpointer
 from personae.graphs.config import GraphConfig, validate_conversation
 from personae.graphs.prebuilt import build_graph, recursion_limit
+from personae.graphs.sessions import Sessions
 from personae.ids import stable_id
 from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts
 from personae.llm.gateway import Gateway
@@ -63,7 +64,12 @@ class ConversationJob(BaseModel):
     participants: list[Participant] = Field(min_length=1)
     graph: GraphConfig = Field(default_factory=GraphConfig)
     seed: int = 0
-    session: int = Field(1, ge=1, description="which round of the batch: events may target one session")
+    session: int = Field(1, ge=1, description="which meeting of its group this is (1 without sessions): events may target one")
+    group: str | None = Field(None, description="the group of participants meeting over several sessions (None: no sessions)")
+    after: str | None = Field(None, description="id of the job (the group's previous session) that must be written before this one starts")
+    clock_start: int = Field(0, ge=0, description="memory-clock step at which this session starts (simulated time)")
+    start_s: float = Field(0.0, ge=0.0, description="simulated seconds since the group's first session began")
+    reflect_first: bool = Field(False, description="participants reflect on their memories before the conversation starts")
 
 
 class BatchResult(BaseModel):
@@ -79,11 +85,16 @@ class BatchResult(BaseModel):
     skipped: int
     wall_s: float
     failed_before: int = 0
+    blocked: int = 0
 
     @property
     def unfinished(self) -> int:
-        """The batch's conversations whose latest record is failed: this run's and earlier ones."""
-        return self.failed + self.failed_before
+        """The batch's conversations not done: failed (this run's and earlier ones), or blocked.
+
+        ``blocked`` counts later sessions not started because their group's previous session
+        failed; they are not recorded, so a rerun (with ``retry_failed``) runs them.
+        """
+        return self.failed + self.failed_before + self.blocked
 
 
 def _unique(personas: Sequence[Persona]) -> list[Persona]:
@@ -116,6 +127,25 @@ def _cast(graph: GraphConfig, scenario: Scenario, personas: list[Persona], index
     return [Participant(persona=p, role=roles[i % len(roles)]) for i, p in enumerate([first, *others])]
 
 
+def _cast_group(graph: GraphConfig, scenario: Scenario, shuffled: list[Persona], index: int) -> list[Participant]:
+    """Group ``index`` of a multi-session simulation: the next ``size`` personas of a seeded shuffle.
+
+    Groups share no persona while the population allows (``groups × size <= personas``), so
+    each group's memories are its own and a group's sessions replay the same whatever the
+    others do; past that the shuffle wraps around and groups overlap.
+    """
+    if graph.kind == "interview":
+        return _cast(graph, scenario, shuffled, index, random.Random(0))
+    roles = [r.name for r in scenario.roles]
+    if graph.kind == "dyad" and len(roles) < 2:
+        raise ConfigError("a dyad scenario needs two roles", field="scenario.roles", expected="at least 2 roles", got=roles)
+    size = 2 if graph.kind == "dyad" else min(graph.group_size, len(shuffled))
+    if len(shuffled) < size:
+        raise ConfigError(f"a {graph.kind} needs {size} distinct personas", field="personas", expected=f">= {size}", got=len(shuffled))
+    members = [shuffled[(index * size + j) % len(shuffled)] for j in range(size)]
+    return [Participant(persona=p, role=roles[j % len(roles)]) for j, p in enumerate(members)]
+
+
 def make_jobs(
     personas: Sequence[Persona],
     scenarios: Sequence[Scenario],
@@ -123,6 +153,7 @@ def make_jobs(
     *,
     n_conversations: int,
     seed: int,
+    sessions: Sessions | None = None,
 ) -> list[ConversationJob]:
     """Cast ``n_conversations`` conversations deterministically from ``seed``.
 
@@ -132,9 +163,13 @@ def make_jobs(
     interviewer persona with each respondent. Ids derive from seed, index, cast and
     graph config, so the same call gives the same jobs.
 
-    Conversations come in sessions of ``len(personas)``: session 1 is conversations
-    0..P-1, in which every persona opens one conversation, session 2 the next P, and so
-    on (``ConversationJob.session``; an event with ``session`` targets one of them).
+    With ``sessions`` each of the ``n_conversations`` casts is a *group* meeting
+    ``sessions.count`` times in the same scenario (groups are consecutive personas of a
+    seeded shuffle, disjoint while the population allows): the jobs are session 1 of every group,
+    then session 2, and so on, and each later session names the one before it in
+    ``after`` (so a batch starts it only once that one is written), starts its memory
+    clock ``sessions.gap_steps`` later and, with ``sessions.reflect``, lets the
+    participants reflect first. Without it every conversation is session 1 of its own.
     """
     if n_conversations < 1:
         raise ConfigError("the number of conversations must be at least 1", field="n_conversations", got=n_conversations)
@@ -144,16 +179,37 @@ def make_jobs(
     if not people:
         raise ConfigError("no personas given", field="personas", expected="at least one persona")
     graph_key = graph.model_dump(mode="json")
-    jobs: list[ConversationJob] = []
+    casts: list[tuple[Scenario, list[Participant]]] = []
+    shuffled = random.Random(derive_seed(seed, "groups")).sample(people, len(people))
     for i in range(n_conversations):
         scenario = scenarios[i % len(scenarios)]
-        participants = _cast(graph, scenario, people, i, random.Random(derive_seed(seed, i, "cast")))
+        if sessions is None:
+            participants = _cast(graph, scenario, people, i, random.Random(derive_seed(seed, i, "cast")))
+        else:
+            participants = _cast_group(graph, scenario, shuffled, i)
         validate_conversation(graph, scenario, participants)
-        job_id = stable_id("conv", seed, i, scenario.id, [p.id for p in participants], graph_key)
-        jobs.append(ConversationJob(
-            id=job_id, scenario=scenario, participants=participants, graph=graph, seed=derive_seed(seed, i),
-            session=1 + i // len(people),
-        ))
+        casts.append((scenario, participants))
+    if sessions is None:
+        return [
+            ConversationJob(
+                id=stable_id("conv", seed, i, scenario.id, [p.id for p in participants], graph_key),
+                scenario=scenario, participants=participants, graph=graph, seed=derive_seed(seed, i),
+            )
+            for i, (scenario, participants) in enumerate(casts)
+        ]
+    jobs: list[ConversationJob] = []
+    previous: dict[int, str] = {}
+    for session in range(1, sessions.count + 1):
+        for i, (scenario, participants) in enumerate(casts):
+            cast = [p.id for p in participants]
+            job_id = stable_id("conv", seed, i, scenario.id, cast, graph_key, "session", session)
+            jobs.append(ConversationJob(
+                id=job_id, scenario=scenario, participants=participants, graph=graph, seed=derive_seed(seed, i, session),
+                session=session, group=stable_id("group", seed, i, scenario.id, cast), after=previous.get(i),
+                clock_start=sessions.start_step(session), start_s=sessions.start_s(session),
+                reflect_first=sessions.reflect and session > 1,
+            ))
+            previous[i] = job_id
     return jobs
 
 
@@ -231,8 +287,12 @@ def _conversation(
         "seed": job.seed,
         "stop_detail": values.get("stop_detail"),
     }
-    if job.graph.events:
+    if job.graph.events or job.group is not None:
         metadata["session"] = job.session
+    if job.group is not None:
+        metadata["group"] = job.group
+        metadata["simulated_start_s"] = job.start_s
+    if job.graph.events:
         metadata["events"] = [u.id for u in utterances if is_event(u)]
     for key in ("qa", "extracted", "extract_error"):
         if key in values:
@@ -283,7 +343,7 @@ async def run_conversation(
         )
     persistent = getattr(graph, "checkpointer", None) is not None
     config = {"configurable": {"thread_id": job.id}, "recursion_limit": recursion_limit(job.graph, job.scenario.max_turns)}
-    context = RunContext(conversation_id=job.id, seed=job.seed, session=job.session)
+    context = RunContext(conversation_id=job.id, seed=job.seed, session=job.session, group=job.group)
     checkpointed = 0
     try:
         snapshot = await graph.aget_state(config) if persistent else None
@@ -296,7 +356,7 @@ async def run_conversation(
             log.info("resuming %s at %d turns (next: %s)", job.id, checkpointed, [t.name for t in snapshot.tasks])
             payload = None
         else:
-            payload = job_state(job, memory_base=await _memory_base(job, memory))
+            payload = job_state(job, memory_base=await _memory_base(job, memory, gateway))
         options = {"durability": job.graph.durability} if persistent else {}
         values = await graph.ainvoke(payload, config, context=context, **options)
     except (BudgetExceeded, ConfigError):
@@ -326,12 +386,19 @@ def _finished(snapshot: Any) -> bool:
     return bool(snapshot.values) and not snapshot.tasks
 
 
-async def _memory_base(job: ConversationJob, memory: Any) -> dict[str, int] | None:
+async def _memory_base(job: ConversationJob, memory: Any, gateway: Gateway) -> dict[str, int] | None:
+    """Each participant's memory-clock base, after the reflection a later session starts with.
+
+    A kill between the reflection and the first checkpoint is harmless: the reflection
+    covered what it reflected on, so the rerun finds nothing due and takes the bases after it.
+    """
     if memory is None or not job.graph.memory.enabled:
         return None
-    from personae.nodes.memory import memory_bases
+    from personae.nodes.memory import memory_bases, reflect_all
 
-    return await memory_bases(memory, job.participants)
+    if job.reflect_first and job.graph.memory.reflect:
+        await reflect_all(memory, gateway, job.participants, start=job.clock_start, seed=job.seed, conversation_id=job.id)
+    return await memory_bases(memory, job.participants, start=job.clock_start)
 
 
 def _recorded_status(out_path: Path) -> dict[str, str]:
@@ -423,7 +490,15 @@ async def simulate_batch(
     done = complete if retry_failed else set(recorded)
     todo = [j for j in jobs if j.id not in done]
     failed_before = sum(1 for j in jobs if j.id in done and j.id not in complete)  # recorded failed, not retried
-    counts = {"completed": 0, "failed": 0}
+    waiting = {j.id for j in todo}
+    orphans = sorted({j.after for j in todo if j.after is not None and j.after not in waiting and j.after not in recorded})
+    if orphans:
+        raise ConfigError(
+            "a session must follow its group's previous session, which is neither in this batch nor recorded",
+            field="jobs.after", expected=f"the previous sessions in the batch or in {out_path}", got=orphans[:5],
+        )
+    prior = {i: status == ConversationStatus.COMPLETE.value for i, status in recorded.items()}
+    counts = {"completed": 0, "failed": 0, "blocked": 0}
     if checkpoint_path is not None and (todo or Path(checkpoint_path).exists()):
         async with sqlite_checkpointer(checkpoint_path) as saver:
             for thread_id in await checkpointed_threads(saver) & complete & set(ids):
@@ -431,13 +506,14 @@ async def simulate_batch(
                 await _forget_checkpoint(saver, thread_id)
             if todo:
                 with _fewer_gc_passes(gc_threshold):
-                    await _run_all(todo, saver, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures, graph_factory)
+                    await _run_all(todo, saver, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures, graph_factory, prior)
     elif todo:
         with _fewer_gc_passes(gc_threshold):
-            await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures, graph_factory)
+            await _run_all(todo, None, gateway, out_path, embedder, memory, concurrency, on_done, counts, prompts, answer_schema, max_consecutive_failures, graph_factory, prior)
     return BatchResult(
         total=len(jobs), completed=counts["completed"], failed=counts["failed"],
         skipped=len(jobs) - len(todo), wall_s=time.perf_counter() - started, failed_before=failed_before,
+        blocked=counts["blocked"],
     )
 
 
@@ -509,9 +585,13 @@ async def _run_all(
     answer_schema: type[BaseModel] | None,
     max_consecutive_failures: int | None = None,
     graph_factory: Callable[[Any], Any] | None = None,
+    prior: dict[str, bool] | None = None,
 ) -> None:
     graphs: dict[str, Any] = {}
     limit = asyncio.Semaphore(concurrency)
+    # a later session waits (holding no concurrency slot) until its group's previous one is written
+    written = {job.id: asyncio.Event() for job in jobs}
+    outcome: dict[str, bool] = dict(prior or {})  # id -> written complete
     # conversations failed by a model call (ModelCallError) since a call last succeeded: finished
     # order favours failures (they end early), so a streak only counts while the model answers
     # nothing at all, and other failures (an unusable reply, the step limit) never count
@@ -529,10 +609,24 @@ async def _run_all(
         return graphs[key]
 
     async def one(job: ConversationJob) -> None:
+        # the event is set only when a job ends normally: an error stopping the batch cancels the waiters
+        if job.after is not None:
+            if job.after in written:
+                await written[job.after].wait()
+            if not outcome.get(job.after, False):
+                log.warning("%s (session %d) not started: the previous session %s did not complete", job.id, job.session, job.after)
+                counts["blocked"] += 1
+                written[job.id].set()
+                return
+        await run(job)
+        written[job.id].set()
+
+    async def run(job: ConversationJob) -> None:
         async with limit:
             conversation = await run_conversation(job, gateway=gateway, embedder=embedder, memory=memory, graph=graph_for(job))
             await asyncio.to_thread(append_jsonl, out_path, [conversation])
             ok = conversation.status is ConversationStatus.COMPLETE
+            outcome[job.id] = ok
             counts["completed" if ok else "failed"] += 1
             if ok and saver is not None:
                 await _forget_checkpoint(saver, job.id)

@@ -279,18 +279,29 @@ class AgentMemory:
         conversation_id: str | None = None,
         exclude_conversation_id: str | None = None,
         kinds: Sequence[MemoryKind] | None = None,
+        hide_from: tuple[str, int] | None = None,
     ) -> list[ScoredMemory]:
         """The ``k`` best memories of ``agent_id`` for ``query``, best first.
 
         ``now_step`` defaults to the agent's latest step. ``conversation_id``
         restricts to one conversation, ``exclude_conversation_id`` leaves one out
         (e.g. recall only earlier sessions), ``kinds`` restricts the kinds.
+        ``hide_from=(conversation, step)`` leaves out that conversation's memories at
+        ``step`` or later before scoring: a run killed after its memory write but before
+        its checkpoint leaves memories "from the future" of the resumed conversation,
+        and they must not change what it retrieves.
         """
         if k < 1:
             raise ConfigError("k must be at least 1", field="k", expected="an integer >= 1", got=k)
         qvec = normalize(self._embed_checked(await self.embedder.aembed([query]), 1))[0]
         flt = agent_filter(agent_id, conversation_id=conversation_id, exclude_conversation_id=exclude_conversation_id, kinds=kinds)
         points, last_step = await self._call(self._candidates, agent_id, qvec, k, flt, conversation_id, exclude_conversation_id, kinds)
+        if hide_from is not None:
+            hidden_conversation, hidden_step = hide_from
+            points = [
+                p for p in points
+                if not ((p.payload or {}).get("conversation_id") == hidden_conversation and int((p.payload or {}).get("step", 0)) >= hidden_step)
+            ]
         if not points:
             return []
         now = last_step if now_step is None else now_step

@@ -33,14 +33,47 @@ from personae.nodes.state import (
 )
 from personae.prompts import PromptSet, render_with
 
-__all__ = ["memory_bases", "make_memory_retriever", "make_memory_node"]
+__all__ = ["memory_bases", "reflect_all", "make_memory_retriever", "make_memory_node"]
 
 log = logging.getLogger(__name__)
 
 
-async def memory_bases(memory: AgentMemory, participants: Sequence[Participant]) -> dict[str, int]:
-    """Each participant's clock base for a new conversation: its agent's latest step + 1."""
-    return {p.persona.id: await memory.last_step(p.persona.id) + 1 for p in participants}
+async def memory_bases(memory: AgentMemory, participants: Sequence[Participant], *, start: int = 0) -> dict[str, int]:
+    """Each participant's clock base for a new conversation: its agent's latest step + 1, or ``start``
+    (the step at which a session starts in simulated time) if that is later."""
+    return {p.persona.id: max(await memory.last_step(p.persona.id) + 1, start) for p in participants}
+
+
+async def reflect_all(
+    memory: AgentMemory,
+    gateway: Gateway,
+    participants: Sequence[Participant],
+    *,
+    start: int,
+    seed: int,
+    conversation_id: str,
+) -> int:
+    """Let every participant reflect on what it observed since its last reflection (before a session).
+
+    Each reflects at its next clock step (``start`` or later) whatever importance has
+    accumulated; one with nothing new to reflect on is skipped, so calling this again
+    after a kill adds nothing. An unusable reply is logged and skipped. Returns how many
+    insights were stored.
+    """
+    labels = speaker_labels(participants)
+    bases = await memory_bases(memory, participants, start=start)
+    stored = 0
+    for p in participants:
+        now = bases[p.persona.id]
+        try:
+            stored += len(await memory.reflect_if_due(
+                p.persona.id, gateway, threshold=1e-9, now_step=now,
+                seed=derive_seed(seed, conversation_id, now, p.persona.id, "session-reflect"),
+                conversation_id=conversation_id, agent_name=labels[p.id],
+            ))
+        except ModelOutputError as exc:
+            log.warning("reflection of %s before %s skipped: %s", p.persona.id, conversation_id, exc.message)
+    return stored
 
 
 def make_memory_retriever(memory: AgentMemory, *, k: int = 4) -> Retriever:
@@ -50,7 +83,8 @@ def make_memory_retriever(memory: AgentMemory, *, k: int = 4) -> Retriever:
         agent_id: str, query: str, *, now_step: int | None = None, conversation_id: str | None = None, skip_from_step: int | None = None
     ) -> list[str]:
         extra = 0 if skip_from_step is None or now_step is None else max(0, now_step - skip_from_step)
-        scored = await memory.retrieve(agent_id, query, k=k + extra, now_step=now_step)
+        hide = (conversation_id, now_step) if conversation_id is not None and now_step is not None else None
+        scored = await memory.retrieve(agent_id, query, k=k + extra, now_step=now_step, hide_from=hide)
         texts = [
             s.record.text
             for s in scored
@@ -120,7 +154,10 @@ def make_memory_node(
                 text=text_of(u, p),
                 step=bases.get(p.persona.id, 0) + u.turn,
                 conversation_id=ctx.conversation_id,
-                metadata={"speaker": u.speaker, "turn": u.turn, **({"kind": "event"} if is_event(u) else {})},
+                metadata={
+                    "speaker": u.speaker, "turn": u.turn, **({"kind": "event"} if is_event(u) else {}),
+                    **({"session": ctx.session, "group": ctx.group} if ctx.group is not None else {}),
+                },
             )
             for u in new
             for p in participants

@@ -46,6 +46,7 @@ class RunContext:
     conversation_id: str = "conversation"
     seed: int = 0
     session: int = 1
+    group: str | None = None
 
 
 def _as_dict(item: Utterance | dict[str, Any]) -> dict[str, Any]:
