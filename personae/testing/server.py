@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -37,6 +38,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from personae.errors import ConfigError
+from personae.ids import content_hash
+from personae.llm.base import estimate_tokens
 from personae.testing import replies
 from personae.validation import validate_data
 
@@ -74,6 +77,12 @@ class TestServerConfig(BaseModel):
         "the gate opens once and stays open",
     )
     hold_s: float = Field(60.0, gt=0.0, description="longest a reply waits for the hold_until_in_flight gate before it is answered anyway")
+    simulate_prompt_cache: bool = Field(
+        False,
+        description="report usage.prompt_tokens_details.cached_tokens from a simulated provider prompt cache: the estimated tokens "
+        "of the longest common prefix (whole messages, then characters) with the previous request that began with the same "
+        "first message (a stand-in for the same speaker's previous call); a simulation of the accounting, not a cache",
+    )
 
 
 @dataclass
@@ -147,6 +156,7 @@ class OpenAITestServer:
         self.peak_in_flight = 0
         """Most requests the server was handling at once (since start or :meth:`reset_counts`)."""
         self._gate: asyncio.Event | None = None
+        self._last_prompt: dict[str, list[tuple[Any, str]]] = {}  # first message's hash → that request's message texts (simulate_prompt_cache)
         self.gate_opened = False
         """Whether ``hold_until_in_flight`` requests were once in flight at the same time (the gate opened)."""
 
@@ -428,7 +438,29 @@ class OpenAITestServer:
             content = json.dumps(replies.violate_schema(plan.schema, rng))
         elif fault == "truncated":
             content, finish = replies.truncate_json(content), "length"
-        return _json_reply(200, replies.chat_completion(body, plan, content, finish))
+        payload = replies.chat_completion(body, plan, content, finish)
+        if self.config.simulate_prompt_cache:
+            payload["usage"]["prompt_tokens_details"] = {"cached_tokens": self._simulated_cached_tokens(body.get("messages") or [])}
+        return _json_reply(200, payload)
+
+    def _simulated_cached_tokens(self, messages: list[Any]) -> int:
+        """Estimated tokens of the prompt prefix shared with the previous request that began with the same first message."""
+        parts = [(m.get("role"), replies._text_of(m.get("content"))) if isinstance(m, dict) else (None, "") for m in messages]
+        if not parts:
+            return 0
+        key = content_hash(list(parts[0]))
+        with self._lock:
+            previous = self._last_prompt.get(key, [])
+            if len(self._last_prompt) >= 10_000:
+                self._last_prompt.clear()
+            self._last_prompt[key] = parts
+        shared = 0
+        while shared < min(len(parts), len(previous)) and parts[shared] == previous[shared]:
+            shared += 1
+        cached = sum(estimate_tokens(text) for _, text in parts[:shared])
+        if shared < min(len(parts), len(previous)) and parts[shared][0] == previous[shared][0]:
+            cached += len(os.path.commonprefix([parts[shared][1], previous[shared][1]])) // 4  # whole tokens of a partly shared message
+        return min(cached, replies.prompt_tokens(messages))
 
 
 async def _read_request(reader: asyncio.StreamReader) -> _Request | _Reply | None:
