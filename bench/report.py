@@ -294,9 +294,16 @@ def _gating(g: dict[str, Any] | None) -> str:
     out = head + (
         f"\n\nSplit seed {split['seed']}, stratified by scenario; held-out: {', '.join(split['held_out'])}. "
         f"Intervals: 95 % percentile bootstrap over dialogues ({halves[names[0]]['summary']['bootstrap']['resamples']} resamples). "
-        "Judge-only defects: those the blocking rules let through (in practice echo_paraphrase, persona_drift and off_scenario, "
-        "plus the odd repetition the rules miss)."
+        f"Judge-only defects: those the blocking rules let through ({', '.join(sorted({k for n in names for k in halves[n]['summary']['judge_kinds']}))})."
     )
+    short = sum(k["defects"] - k["caught_always"] for n in names for k in halves[n]["kinds"].values())
+    if short:
+        out += (
+            f" Judging every draft missed {short} reached defect(s): there the reference turn itself trips a blocking rule, "
+            "so every revision fails and after three attempts the critic keeps the judge-rejected defective draft "
+            "(a rule failure weighs more than a judge objection) — a quirk of replaying fixed text; catch rates are relative to what "
+            "judging every draft catches, so it is in neither numerator nor denominator."
+        )
     if "held_out" in halves:
         s = halves["held_out"]["summary"]
         out += (
