@@ -211,15 +211,15 @@ async def assess_risk(
             if drop >= config.risk_drop:
                 why.append(f"context_drop {drop:.1f} sd")
     if len(tokens) >= MIN_WORDS:
-        profile = _profile_text(speaker, participants, scenario_text)
-        novel = _novelty(text, [profile] + [u.text for u in said])
+        background = _profile_text(speaker, participants, scenario_text)
+        novel = _novelty(text, [background] + [u.text for u in said])
         if novel is not None:
             signals["novel_words"] = round(novel, 3)
             if novel >= config.risk_novelty:
                 why.append(f"novel_words {novel:.2f}")
             if config.risk_surprise is not None and "context_drop" in signals:
                 # the same share for each of the speaker's earlier turns against what preceded it: is this draft unusually new for this speaker?
-                earlier = [_novelty(u.text, [profile] + [v.text for v in said[:i]]) for i, u in enumerate(said) if u.speaker == speaker.id]
+                earlier = [_novelty(u.text, [background] + [v.text for v in said[:i]]) for i, u in enumerate(said) if u.speaker == speaker.id]
                 novel_z = _drop(-novel, [-x for x in earlier if x is not None], config.risk_min_history)
                 if novel_z is not None:
                     surprise = novel_z + signals["context_drop"]
