@@ -328,12 +328,13 @@ def _gating_embedder(g: dict[str, Any] | None) -> str:
             f"a separate run on all 30 dialogues, before the split): calls per utterance {s['calls_per_utterance_clean']['at_risk']:.2f} clean, "
             f"catch rate {s['catch_rate']:.2f} pooled, {s['catch_rate_judge_only']:.2f} judge-only."
         )
-    s = g["halves"]["held_out"]["summary"]
+    s, t = g["halves"]["held_out"]["summary"], g["halves"]["tuning"]["summary"]
     return (
         f"\n\nWith the bundled `{g['embedder']}` embedder configured (`python bench/critic_gating.py --embedder {g['embedder']}`, "
-        f"a separate run; the persona-similarity signal is on), held-out half: calls per utterance {s['calls_per_utterance_clean']['at_risk']:.2f} clean, "
+        f"a separate run, about 17 minutes here; the persona-similarity signal is on), held-out half: calls per utterance {s['calls_per_utterance_clean']['at_risk']:.2f} clean, "
         f"catch rate {_ci(s['catch_rate'], s['bootstrap']['catch_rate'])} pooled, "
-        f"{_ci(s['catch_rate_judge_only'], s['bootstrap']['catch_rate_judge_only'])} judge-only."
+        f"{_ci(s['catch_rate_judge_only'], s['bootstrap']['catch_rate_judge_only'])} judge-only "
+        f"(tuning half: {t['calls_per_utterance_clean']['at_risk']:.2f}, {t['catch_rate']:.2f}, {t['catch_rate_judge_only']:.2f})."
     )
 
 
