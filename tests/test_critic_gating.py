@@ -105,3 +105,26 @@ async def test_gating_keeps_what_judging_every_turn_catches_at_a_fraction_of_the
     clean_always, clean_gated = always["kinds"]["clean"], gated["kinds"]["clean"]
     assert clean_always["calls_per_utterance"] >= 2.0
     assert clean_gated["calls_per_utterance"] <= 1.3, clean_gated
+
+
+ROUTER = [
+    "My router drops the connection every evening around eight, and the router light goes red.",
+    "Does the router light turn red or just go off when the connection drops in the evening?",
+    "It turns red first, then the router restarts itself and the connection comes back slowly.",
+    "Red then a restart usually means the router is overheating or the line is dropping in the evening.",
+    "The router sits on a shelf near the heater, so the router might be getting warm in the evening.",
+    "Move the router away from the heater tonight and tell me whether the connection still drops.",
+]
+
+
+async def test_the_opt_in_surprise_signal_flags_a_draft_unusually_new_for_its_speaker_and_is_off_by_default():
+    ann, bob = people("Ann", "Bob")
+    state = _state([ann, bob], texts=[((ann, bob)[i % 2], t) for i, t in enumerate(ROUTER)])
+    off_topic = "My grandmother's garden grows tomatoes, basil and marigolds along the fence every summer holiday."
+    verdicts = {}
+    for surprise in (None, 1.5):
+        llm = _judge()
+        critic = make_critic_node(CriticConfig(audit_rate=0.0, risk_novelty=1.0, risk_drop=50.0, risk_surprise=surprise), gateway=Gateway(llm))
+        verdicts[surprise] = (await critic(state | {"draft": _draft(ann, off_topic)}, runtime()))["transcript"][0]["metadata"]["critic"]["judge"]
+    assert "surprise" not in verdicts[None]["signals"] and verdicts[None]["judge"] is False  # off by default: not even computed
+    assert verdicts[1.5]["signals"]["surprise"] >= 1.5 and verdicts[1.5]["why"][0].startswith("surprise")

@@ -384,6 +384,26 @@ def test_the_providers_cached_prompt_tokens_are_read_and_accounted_per_role():
     snap = tracker.snapshot()
     assert snap["persona.cached_tokens"] == snap["total.cached_tokens"] == 1792
 
+async def test_cached_prompt_tokens_are_accounted_end_to_end_over_http_with_the_servers_simulated_prompt_cache():
+    system = {"role": "system", "content": "You are Ann, a retired engineer who keeps her answers short. " * 8}
+    turns = [{"role": "user", "content": f"Turn {i}: the router dropped the line again this evening."} for i in range(3)]
+    with OpenAITestServer(TestServerConfig(simulate_prompt_cache=True)) as server:
+        async with server_gateway(server) as gateway:
+            first = await gateway.text([system, turns[0]], role="persona", seed=1)
+            second = await gateway.text([system, turns[0], turns[1]], role="persona", seed=2)  # the same speaker, one turn on
+            other = await gateway.text([{"role": "system", "content": "You are Bob."}, turns[0]], role="critic", seed=3)
+            snap = gateway.usage.snapshot()
+    shared = estimate_tokens(system["content"]) + estimate_tokens(turns[0]["content"])
+    assert first.usage.cached_tokens == 0 and other.usage.cached_tokens == 0  # nothing earlier began with the same first message
+    assert second.usage.cached_tokens == shared < second.usage.prompt_tokens
+    assert snap["persona.cached_tokens"] == snap["total.cached_tokens"] == shared
+    with OpenAITestServer() as server:  # off by default: no prompt_tokens_details, nothing counted
+        async with server_gateway(server) as gateway:
+            await gateway.text([system, turns[0]], role="persona", seed=1)
+            again = await gateway.text([system, turns[0], turns[1]], role="persona", seed=2)
+    assert again.usage.cached_tokens == 0
+
+
 async def test_schema_invalid_replies_end_in_model_output_error_with_raw_reply():
     with OpenAITestServer(TestServerConfig(fault_rate=1.0, faults=["schema_invalid"])) as server:
         async with server_gateway(server) as gateway:

@@ -205,7 +205,7 @@ def _usage(message: Any, request: LLMRequest, text: str) -> Usage:
     metadata = getattr(message, "usage_metadata", None)
     if metadata:
         details = metadata.get("input_token_details") or {}
-        # cached_tokens: unknown fields are ignored by Usage until it counts cache reads
+        # LangChain's usage_metadata names the provider's cached prompt tokens input_token_details.cache_read
         return Usage(prompt_tokens=metadata.get("input_tokens") or 0, completion_tokens=metadata.get("output_tokens") or 0, cached_tokens=details.get("cache_read") or 0)
     return Usage(prompt_tokens=sum(estimate_tokens(m.content) for m in request.messages), completion_tokens=estimate_tokens(text))
 

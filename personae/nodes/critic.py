@@ -106,6 +106,9 @@ class CriticConfig(BaseModel):
     risk_drop: float = Field(2.0, gt=0.0, description="standard deviations below the speaker's usual persona/context similarity that put a draft at risk")
     risk_length_ratio: float = Field(4.0, gt=1.0, description="times longer (or shorter) than the speaker's mean turn that puts a draft at risk")
     risk_min_history: int = Field(2, ge=1, description="earlier turns needed before the similarity and length signals apply")
+    risk_surprise: float | None = Field(
+        None, gt=0.0, description="sum of novel_z (new content words vs the speaker's earlier turns) and context_drop (both in sd) that puts a draft at risk (None: off)",
+    )
     risk_novelty: float = Field(1.0, gt=0.0, le=1.0, description="share of a draft's content words new to the scenario, personas and conversation that puts it at risk")
 
 

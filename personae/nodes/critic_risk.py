@@ -23,6 +23,12 @@ LLM judge should look at it, and why:
 * ``novel_words``: at least ``risk_novelty`` of the draft's content words appear
   nowhere in the scenario, the personas or the conversation so far (a line from
   elsewhere);
+* ``surprise`` (opt-in, ``risk_surprise``; off by default): the draft's share of new
+  content words, in standard deviations above the speaker's own earlier turns' shares
+  (each against what preceded it), plus its ``context_drop``, reaches ``risk_surprise``.
+  Tuned on half the reference replay it lifted the judge-only catch rate, but on the
+  held-out half it judged three times as many clean drafts and broke the call budget
+  (docs/benchmarks.md §7), so it is not on by default;
 * ``revision``: the previous attempt of this turn, or the speaker's previous turn,
   was rejected by the judge;
 * ``audit``: none of these, but a seeded draw below ``audit_rate`` (seeded by the run
@@ -205,11 +211,21 @@ async def assess_risk(
             if drop >= config.risk_drop:
                 why.append(f"context_drop {drop:.1f} sd")
     if len(tokens) >= MIN_WORDS:
-        novel = _novelty(text, [_profile_text(speaker, participants, scenario_text)] + [u.text for u in said])
+        background = _profile_text(speaker, participants, scenario_text)
+        novel = _novelty(text, [background] + [u.text for u in said])
         if novel is not None:
             signals["novel_words"] = round(novel, 3)
             if novel >= config.risk_novelty:
                 why.append(f"novel_words {novel:.2f}")
+            if config.risk_surprise is not None and "context_drop" in signals:
+                # the same share for each of the speaker's earlier turns against what preceded it: is this draft unusually new for this speaker?
+                earlier = [_novelty(u.text, [background] + [v.text for v in said[:i]]) for i, u in enumerate(said) if u.speaker == speaker.id]
+                novel_z = _drop(-novel, [-x for x in earlier if x is not None], config.risk_min_history)
+                if novel_z is not None:
+                    surprise = novel_z + signals["context_drop"]
+                    signals["novel_z"], signals["surprise"] = round(novel_z, 3), round(surprise, 3)
+                    if surprise >= config.risk_surprise:
+                        why.append(f"surprise {surprise:.1f} sd (new words {novel_z:.1f} + context drop {signals['context_drop']:.1f})")
     if rejected_by_judge:
         why.append("revision of a draft the judge rejected")
     elif own and own[-1].metadata.get("critic", {}).get("history") and any(

@@ -139,6 +139,8 @@ async def run_arm(
         by_rules = {key for key in caught if (committed[key].metadata.get("critic", {}).get("history") or [{}])[0].get("source") == "rules"}
         snap = gateway.usage.snapshot()
         utterances = len(committed)
+        calls_by_job = Counter(fake._by_seed[r.seed][1] for r in fake.requests)
+        utterances_by_job = Counter(job for job, _ in committed)
         why = Counter()
         for u in committed.values():
             for entry in [*(u.metadata.get("critic", {}).get("history") or []), u.metadata.get("critic", {})]:
@@ -154,6 +156,9 @@ async def run_arm(
             "defects": len(reached),
             "caught": sorted(f"{j}@{t}" for j, t in caught),
             "caught_by_rules": len(by_rules),
+            "caught_by_rules_at": sorted(f"{j}@{t}" for j, t in by_rules),
+            "reached": sorted(f"{j}@{t}" for j, t in reached),
+            "by_conversation": {job: {"model_calls": calls_by_job[job], "utterances": utterances_by_job[job]} for job in sorted(utterances_by_job)},
             "caught_by_judge": len(caught - by_rules),
             "gate": dict(sorted(why.items())),
         }

@@ -31,6 +31,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -42,6 +43,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from personae.errors import ConfigError
+from personae.ids import content_hash
+from personae.llm.base import estimate_tokens
 from personae.testing import replies
 from personae.testing.quota import ServerQuota
 from personae.validation import validate_data
@@ -85,6 +88,12 @@ class TestServerConfig(BaseModel):
     quota_window_s: float = Field(
         60.0, gt=0.0, le=3600.0,
         description="quota mode: seconds of quota the buckets hold (the largest burst); 1 enforces the quota per second",
+    )
+    simulate_prompt_cache: bool = Field(
+        False,
+        description="report usage.prompt_tokens_details.cached_tokens from a simulated provider prompt cache: the estimated tokens "
+        "of the longest common prefix (whole messages, then characters) with the previous request that began with the same "
+        "first message (a stand-in for the same speaker's previous call); a simulation of the accounting, not a cache",
     )
 
 
@@ -161,6 +170,7 @@ class OpenAITestServer:
         self.quota: ServerQuota | None = self._new_quota(self.config)
         """The quota mode's buckets and counts (``admitted``, ``rejected``), or None when it is off."""
         self._gate: asyncio.Event | None = None
+        self._last_prompt: dict[str, list[tuple[Any, str]]] = {}  # first message's hash → that request's message texts (simulate_prompt_cache)
         self.gate_opened = False
         """Whether ``hold_until_in_flight`` requests were once in flight at the same time (the gate opened)."""
 
@@ -474,7 +484,29 @@ class OpenAITestServer:
             content = json.dumps(replies.violate_schema(plan.schema, rng))
         elif fault == "truncated":
             content, finish = replies.truncate_json(content), "length"
-        return _json_reply(200, replies.chat_completion(body, plan, content, finish))
+        payload = replies.chat_completion(body, plan, content, finish)
+        if self.config.simulate_prompt_cache:
+            payload["usage"]["prompt_tokens_details"] = {"cached_tokens": self._simulated_cached_tokens(body.get("messages") or [])}
+        return _json_reply(200, payload)
+
+    def _simulated_cached_tokens(self, messages: list[Any]) -> int:
+        """Estimated tokens of the prompt prefix shared with the previous request that began with the same first message."""
+        parts = [(m.get("role"), replies._text_of(m.get("content"))) if isinstance(m, dict) else (None, "") for m in messages]
+        if not parts:
+            return 0
+        key = content_hash(list(parts[0]))
+        with self._lock:
+            previous = self._last_prompt.get(key, [])
+            if len(self._last_prompt) >= 10_000:
+                self._last_prompt.clear()
+            self._last_prompt[key] = parts
+        shared = 0
+        while shared < min(len(parts), len(previous)) and parts[shared] == previous[shared]:
+            shared += 1
+        cached = sum(estimate_tokens(text) for _, text in parts[:shared])
+        if shared < min(len(parts), len(previous)) and parts[shared][0] == previous[shared][0]:
+            cached += len(os.path.commonprefix([parts[shared][1], previous[shared][1]])) // 4  # whole tokens of a partly shared message
+        return min(cached, replies.prompt_tokens(messages))
 
 
 async def _read_request(reader: asyncio.StreamReader) -> _Request | _Reply | None:
