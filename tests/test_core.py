@@ -201,7 +201,9 @@ def _append_many(path: str, writer: int, count: int) -> None:
 
 def test_concurrent_process_writers_never_interleave(tmp_path):
     path = tmp_path / "shared.jsonl"
-    ctx = multiprocessing.get_context("fork")
+    # spawned, not forked: a fork of a pytest process that already ran Prefect flows and
+    # threads (earlier tests) inherits their state, and such children can exit with 1
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_append_many, args=(str(path), w, 40)) for w in range(4)]
     for p in procs:
         p.start()
