@@ -146,6 +146,8 @@ class RealismReport(BaseModel):
         }
         for column in ("reweighted", "mapped"):
             out[f"mean_distance_{column}"] = _mean([getattr(q, f"{column}_distance") for q in self.questions])
+        # the raw mean over the questions the mapping was shown on, to read beside mean_distance_mapped
+        out["mean_distance_mapped_raw"] = _mean([q.distance for q in self.questions if q.mapped_distance is not None])
         for q in self.questions:
             for name in ("distance", "reweighted_distance", "mapped_distance", "variance_ratio", "extreme_rate", "midpoint_rate", "acquiescence", "refusal_rate", "modal_share"):
                 out[f"q.{q.id}.{name}"] = getattr(q, name)
