@@ -113,6 +113,10 @@ def test_cli_survey_direct_on_the_fake_model(cli_env, tmp_path):
     result = CliRunner().invoke(cli_env, ["survey", str(EXAMPLE), "--mode", "direct", "--no-track"])
     assert result.exit_code == 0, result.output
     assert "representativeness" in result.output and "answers.parquet" in result.output
+    assert "post-hoc calibration" in result.output  # the example has targets: reweighted and mapped beside raw
+    plain = CliRunner().invoke(cli_env, ["survey", str(EXAMPLE), "--mode", "direct", "--no-track", "--no-calibration", "-n", "4"])
+    assert plain.exit_code == 0, plain.output
+    assert "post-hoc" not in plain.output and "answer profiles of 4" in " ".join(plain.output.split())
 
 
 async def test_survey_with_targets_reports_calibration_beside_raw(tmp_path):
