@@ -91,7 +91,7 @@ def survey_section(r: RealismReport) -> dict[str, Any]:
         mapping = r.calibration.get("mapped") or {}
         calibration = {
             "rows": [{"id": q.id, "raw": _fmt(q.distance), "reweighted": _fmt(q.reweighted_distance), "mapped": _fmt(q.mapped_distance),
-                      "split": part.get(q.id, "")} for q in r.questions if q.metric is not None],
+                      "split": part.get(q.id, "")} for q in r.questions if q.distance is not None],
             "raw_mean": _fmt(r.mean_distance),
             "reweighted_mean": _fmt(_mean_of(q.reweighted_distance for q in r.questions)),
             "held_out_raw_mean": _fmt(_mean_of(q.distance for q in r.questions if q.mapped_distance is not None)),
