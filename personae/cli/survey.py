@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
                           f"{fmt(report.mean_distance)}, reweighted {fmt(metrics.get('m.mean_distance_reweighted'))}; "
                           f"on the questions outside the train split raw {fmt(metrics.get('m.mean_distance_mapped_raw'))}, "
                           f"mapped {fmt(metrics.get('m.mean_distance_mapped'))}")
-            for note in calibration.get("notes", []):
+            for note in [*calibration.get("notes", []), *((calibration.get("reweighted") or {}).get("warnings") or [])]:
                 console.print(f"  {note}")
         for warning in report.warnings:
             console.print(f"[yellow]warning:[/] {warning}")
