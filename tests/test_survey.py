@@ -334,6 +334,10 @@ def test_mode_collapse_is_flagged_when_everyone_answers_alike(small):
     assert report.metrics()["survey.mode_collapse"] == 1.0
     varied = realism_report(_frame([*rows[:-1], ("c", "hours", None, 3.0, "answered")]), small)
     assert not varied.profiles.collapsed and varied.profiles.n_distinct == 2
+    # nobody's answer to news could be classified: that is not everyone answering alike
+    unclassified = [(r, q, o, v, "unclassified" if q == "news" else st) for r, q, o, v, st in rows]
+    unclassified = [(r, q, None if q == "news" else o, v, st) for r, q, o, v, st in unclassified]
+    assert realism_report(_frame(unclassified), small).profiles.identical_questions == ["hours", "trust"]
 
 
 async def test_a_failed_respondent_resumes_from_its_checkpoint(tmp_path, small):

@@ -276,7 +276,8 @@ def answer_profiles(frame: pd.DataFrame, instrument: Instrument) -> ProfileStats
     for key in keys:
         counts[key] = counts.get(key, 0) + 1
     identical = []
-    for qid, group in rows.groupby("question_id", sort=True):
+    # only coded answers: respondents all left unclassified (or failed) did not give "the same answer"
+    for qid, group in rows[rows["status"].isin(["answered", "refused"])].groupby("question_id", sort=True):
         answers = group.groupby("respondent_id")["option"].apply(lambda s: "|".join(map(str, s))).tolist()
         numeric = group.groupby("respondent_id")["value"].first().tolist()
         distinct = {a for a in answers} if types[qid] != "numeric" else {str(v) for v in numeric}
