@@ -334,6 +334,10 @@ def test_mode_collapse_is_flagged_when_everyone_answers_alike(small):
     assert report.metrics()["survey.mode_collapse"] == 1.0
     varied = realism_report(_frame([*rows[:-1], ("c", "hours", None, 3.0, "answered")]), small)
     assert not varied.profiles.collapsed and varied.profiles.n_distinct == 2
+    # nobody's answer to news could be classified: that is not everyone answering alike
+    unclassified = [(r, q, o, v, "unclassified" if q == "news" else st) for r, q, o, v, st in rows]
+    unclassified = [(r, q, None if q == "news" else o, v, st) for r, q, o, v, st in unclassified]
+    assert realism_report(_frame(unclassified), small).profiles.identical_questions == ["hours", "trust"]
 
 
 async def test_a_failed_respondent_resumes_from_its_checkpoint(tmp_path, small):
@@ -362,3 +366,25 @@ async def test_a_failed_respondent_resumes_from_its_checkpoint(tmp_path, small):
     assert (again.batch.completed, again.batch.failed) == (1, 0)
     assert asked == ["news", "hours"]  # trust and why came from the checkpoint
     assert frame.sort_values("position")["question_id"].tolist() == ["trust", "why", "news", "hours"]
+
+
+async def test_a_runaway_reply_is_kept_in_the_table_but_clipped_in_later_prompts(tmp_path, small):
+    """A small model looping on one question must not overflow the context of every later one."""
+    from personae.llm.testing import ScriptedLLM
+
+    scripted = ScriptedRespondents(small, {"trust": {"default": {"agree": 1}}})
+    runaway = "environment, " * 300
+    prompts: dict[str, str] = {}
+
+    def script(request):
+        qid = next((m.content.split("Survey question ", 1)[1].split(" ", 1)[0] for m in request.messages if "Survey question " in m.content), None)
+        prompts[qid] = "\n".join(m.content for m in request.messages)
+        if qid == "why":
+            return runaway
+        return scripted.answer([m.model_dump() for m in request.messages], request.schema_name)
+
+    result, frame = await run_survey(small, _personas(1), gateway=Gateway(ScriptedLLM(script), max_retries=0), out_dir=tmp_path, mode="direct", seed=1)
+    assert (result.batch.completed, result.batch.failed) == (1, 0)
+    assert frame.loc[frame.question_id == "why", "raw_text"].iloc[0] == runaway.strip()
+    assert "environment, environment" in prompts["news"] and prompts["news"].count("environment") <= 30
+    assert len(prompts["news"]) < len(runaway)

@@ -113,3 +113,46 @@ def test_cli_survey_direct_on_the_fake_model(cli_env, tmp_path):
     result = CliRunner().invoke(cli_env, ["survey", str(EXAMPLE), "--mode", "direct", "--no-track"])
     assert result.exit_code == 0, result.output
     assert "representativeness" in result.output and "answers.parquet" in result.output
+    assert "post-hoc calibration" in result.output  # the example has targets: reweighted and mapped beside raw
+    plain = CliRunner().invoke(cli_env, ["survey", str(EXAMPLE), "--mode", "direct", "--no-track", "--no-calibration", "-n", "4"])
+    assert plain.exit_code == 0, plain.output
+    assert "post-hoc" not in plain.output and "answer profiles of 4" in " ".join(plain.output.split())
+
+
+async def test_survey_with_targets_reports_calibration_beside_raw(tmp_path):
+    instrument = load_instrument(EXAMPLES / "survey" / "opinion_instrument.yaml")
+    respondents = ScriptedRespondents(instrument, RULES, seed=3)
+    with OpenAITestServer(TestServerConfig(), reply=respondents.reply) as server:
+        async with server_gateway(server) as gateway:
+            calibrated = await run_survey_experiment(EXAMPLE, data_dir=str(tmp_path), track=False, gateway=gateway, mode="direct", respondents=6)
+            calls = server.request_count
+            written = {k: calibrated.files[k].read_text(encoding="utf-8") for k in ("realism", "realism_csv", "scorecard_html", "scorecard_json")}
+            # the same folder again without calibration: the respondents are done, so no model call and the same answers
+            plain = await run_survey_experiment(EXAMPLE, data_dir=str(tmp_path), track=False, gateway=gateway, mode="direct", respondents=6, calibrate=False)
+            assert server.request_count == calls
+    report, raw = calibrated.report, plain.report
+    assert report.n_respondents == 6 and raw.calibration is None
+    assert all(q.reweighted is None and q.mapped is None for q in raw.questions)
+    # raw figures are untouched by calibration
+    strip = {"reweighted", "reweighted_distance", "mapped", "mapped_distance"}
+    assert [q.model_dump(exclude=strip) for q in report.questions] == [q.model_dump(exclude=strip) for q in raw.questions]
+    assert report.metrics("s")["s.representativeness"] == raw.metrics("s")["s.representativeness"]
+    # reweighted: raked to the targets' gender marginals, on every targeted question
+    assert set(report.calibration["reweighted"]["targets"]) == {"demographics.gender"}
+    for qid in ("trust_people", "ai_jobs", "news_source", "hours_online", "volunteer"):
+        assert 0.0 <= report.question(qid).reweighted_distance <= 1.0
+    # mapped: learned on the seeded train split (seed 7: trust_people is the ordinal train question), shown only off it
+    split = report.calibration["split"]
+    assert split["seed"] == 7 and split["train"] == ["trust_people", "hours_online", "volunteer"]
+    assert report.calibration["mapped"]["fitted_on"] == ["trust_people"]
+    assert 0.0 <= report.question("ai_jobs").mapped_distance <= 1.0
+    assert all(report.question(q).mapped is None for q in split["train"])
+    # every output shows it, labelled as post-hoc
+    realism = json.loads(written["realism"])
+    assert realism["calibration"]["split"]["train"] == split["train"]
+    csv_rows = written["realism_csv"].splitlines()
+    assert csv_rows[0].endswith("reweighted_distance,mapped_distance,split") and len(csv_rows) == 1 + len(instrument.questions)
+    assert "Post-hoc calibration" in written["scorecard_html"] and "Post-hoc calibration" not in plain.files["scorecard_html"].read_text(encoding="utf-8")
+    metrics = json.loads(written["scorecard_json"])["metrics"]
+    assert metrics["survey.mean_distance"] == pytest.approx(raw.mean_distance)
+    assert {"survey.mean_distance_reweighted", "survey.mean_distance_mapped", "survey.mean_distance_mapped_raw", "survey.q.ai_jobs.mapped_distance"} <= set(metrics)

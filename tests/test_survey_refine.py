@@ -18,7 +18,7 @@ import _refine_support as S
 from _flows_support import prefect_api_session  # noqa: F401 - fixture
 from personae.llm import Gateway
 from personae.survey import run_survey
-from personae.survey.calibration import apply_mapping, calibrate_report, fit_mapping, rake_weights, target_marginals
+from personae.survey.calibration import apply_mapping, calibrate_report, calibrate_survey, fit_mapping, rake_weights, target_marginals
 from personae.survey.realism import distance, realism_report
 from personae.survey.refine import RefineConfig, refine_personas
 from personae.survey.revise import LLMReviser, MixtureReviser, PersonaRevision, PersonaRevisions, training_view
@@ -227,6 +227,37 @@ def test_the_mapping_learned_on_train_questions_corrects_a_shared_shift_on_test_
         assert q.mapped_distance == pytest.approx(0.0, abs=1e-12) and q.distance == pytest.approx(0.25)
     assert all(calibrated.question(q).mapped is None for q in train)  # never applied where it was fitted
     assert distance(inst.question("q_music"), calibrated.question("q_music").mapped, human)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_survey_calibration_maps_off_the_train_split_and_notes_what_it_could_not_do():
+    inst, _, _ = _setup()
+    human = {"disagree": 0.25, "neither": 0.5, "agree": 0.25}
+    shifted = {"neither": 0.25, "agree": 0.5, "strongly agree": 0.25}
+    targets = HumanTargets()  # overall targets only: no per-cell n, so nothing to rake to
+    rows = []
+    for qid in ("q_bread", "q_parks", "q_taxes", "q_music", "q_salt"):
+        targets.add(qid, {}, Distribution(shares=human))
+        for i, (code, share) in enumerate(shifted.items()):
+            rows += [(f"r{i}-{k}", {}, qid, code) for k in range(int(share * 4))]
+    frame = _frame(rows)
+    raw = realism_report(frame, inst, targets)
+    calibrated = calibrate_survey(raw, frame, inst, targets, seed=1)
+    split = calibrated.calibration["split"]
+    assert split == {**split_questions(inst, targets, seed=1).model_dump(), "mapped_on": split["validation"] + split["test"]}
+    assert calibrated.calibration["mapped"]["fitted_on"] == split["train"]
+    for qid in split["mapped_on"]:
+        assert calibrated.question(qid).mapped_distance == pytest.approx(0.0, abs=1e-12)
+    assert all(calibrated.question(q).mapped is None for q in split["train"])
+    assert calibrated.calibration["reweighted"] is None and calibrated.calibration["notes"][0].startswith("not reweighted")
+    assert [q.distance for q in calibrated.questions] == [q.distance for q in raw.questions]
+    assert calibrated.metrics()["survey.mean_distance_mapped_raw"] == pytest.approx(0.25)
+    # two targeted questions: too few to split, so no mapping, said so
+    few = HumanTargets()
+    for qid in ("q_bread", "q_parks"):
+        few.add(qid, {}, Distribution(shares=human))
+    small = calibrate_survey(realism_report(frame, inst, few), frame, inst, few)
+    assert small.calibration["split"] is None and small.calibration["mapped"] is None
+    assert any(n.startswith("not mapped") for n in small.calibration["notes"])
 
 
 # ---- the flow and its MLflow rounds ---------------------------------------------------------

@@ -3,7 +3,8 @@
 :func:`run_survey_experiment` is the plain async entry point (the CLI's ``personae
 survey``); :func:`survey_flow` wraps it as a Prefect flow for deployments. Output, in
 the experiment's run folder under ``survey/<mode>/``: ``answers.parquet``/``answers.csv``
-(the tidy table), ``survey_conversations.jsonl``, ``realism.json``, ``scorecard.html``
+(the tidy table), ``survey_conversations.jsonl``, ``realism.json`` and ``realism.csv`` (raw
+figures; with targets, the post-hoc reweighted and mapped distances beside them), ``scorecard.html``
 / ``scorecard.json`` with the survey section, and the plots. MLflow gets one run
 ``survey`` (see :func:`log_survey`).
 """
@@ -24,6 +25,7 @@ from personae.flows.context import open_context, run_tags
 from personae.jsonl import read_jsonl, write_jsonl
 from personae.llm.gateway import Gateway
 from personae.models import Persona
+from personae.survey.calibration import calibrate_survey
 from personae.survey.instrument import load_instrument
 from personae.survey.realism import RealismReport, realism_report
 from personae.survey.run import SurveyResult, run_survey
@@ -84,18 +86,25 @@ async def run_survey_experiment(
     gateway: Gateway | None = None,
     mode: str | None = None,
     targets: str | os.PathLike | None = None,
+    respondents: int | None = None,
+    calibrate: bool | None = None,
 ) -> SurveyOutcome:
     """Field the experiment's survey to its population; write the table and the realism report; track it.
 
     ``gateway`` overrides the experiment's models (tests pass one over the test server);
-    ``mode`` and ``targets`` override the ``survey:`` section.
+    ``mode``, ``targets``, ``respondents`` (survey the first N personas) and ``calibrate``
+    override the ``survey:`` section. With targets and ``calibrate``, the report carries the
+    reweighted and mapped columns beside the raw ones (:func:`~personae.survey.calibration.calibrate_survey`).
     """
     ctx = open_context(experiment if isinstance(experiment, Experiment) else str(experiment), data_dir=data_dir, track=track)
     exp = ctx.experiment
     spec = exp.survey
     if spec is None:
         raise ConfigError("the experiment has no survey section", file=None if exp.source is None else str(exp.source), field="survey", expected="survey: {instrument: ..., targets: ...}")
-    updates = {k: v for k, v in (("mode", mode), ("targets", None if targets is None else Path(targets))) if v is not None}
+    if respondents is not None and respondents < 1:
+        raise ConfigError("respondents must be at least 1", field="respondents", expected="an integer ≥ 1", got=respondents)
+    overrides = (("mode", mode), ("targets", None if targets is None else Path(targets)), ("respondents", respondents), ("calibrate", calibrate))
+    updates = {k: v for k, v in overrides if v is not None}
     spec = spec.model_copy(update=updates)
     instrument = load_instrument(spec.instrument)
     from personae.experiment import taxonomy_for
@@ -118,13 +127,20 @@ async def run_survey_experiment(
                 seed=exp.seed if spec.seed is None else spec.seed, scenario=exp.scenarios[0], concurrency=spec.concurrency,
                 retry_failed=exp.simulation.retry_failed, temperature=spec.temperature, max_tokens=spec.max_tokens,
             )
+            seed = exp.seed if spec.seed is None else spec.seed
             report = realism_report(frame, instrument, human, min_cell=spec.min_cell, mode=spec.mode)
+            if human is not None and spec.calibrate:
+                report = calibrate_survey(report, frame, instrument, human, seed=seed if spec.split_seed is None else spec.split_seed)
             files = _write_report(out_dir, report, result, n_personas=len(personas), title=f"{exp.name}: survey {instrument.name}")
             params = {
                 "survey.instrument": instrument.name, "survey.instrument_fingerprint": instrument.fingerprint(),
                 "survey.mode": spec.mode, "survey.targets": str(spec.targets or ""), "survey.respondents": len(personas),
-                "survey.seed": exp.seed if spec.seed is None else spec.seed, **{f"model.{k}": v for k, v in gateway.describe().items()},
+                "survey.seed": seed, **{f"model.{k}": v for k, v in gateway.describe().items()},
             }
+            split = (report.calibration or {}).get("split")
+            if split:
+                params.update({"survey.split_seed": split["seed"], "survey.split_train": ",".join(split["train"]),
+                               "survey.split_mapped_on": ",".join(split["mapped_on"])})
             log_survey(run, files, report, result, params)
             run_id = run.run_id
     finally:
@@ -142,10 +158,30 @@ def _write_report(out_dir: Path, report: RealismReport, result: SurveyResult, *,
     tmp.write_text(json.dumps(report.model_dump(mode="json"), indent=2, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, realism)
     files["realism"] = realism
+    files["realism_csv"] = _write_realism_csv(out_dir / "realism.csv", report)
     card = Scorecard(title=title, n_conversations=result.respondents, n_personas=n_personas, survey=report)
     for name, path in card.write(out_dir).items():
         files[name if name.startswith("plot_") else f"scorecard_{name}"] = path
     return files
+
+
+def _write_realism_csv(path: Path, report: RealismReport) -> Path:
+    """Per question: the raw figures, and beside them the post-hoc reweighted and mapped distances."""
+    import csv
+
+    split = (report.calibration or {}).get("split") or {}
+    part = {qid: name for name in ("train", "validation", "test") for qid in split.get(name, [])}
+    columns = ["question", "type", "metric", "answered", "asked", "distance", "variance_ratio", "refusal_rate",
+               "reweighted_distance", "mapped_distance", "split"]
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for q in report.questions:
+            writer.writerow([q.id, q.type, q.metric or "", q.n_answered, q.n_asked, q.distance, q.variance_ratio, q.refusal_rate,
+                             q.reweighted_distance, q.mapped_distance, part.get(q.id, "")])
+    os.replace(tmp, path)
+    return path
 
 
 def survey_flow(experiment: str, data_dir: str | None = None, track: bool = True) -> dict[str, float]:

@@ -27,6 +27,13 @@ across questions (acquiescence: a shift; central tendency: a stretch); it cannot
 correct a bias that differs between questions, and it leaves nominal and numeric
 questions alone (``mapped`` is then empty). It is never applied to the questions it was
 fitted on.
+
+**In a survey run** (:func:`calibrate_survey`, what ``personae survey`` does when targets
+are given): raking to the marginals the targets' per-cell ``n`` imply, and the mapping fitted
+on the *train* questions of a seeded :func:`~personae.survey.split.split_questions` and
+reported only on the others (validation and test); the split is recorded in the report's
+``calibration``. A step that cannot be made (no per-cell ``n``, fewer than three targeted
+questions, no ordinal train question) is skipped with a note; the raw figures never change.
 """
 
 from __future__ import annotations
@@ -42,9 +49,13 @@ from personae.errors import ConfigError
 from personae.population.quotas import ipf
 from personae.survey.instrument import Instrument, Question
 from personae.survey.realism import RealismReport, distance
+from personae.survey.split import split_questions
 from personae.survey.targets import Distribution, HumanTargets
 
-__all__ = ["RakingResult", "OrdinalMapping", "target_marginals", "rake_weights", "weighted_distribution", "fit_mapping", "apply_mapping", "calibrate_report"]
+__all__ = [
+    "RakingResult", "OrdinalMapping", "target_marginals", "rake_weights", "weighted_distribution", "fit_mapping", "apply_mapping",
+    "calibrate_report", "calibrate_survey",
+]
 
 log = logging.getLogger(__name__)
 
@@ -227,10 +238,14 @@ def apply_mapping(mapping: OrdinalMapping, question: Question, shares: Mapping[s
 # ---- in the report ------------------------------------------------------------------------
 def calibrate_report(
     report: RealismReport, frame: pd.DataFrame, instrument: Instrument, targets: HumanTargets | None, *,
-    raking: RakingResult | None = None, mapping: OrdinalMapping | None = None,
+    raking: RakingResult | None = None, mapping: OrdinalMapping | None = None, apply_to: Iterable[str] | None = None,
 ) -> RealismReport:
-    """A copy of ``report`` with the ``reweighted`` and ``mapped`` columns beside the raw ones (raw untouched)."""
+    """A copy of ``report`` with the ``reweighted`` and ``mapped`` columns beside the raw ones (raw untouched).
+
+    ``apply_to`` limits the mapping to those questions (default: every question it was not fitted on).
+    """
     out = report.model_copy(deep=True)
+    mapped_ids = None if apply_to is None else set(apply_to)
     for item in out.questions:
         question = instrument.question(item.id)
         human = targets.overall(item.id) if targets is not None else None
@@ -238,7 +253,8 @@ def calibrate_report(
             item.reweighted = weighted_distribution(frame[frame["question_id"] == item.id], question, raking.weights).shares
             if human is not None:
                 item.reweighted_distance = distance(question, item.reweighted, human.shares)[0]
-        if mapping is not None and mapping.fitted_on and item.id not in mapping.fitted_on and question.ordinal:
+        if (mapping is not None and mapping.fitted_on and item.id not in mapping.fitted_on and question.ordinal
+                and (mapped_ids is None or item.id in mapped_ids)):
             item.mapped = apply_mapping(mapping, question, item.simulated)
             if human is not None and item.mapped:
                 item.mapped_distance = distance(question, item.mapped, human.shares)[0]
@@ -246,4 +262,45 @@ def calibrate_report(
         "reweighted": None if raking is None else {"targets": raking.targets, "achieved": raking.achieved, "max_error": raking.max_error, "warnings": raking.warnings},
         "mapped": None if mapping is None else mapping.model_dump(),
     }
+    return out
+
+
+def calibrate_survey(report: RealismReport, frame: pd.DataFrame, instrument: Instrument, targets: HumanTargets, *, seed: int = 0) -> RealismReport:
+    """A survey's report with the reweighted and mapped columns (see the module doc); raw untouched.
+
+    ``seed`` deals the question split; the mapping is fitted on its train questions and shown
+    only on the validation and test ones. ``calibration`` records the split and a note for
+    each step that could not be made.
+    """
+    notes: list[str] = []
+    raking = None
+    marginals = target_marginals(targets)
+    if not marginals:
+        notes.append("not reweighted: the targets give no single-attribute cell with a sample size n")
+    else:
+        try:
+            raking = rake_weights(frame, marginals)
+        except ConfigError as exc:
+            notes.append(f"not reweighted: {exc.message}")
+    split, mapping, held_out = None, None, []
+    try:
+        split = split_questions(instrument, targets, seed=seed)
+    except ConfigError as exc:
+        notes.append(f"not mapped: {exc.message}")
+    if split is not None:
+        held_out = [*split.validation, *split.test]
+        mapping = fit_mapping(report, instrument, split.train)
+        if not mapping.fitted_on:
+            notes.append("not mapped: no ordinal train question has both simulated answers and a target")
+            mapping = None
+    out = calibrate_report(report, frame, instrument, targets, raking=raking, mapping=mapping, apply_to=held_out)
+    raw_held_out = [out.question(q).distance for q in held_out if out.question(q).mapped_distance is not None]
+    out.calibration = {
+        **(out.calibration or {}),
+        "split": None if split is None else {**split.model_dump(), "mapped_on": held_out},
+        "held_out_raw_mean_distance": float(np.mean(raw_held_out)) if raw_held_out else None,
+        "notes": notes,
+    }
+    for note in notes:
+        log.info("calibration: %s", note)
     return out

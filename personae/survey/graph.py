@@ -31,6 +31,16 @@ from personae.survey.instrument import Instrument, next_question, option_order, 
 
 __all__ = ["survey_graph", "survey_graph_config", "default_scenario", "answer_records", "make_survey_node"]
 
+# an unclassified reply is shown back in later questions' prompts ("your earlier answers") and piped
+# into their text; a runaway reply (a small model looping) would otherwise overflow the context of
+# every later question. The table keeps the whole reply (``raw``).
+_EARLIER_CHARS = 300
+
+
+def _clip(text: str) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= _EARLIER_CHARS else text[: _EARLIER_CHARS - 1] + "…"
+
 
 def default_scenario(instrument: Instrument) -> Scenario:
     """A neutral self-completion survey setting with the interviewer and respondent roles."""
@@ -113,7 +123,7 @@ def make_survey_node(
             prompts=prompts,
         )
         labels = [question.option(c).label for c in answer.codes]  # type: ignore[union-attr]
-        answer_text = ", ".join(labels) if labels else (answer.raw if answer.value is None else f"{answer.value:g}")
+        answer_text = ", ".join(labels) if labels else (_clip(answer.raw) if answer.value is None else f"{answer.value:g}")
         record = {
             **answer.model_dump(mode="json"), "type": question.type, "position": len(asked), "text": text,
             "option_order": order, "mode": mode, "skipped": skipped, "answer_text": answer_text or "no answer",

@@ -83,9 +83,35 @@ def survey_section(r: RealismReport) -> dict[str, Any]:
         "midpoint": f"{_fmt(q.midpoint_rate)} / {_fmt(q.human_midpoint_rate)}", "acquiescence": f"{_fmt(q.acquiescence)} / {_fmt(q.human_acquiescence)}",
         "refusal": f"{_fmt(q.refusal_rate)} / {_fmt(q.human_refusal_rate)}",
     } for q in r.questions]
+    calibration = None
+    if r.calibration:
+        split = r.calibration.get("split") or {}
+        part = {qid: name for name in ("train", "validation", "test") for qid in split.get(name, [])}
+        raked = r.calibration.get("reweighted") or {}
+        mapping = r.calibration.get("mapped") or {}
+        calibration = {
+            "rows": [{"id": q.id, "raw": _fmt(q.distance), "reweighted": _fmt(q.reweighted_distance), "mapped": _fmt(q.mapped_distance),
+                      "split": part.get(q.id, "")} for q in r.questions if q.distance is not None],
+            "raw_mean": _fmt(r.mean_distance),
+            "reweighted_mean": _fmt(_mean_of(q.reweighted_distance for q in r.questions)),
+            "held_out_raw_mean": _fmt(_mean_of(q.distance for q in r.questions if q.mapped_distance is not None)),
+            "mapped_mean": _fmt(_mean_of(q.mapped_distance for q in r.questions)),
+            "raked_to": ", ".join(f"{a}: " + ", ".join(f"{v} {_fmt(s)}" for v, s in shares.items()) for a, shares in (raked.get("targets") or {}).items()),
+            "raking_error": _fmt(raked.get("max_error")) if raked else "",
+            "mapping": (f"shift {_fmt(mapping.get('shift'))}, stretch {_fmt(mapping.get('stretch'))}, fitted on "
+                        + ", ".join(mapping.get("fitted_on") or [])) if mapping else "",
+            "split_seed": split.get("seed", ""),
+            "notes": [*r.calibration.get("notes", []), *(raked.get("warnings") or [])],
+        }
     cells = [{"question": c.question_id, "cell": c.cell, "n": f"{c.n_simulated}/{_fmt(c.n_human)}", "distance": _fmt(c.distance), "note": c.skipped or ""} for c in r.cells]
     return {
         "instrument": r.instrument, "mode": r.mode or "", "target": r.target or "", "source": r.target_source or "",
         "score": _fmt(r.representativeness), "n": r.n_respondents, "rows": rows, "cells": cells, "warnings": r.warnings,
         "profiles": f"{r.profiles.n_distinct} distinct of {r.profiles.n_respondents}", "collapsed": r.profiles.collapsed,
+        "calibration": calibration,
     }
+
+
+def _mean_of(values) -> float | None:
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    return sum(finite) / len(finite) if finite else None

@@ -146,6 +146,8 @@ class RealismReport(BaseModel):
         }
         for column in ("reweighted", "mapped"):
             out[f"mean_distance_{column}"] = _mean([getattr(q, f"{column}_distance") for q in self.questions])
+        # the raw mean over the questions the mapping was shown on, to read beside mean_distance_mapped
+        out["mean_distance_mapped_raw"] = _mean([q.distance for q in self.questions if q.mapped_distance is not None])
         for q in self.questions:
             for name in ("distance", "reweighted_distance", "mapped_distance", "variance_ratio", "extreme_rate", "midpoint_rate", "acquiescence", "refusal_rate", "modal_share"):
                 out[f"q.{q.id}.{name}"] = getattr(q, name)
@@ -274,7 +276,8 @@ def answer_profiles(frame: pd.DataFrame, instrument: Instrument) -> ProfileStats
     for key in keys:
         counts[key] = counts.get(key, 0) + 1
     identical = []
-    for qid, group in rows.groupby("question_id", sort=True):
+    # only coded answers: respondents all left unclassified (or failed) did not give "the same answer"
+    for qid, group in rows[rows["status"].isin(["answered", "refused"])].groupby("question_id", sort=True):
         answers = group.groupby("respondent_id")["option"].apply(lambda s: "|".join(map(str, s))).tolist()
         numeric = group.groupby("respondent_id")["value"].first().tolist()
         distinct = {a for a in answers} if types[qid] != "numeric" else {str(v) for v in numeric}

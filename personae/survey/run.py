@@ -51,6 +51,8 @@ class SurveyConfig(BaseModel):
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     max_tokens: int = Field(200, ge=16, le=4000)
     min_cell: int = Field(5, ge=1, description="cells with fewer respondents (simulated or human) are left out of per-cell figures")
+    calibrate: bool = Field(True, description="with targets: add the reweighted and mapped columns beside the raw ones (personae.survey.calibration)")
+    split_seed: int | None = Field(None, description="seed of the question split the mapping is trained on (default: the survey's seed)")
 
 
 class SurveyResult(BaseModel):
