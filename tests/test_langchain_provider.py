@@ -23,7 +23,7 @@ from personae.embeddings.langchain import LangChainEmbedder
 from personae.errors import ConfigError, ModelCallError, UnsupportedFeature
 from personae.experiment import build_gateway_for, describe_models, load_experiment, settings_for
 from personae.llm import Gateway, LangChainLLM, LLMRequest, Message, ResponseCache, ResponseFormat
-from personae.llm.wrappers import RetryingLLM, WrapperLLM
+from test_gateway import retries_of  # the one helper that counts a gateway's retries
 from personae.settings import Settings
 from personae.testing.pytest_plugin import TEST_MODEL
 from personae.testing.server import OpenAITestServer, TestServerConfig
@@ -84,15 +84,6 @@ class ToolCallingFake(GenericFakeChatModel):
         return self.bind(tools=tools, tool_choice=tool_choice, **kwargs)
 
 
-def retries_of(gateway: Gateway) -> int:
-    total = 0
-    for model in gateway._models.values():
-        node = model
-        while isinstance(node, WrapperLLM):
-            if isinstance(node, RetryingLLM):
-                total += node.retries
-            node = node.inner
-    return total
 
 
 # ---- langchain-core fake chat models through the gateway ----------------------------
