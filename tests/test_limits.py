@@ -231,8 +231,12 @@ async def test_quota_server_answers_429_with_headers_past_its_quota():
             replies = [await client.post("/chat/completions", json=body) for _ in range(3)]
     assert [r.status_code for r in replies] == [200, 200, 429]
     ok, refused = replies[0], replies[2]
-    assert ok.headers["x-ratelimit-limit-requests"] == "60" and ok.headers["x-ratelimit-remaining-requests"] == "1"
-    assert parse_duration(ok.headers["x-ratelimit-reset-requests"]) > 0
+    # the limit is the bucket (2 per 2 s window), and the reset is consistent with it: a client derives
+    # the 2 s window and so the quota of 60 per minute, instead of reading "2" as 2 per minute
+    assert ok.headers["x-ratelimit-limit-requests"] == "2" and ok.headers["x-ratelimit-remaining-requests"] == "1"
+    assert parse_duration(ok.headers["x-ratelimit-reset-requests"]) == pytest.approx(1.0)
+    info = parse_rate_limit_headers(ok.headers)
+    assert info.window_requests_s == pytest.approx(2.0) and info.requests_per_minute == pytest.approx(60.0)
     assert int(refused.headers["retry-after"]) >= 1 and int(refused.headers["retry-after-ms"]) > 0
     assert refused.headers["x-ratelimit-remaining-requests"] == "0"
     assert refused.json()["error"]["code"] == "rate_limit_exceeded"

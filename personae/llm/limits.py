@@ -13,8 +13,10 @@ one :class:`EndpointLimiter`:
 * **requests per minute** and **tokens per minute**, as token buckets holding
   ``burst_s`` seconds of their rate. A call reserves its estimated tokens (prompt +
   ``max_tokens``) and the reservation is corrected with the reported usage after it;
-* the provider's ``x-ratelimit-*`` headers tighten the buckets (a lower limit than
-  the configured one is adopted; the remaining count caps the bucket) and a
+* the provider's rate-limit headers (OpenAI's ``x-ratelimit-*``, Anthropic's, the IETF
+  draft's: :mod:`personae.llm.rate_headers`) tighten the buckets (a lower limit than
+  the configured one is adopted, as a rate over the window the headers show, else per
+  minute; the remaining count caps the bucket) and a
   ``Retry-After`` pauses every caller of the endpoint.
 
 The limiter is thread-safe and loop-agnostic: its state sits behind a
@@ -40,7 +42,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from personae.llm.rate_headers import RateLimitInfo, parse_duration, parse_rate_limit_headers
+from personae.llm.rate_headers import RateLimitInfo, parse_duration, parse_rate_limit_headers, per_minute
 
 __all__ = [
     "LimitConfig",
@@ -141,6 +143,25 @@ class _Bucket:
         self.level = min(self.level, remaining)
 
 
+@dataclass
+class _Announced:
+    """A limit a provider announced, and the longest window it was seen to have (the
+    estimates of a window from a reset err short when the remaining count is rounded down)."""
+
+    limit: int | None = None
+    window_s: float | None = None
+
+    def update(self, limit: int | None, window_s: float | None) -> float | None:
+        """Learn from one response; the limit as a rate per minute (the window read as a minute when unknown)."""
+        if limit is None:
+            return per_minute(self.limit, self.window_s)
+        if limit != self.limit:
+            self.limit, self.window_s = limit, window_s
+        elif window_s is not None:
+            self.window_s = max(self.window_s or 0.0, window_s)
+        return per_minute(self.limit, self.window_s)
+
+
 @dataclass(eq=False)
 class _Waiter:
     loop: asyncio.AbstractEventLoop
@@ -185,6 +206,8 @@ class EndpointLimiter:
     _tokens: _Bucket | None = field(default=None, repr=False)
     _learned_rpm: float | None = None
     _learned_tpm: float | None = None
+    _announced_requests: _Announced = field(default_factory=_Announced, repr=False)
+    _announced_tokens: _Announced = field(default_factory=_Announced, repr=False)
 
     def __post_init__(self) -> None:
         self.window = float(self.config.max_concurrency)
@@ -391,11 +414,13 @@ class EndpointLimiter:
         log.info("%s on %s: calls in flight %d -> %d", why, self.key, before, self.limit)
 
     def _observe_locked(self, info: RateLimitInfo, now: float) -> None:
+        rpm = self._announced_requests.update(info.limit_requests, info.window_requests_s)
+        tpm = self._announced_tokens.update(info.limit_tokens, info.window_tokens_s)
         changed = False
-        if info.limit_requests and info.limit_requests != self._learned_rpm:
-            self._learned_rpm, changed = float(info.limit_requests), True
-        if info.limit_tokens and info.limit_tokens != self._learned_tpm:
-            self._learned_tpm, changed = float(info.limit_tokens), True
+        if rpm and rpm != self._learned_rpm:
+            self._learned_rpm, changed = rpm, True
+        if tpm and tpm != self._learned_tpm:
+            self._learned_tpm, changed = tpm, True
         if changed:
             self._rebuild_buckets()
         if self._requests is not None and info.remaining_requests is not None:

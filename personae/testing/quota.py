@@ -7,7 +7,9 @@ request is admitted when one request and its tokens (prompt + ``max_tokens``, or
 once answered, the token reservation is corrected to the reply's real usage. A request
 that does not fit is answered 429 with ``Retry-After`` (whole seconds, as OpenAI sends
 it), ``retry-after-ms`` and the ``x-ratelimit-*`` headers; admitted replies carry the same
-``x-ratelimit-*`` headers, in OpenAI's format (``x-ratelimit-reset-requests: 1.5s``).
+``x-ratelimit-*`` headers, in OpenAI's format (``x-ratelimit-reset-requests: 1.5s``). Their limit is
+the bucket (``rpm * window_s / 60``: the quota per minute with the default 60 s window) and
+their reset is consistent with it, so a client derives the window and with it the rate.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ __all__ = ["ServerQuota", "format_duration"]
 
 
 def format_duration(seconds: float) -> str:
-    """Seconds in OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
+    """Seconds in OpenAI's reset format: ``20ms``, ``1.500s``, ``6m0s``."""
     if seconds < 1:
         return f"{round(seconds * 1000)}ms"
     if seconds < 60:
-        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+        return f"{seconds:.3f}s"  # to the millisecond, trailing zeros kept: the precision shows
     minutes, rest = divmod(seconds, 60)
     return f"{int(minutes)}m{rest:.0f}s"
 
@@ -52,10 +54,6 @@ class _StrictBucket:
         """Seconds until ``amount`` fits (0: it fits now); a request larger than the bucket waits for a full one."""
         need = min(amount, self.capacity)
         return max(0.0, (need - self.level) / self.rate)
-
-    def reset_s(self) -> float:
-        """Seconds until the bucket is full again."""
-        return max(0.0, (self.capacity - self.level) / self.rate)
 
 
 class ServerQuota:
@@ -105,10 +103,16 @@ class ServerQuota:
             self.tokens.level = min(self.tokens.capacity, self.tokens.level + reserved - used)
 
     def _headers(self) -> dict[str, str]:
+        """``x-ratelimit-*`` as OpenAI means them: the limit is what the bucket holds (per
+        ``window_s``), the remaining count is out of it, and the reset is the time until the
+        bucket is whole again counted from that remaining count, so a client can derive the window
+        (``reset * limit / (limit - remaining)``) and with it the rate."""
         headers: dict[str, str] = {}
         for name, bucket in (("requests", self.requests), ("tokens", self.tokens)):
             if bucket is not None:
-                headers[f"x-ratelimit-limit-{name}"] = str(int(bucket.per_minute))
-                headers[f"x-ratelimit-remaining-{name}"] = str(max(0, int(bucket.level)))
-                headers[f"x-ratelimit-reset-{name}"] = format_duration(bucket.reset_s())
+                limit = max(1, int(bucket.capacity))
+                remaining = min(limit, max(0, int(bucket.level)))
+                headers[f"x-ratelimit-limit-{name}"] = str(limit)
+                headers[f"x-ratelimit-remaining-{name}"] = str(remaining)
+                headers[f"x-ratelimit-reset-{name}"] = format_duration((limit - remaining) / bucket.rate)
         return headers
