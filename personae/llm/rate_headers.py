@@ -15,9 +15,10 @@
 also has per-day limits, the IETF policy says its own). It is taken from the policy when a header
 states it (``w=``); otherwise it is derived from the reset of a continuously refilled bucket
 (OpenAI's and Anthropic's): the reset is the time to refill what was used, so
-``window = reset * limit / (limit - remaining)``. It is derived only when the reset is precise
-enough (at least 10 times its resolution: ``20ms`` is precise, a timestamp to the second 3 s
-away is not), and an estimate within 10 % of a second, minute, hour or day is taken as that.
+``window = reset * limit / (limit - remaining)``, known to within the reset's resolution (``6ms``
+to the millisecond, an RFC 3339 timestamp to the second): a second, minute, hour or day when
+exactly one of them fits, else the estimate when it is known to within 10 %, else nothing
+(``1s`` after one request of 60 could be a 1 s or a 60 s window).
 Without a window the limit is read as per minute, as before.
 
 Unreadable values are ignored (logged at debug level): a header never makes a call fail.
@@ -81,7 +82,7 @@ _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _STANDARD_WINDOWS = (1.0, 60.0, 3600.0, 86400.0)
 _MIN_WINDOW_S, _MAX_WINDOW_S = 0.05, 7 * 86400.0
-_PRECISION = 10.0  # a reset must be this many times its resolution to derive a window from it
+_TOLERANCE = 0.1  # a window derived from a reset is used when known to within this share
 _UNIX_TIME = 1e9  # a "reset" this large is a Unix time, not a number of seconds
 
 
@@ -162,19 +163,24 @@ def _int(value: str) -> int | None:
 
 def derive_window(limit: int | None, remaining: int | None, reset: tuple[float, float] | None) -> float | None:
     """The window of a continuously refilled bucket of ``limit`` from its ``remaining`` count and
-    ``(reset seconds, resolution)``: ``reset * limit / (limit - remaining)``, or None when the
-    figures cannot tell (nothing used, a reset too coarse, an implausible result)."""
+    ``(reset seconds, resolution)``: ``reset * limit / (limit - remaining)``.
+
+    The reset is known to within its resolution, which gives a range of windows: the one
+    standard window (a second, minute, hour or day, give or take 10 %) in it, else the estimate
+    itself when the range is within 10 %; None when the figures cannot tell (nothing used, a
+    reset too coarse, several standard windows possible, an implausible result)."""
     if not limit or remaining is None or reset is None or not 0 <= remaining < limit:
         return None
     seconds, resolution = reset
-    if seconds <= 0 or seconds < _PRECISION * resolution:
+    if seconds <= 0 or not math.isfinite(resolution):
         return None
-    window = seconds * limit / (limit - remaining)
-    if not _MIN_WINDOW_S <= window <= _MAX_WINDOW_S:
+    scale = limit / (limit - remaining)
+    window, low, high = seconds * scale, max(0.0, seconds - resolution) * scale, (seconds + resolution) * scale
+    standard = [w for w in _STANDARD_WINDOWS if 0.9 * low <= w <= 1.1 * high]
+    if len(standard) == 1:
+        return standard[0]
+    if standard or resolution > _TOLERANCE * seconds or not _MIN_WINDOW_S <= window <= _MAX_WINDOW_S:
         return None
-    for standard in _STANDARD_WINDOWS:
-        if abs(window - standard) <= 0.1 * standard:
-            return standard
     return window
 
 
