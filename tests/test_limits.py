@@ -9,6 +9,7 @@ sustains, so the token bucket, not the CPU, sets the pace.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 
@@ -397,3 +398,69 @@ async def test_headers_tighten_the_buckets(slept):
     permit = await limiter.acquire(tokens=1)  # no request left: wait for one at 2 per second
     await limiter.release(permit)
     assert slept == [pytest.approx(0.5)]
+
+
+# ---- one limiter per endpoint and API key ------------------------------------------------------------
+
+
+async def test_two_api_keys_on_one_url_get_two_limiters_and_one_key_shares_one(caplog):
+    from personae.llm.openai_provider import OpenAICompatibleLLM
+
+    secret_a, secret_b = "sk-proj-AAAA-first-key-0123456789", "sk-proj-BBBB-second-key-9876543210"
+    # each limiter lets 2 calls in flight; the server holds replies until 4 are in flight at once:
+    # only two limiters (one per key) can get there, one limiter shared by both keys cannot
+    with OpenAITestServer(TestServerConfig(latency_s=0.05, hold_until_in_flight=4, hold_s=3.0)) as server:
+        def model(key: str, name: str) -> OpenAICompatibleLLM:
+            return OpenAICompatibleLLM(name, base_url=server.base_url, api_key=key)
+
+        two_keys = Gateway({"default": model(secret_a, "a"), "judge": model(secret_b, "b")}, max_concurrency=2)
+        one_key = Gateway({"default": model(secret_a, "a"), "judge": model(secret_a, "b")}, max_concurrency=2)
+        try:
+            limiters = two_keys.endpoint_limiters()
+            assert len(limiters) == 2 and len(one_key.endpoint_limiters()) == 1
+            assert {k.split("#")[0] for k in limiters} == {server.base_url.rstrip("/")}
+            assert next(iter(one_key.endpoint_limiters())) in limiters  # the same key, the same identity
+            with caplog.at_level(logging.DEBUG):
+                await asyncio.gather(*(two_keys.text(USER, role="default" if i % 2 else "judge", seed=i) for i in range(8)))
+            assert server.gate_opened and server.peak_in_flight == 4
+            assert [lim.peak_in_flight for lim in limiters.values()] == [2, 2]
+
+            server.reset_counts()  # the gate stays open: nothing is held any more
+            await asyncio.gather(*(one_key.text(USER, role="default" if i % 2 else "judge", seed=100 + i) for i in range(8)))
+            assert server.peak_in_flight <= 2 and one_key.peak_in_flight == 2  # the two models share the key's budget
+        finally:
+            await two_keys.aclose()
+            await one_key.aclose()
+    shown = " ".join([*limiters, *(repr(lim) for lim in limiters.values()), caplog.text])
+    for secret in (secret_a, secret_b):
+        assert secret not in shown and secret[8:20] not in shown  # neither the key nor a piece of it
+
+
+def test_flow_endpoint_keys_match_the_gateway_keys_per_api_key(monkeypatch):
+    from personae.experiment import Experiment, build_gateway_for
+    from personae.flows.limits import endpoint_limit_configs
+    from personae.settings import Settings
+
+    monkeypatch.setenv("KEY_A", "sk-first")
+    monkeypatch.setenv("KEY_B", "sk-second")
+    url = "http://127.0.0.1:9/v1"
+    exp = Experiment.model_validate({
+        "name": "exp", "personas_file": None, "population": {"size": 1},
+        "graph": {"kind": "dyad"}, "scenarios": [{"name": "chat", "roles": [{"name": "a"}, {"name": "b"}]}],
+        "models": {
+            "default": {"model": "a", "base_url": url, "api_key_env": "KEY_A", "rpm": 600},
+            "judge": {"model": "b", "base_url": url, "api_key_env": "KEY_B", "rpm": 300},
+            "critic": {"model": "c", "base_url": url, "api_key_env": "KEY_A", "max_concurrency": 4},
+        },
+    })
+    settings = Settings(llm_max_concurrency=16)
+    configs = endpoint_limit_configs(exp, settings)  # what the flow names Prefect's global limits after
+    gateway = build_gateway_for(exp, settings)
+    try:
+        limiters = gateway.endpoint_limiters()
+    finally:
+        asyncio.run(gateway.aclose())
+    assert sorted(configs) == sorted(limiters) and len(configs) == 2
+    by_rpm = {c.rpm: key for key, c in configs.items()}
+    assert configs[by_rpm[600]] == LimitConfig(max_concurrency=4, rpm=600)  # KEY_A's two models, the tightest
+    assert (limiters[by_rpm[300]].rpm, limiters[by_rpm[300]].limit) == (300, 16)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 from contextlib import AbstractAsyncContextManager, nullcontext
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any
 
 from personae.experiment import Experiment, ModelSpec
 from personae.ids import content_hash
-from personae.llm.limits import LimitConfig, Limits
+from personae.llm.limits import LimitConfig, Limits, endpoint_identity, endpoint_url, key_fingerprint
 from personae.settings import Settings
 
 __all__ = ["PrefectLimits", "GlobalLimitNames", "endpoint_limit_configs", "global_limit_names", "ensure_global_limits", "limits_for"]
@@ -51,18 +52,22 @@ class GlobalLimitNames:
 
 
 def _endpoint(spec: ModelSpec | None, settings: Settings) -> str:
-    """The endpoint key a model will have (the same rule as :func:`personae.llm.limits.endpoint_key`)."""
+    """The endpoint key a model will have (the same rule as :func:`personae.llm.limits.endpoint_key`,
+    with the key the model will be built with: ``api_key_env``, else the settings' key unless the
+    model has a ``base_url`` of its own)."""
     if spec is None:
         kind = settings.llm_provider or ("openai" if (settings.llm_base_url or settings.llm_api_key) else "local")
-        url = settings.llm_base_url
+        url, key = settings.llm_base_url, settings.llm_api_key
     else:
         kind, url = spec.provider, spec.base_url or settings.llm_base_url
+        key = os.environ.get(spec.api_key_env) if spec.api_key_env else None if spec.base_url else settings.llm_api_key
     if kind == "openai":
-        return (url or _OPENAI_URL).rstrip("/")
+        return endpoint_identity(url or _OPENAI_URL, key_fingerprint(key))
     if kind == "langchain" and spec is not None:  # the URL a LangChain model reads from its arguments, if any
         kwargs = spec.kwargs or {}
         url = kwargs.get("base_url") or kwargs.get("openai_api_base")
-        return url.rstrip("/") if isinstance(url, str) and url else kind
+        key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        return endpoint_identity(url, key_fingerprint(key)) if isinstance(url, str) and url else kind
     return kind
 
 
@@ -118,10 +123,19 @@ class PrefectLimits:
     def __init__(self, names: dict[str, GlobalLimitNames]) -> None:
         self.names = names
 
+    def _names(self, endpoint: str) -> GlobalLimitNames | None:
+        """The limits of ``endpoint``; else of its URL with any key (a LangChain model may find its
+        key itself, which the flow cannot see: sharing that URL's limits errs on the safe side)."""
+        found = self.names.get(endpoint)
+        if found is None:
+            url = endpoint_url(endpoint)
+            found = next((n for e, n in sorted(self.names.items()) if endpoint_url(e) == url), None)
+        return found
+
     def slot(self, endpoint: str) -> AbstractAsyncContextManager[Any]:
         from prefect.concurrency.asyncio import concurrency
 
-        n = self.names.get(endpoint)
+        n = self._names(endpoint)
         if n is None:
             return nullcontext()
         return concurrency(n.calls, occupy=1)
@@ -129,7 +143,7 @@ class PrefectLimits:
     async def admit(self, endpoint: str, *, tokens: int) -> None:
         from prefect.concurrency.asyncio import rate_limit
 
-        n = self.names.get(endpoint)
+        n = self._names(endpoint)
         if n is None:
             return
         if n.requests:

@@ -1,8 +1,9 @@
 """One limiter per endpoint: calls in flight, requests per minute and tokens per minute.
 
 An *endpoint* is where the calls go and whose quota they share: the base URL of an
-HTTP endpoint (``https://api.openai.com/v1`` when none is set), else the provider's
-identity (``fake``, ``local``). Every model, event loop, thread and gateway of a
+HTTP endpoint (``https://api.openai.com/v1`` when none is set) and the API key's
+fingerprint (providers limit per key: two keys on one URL are two endpoints; the key
+itself is never held here), else the provider's identity (``fake``, ``local``). Every model, event loop, thread and gateway of a
 process that reaches one endpoint through the same :class:`Limits` registry shares
 one :class:`EndpointLimiter`:
 
@@ -31,6 +32,7 @@ shards on Dask workers) plug in as a :class:`SharedLimiter`; they are wired in f
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
@@ -40,7 +42,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from personae.llm.rate_headers import RateLimitInfo, parse_duration, parse_rate_limit_headers, per_minute
 
@@ -55,6 +57,9 @@ __all__ = [
     "parse_duration",
     "DEFAULT_COMPLETION_RESERVE",
     "endpoint_key",
+    "endpoint_identity",
+    "endpoint_url",
+    "key_fingerprint",
     "reservation",
 ]
 
@@ -496,15 +501,44 @@ class Limits:
 
 
 def endpoint_key(llm: Any) -> str:
-    """Where ``llm``'s calls go: its base URL (api.openai.com for an OpenAI model without one), else its provider."""
+    """Where ``llm``'s calls go and whose quota they share: its base URL (api.openai.com for an
+    OpenAI model without one), else its provider; plus the fingerprint of its API key, if it
+    has one (providers limit per key). See :func:`endpoint_identity`."""
+    base_url = fingerprint = None
     node = llm
     while node is not None:
-        base_url = getattr(node, "base_url", None)
-        if base_url:
-            return str(base_url).rstrip("/")
+        base_url = base_url or getattr(node, "base_url", None)
+        fingerprint = fingerprint or getattr(node, "key_fingerprint", None)
         node = getattr(node, "inner", None)
+    if base_url:
+        return endpoint_identity(str(base_url), fingerprint)
     provider = getattr(llm, "provider", "unknown")
-    return "https://api.openai.com/v1" if provider == "openai" else provider
+    return endpoint_identity(_OPENAI_URL, fingerprint) if provider == "openai" else provider
+
+
+_OPENAI_URL = "https://api.openai.com/v1"
+_KEY_MARK = "#key-"
+
+
+def key_fingerprint(api_key: str | SecretStr | None | Any) -> str | None:
+    """A short, non-reversible fingerprint of an API key (a salted SHA-256 prefix), to tell keys
+    apart in an endpoint's identity without holding or showing the key; None without a key."""
+    key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
+    if not key or not isinstance(key, str):
+        return None
+    return hashlib.sha256(b"personae-endpoint-key\0" + key.encode("utf-8")).hexdigest()[:12]
+
+
+def endpoint_identity(base_url: str, fingerprint: str | None) -> str:
+    """The endpoint key of ``base_url`` reached with the key of ``fingerprint``: ``URL#key-<fingerprint>``
+    (the fragment is never sent anywhere), or the bare URL without a key."""
+    url = base_url.rstrip("/")
+    return f"{url}{_KEY_MARK}{fingerprint}" if fingerprint else url
+
+
+def endpoint_url(endpoint: str) -> str:
+    """The URL (or provider) of an endpoint key, without its key fingerprint."""
+    return endpoint.split(_KEY_MARK, 1)[0]
 
 
 def reservation(prompt_tokens: int, max_tokens: int | None) -> int:

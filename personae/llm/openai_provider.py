@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from personae.endpoint import public_url, unreachable_reason
 from personae.errors import ModelCallError, UnsupportedFeature
 from personae.llm.base import LLMRequest, LLMResponse, ResponseFormat, Usage, estimate_tokens
+from personae.llm.limits import key_fingerprint
 from personae.llm.rate_headers import parse_rate_limit_headers
 
 __all__ = ["OpenAICompatibleLLM"]
@@ -46,6 +47,8 @@ class OpenAICompatibleLLM:
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._model = model
         self.base_url = base_url
+        self.key_fingerprint = key_fingerprint(key)
+        """Tells this model's API key apart (for its endpoint's limits) without holding it."""
         self.timeout_s = timeout_s
         # aiohttp as the SDK's transport (its documented `DefaultAioHttpClient`): at 64-256
         # calls in flight it costs less client CPU per call than httpx's pure-Python pool
