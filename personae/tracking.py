@@ -29,6 +29,7 @@ from typing import Any
 
 from personae.costs import call_cost
 from personae.llm.gateway import RoleUsage, UsageTracker
+from personae.llm.limits import LimiterStats, endpoint_label, merge_limiter_stats
 from personae.processes import ProcessOwner
 from personae.settings import Settings
 
@@ -42,6 +43,7 @@ __all__ = [
     "git_commit",
     "usage_metrics",
     "usage_to_dict",
+    "limit_metrics",
     "merge_usage",
     "enable_langgraph_tracing",
     "RunSummary",
@@ -189,6 +191,28 @@ def usage_metrics(
             f"{prefix}.peak_in_flight": peak_in_flight,
         }
     )
+    return out
+
+
+LIMIT_TOTALS = ("throttled", "retries", "retry_wait_s", "retry_after_waits", "retry_after_s", "slot_wait_s", "rate_wait_s")
+"""The ``limits.*`` figures that add up over endpoints and stages."""
+
+
+def limit_metrics(stats: Iterable[LimiterStats], *, prefix: str = "limits") -> dict[str, float]:
+    """The endpoint limiters' figures as metrics: ``limits.<endpoint>.<figure>`` per endpoint
+    (see :class:`~personae.llm.limits.LimiterStats`; the endpoint as letters, digits and dashes,
+    its API key only as a fingerprint) and over all endpoints ``limits.throttled``, ``limits.retries``,
+    the waits (summed) and ``limits.peak_in_flight`` (the largest)."""
+    merged = merge_limiter_stats(stats)
+    out: dict[str, float] = {}
+    for endpoint, one in merged.items():
+        label = endpoint_label(endpoint)
+        for name, value in one.model_dump(exclude={"endpoint", "instance"}).items():
+            out[f"{prefix}.{label}.{name}"] = round(value, 6) if isinstance(value, float) else value
+    if merged:
+        for name in LIMIT_TOTALS:
+            out[f"{prefix}.{name}"] = round(sum(getattr(one, name) for one in merged.values()), 6)
+        out[f"{prefix}.peak_in_flight"] = max(one.peak_in_flight for one in merged.values())
     return out
 
 

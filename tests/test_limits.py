@@ -464,3 +464,58 @@ def test_flow_endpoint_keys_match_the_gateway_keys_per_api_key(monkeypatch):
     by_rpm = {c.rpm: key for key, c in configs.items()}
     assert configs[by_rpm[600]] == LimitConfig(max_concurrency=4, rpm=600)  # KEY_A's two models, the tightest
     assert (limiters[by_rpm[300]].rpm, limiters[by_rpm[300]].limit) == (300, 16)
+
+
+# ---- the limiter's figures, for the run's metrics ---------------------------------------------------
+
+
+async def test_limiter_stats_count_429s_retries_retry_after_pauses_and_the_window():
+    config = TestServerConfig(fault_rate=0.4, faults=["429"], retry_after_s=0.1, seed=3)
+    with OpenAITestServer(config) as server:
+        async with server_gateway(server, max_concurrency=4, max_retries=12, retry_base_delay_s=0.01) as gateway:
+            await asyncio.gather(*(gateway.text(USER, seed=i) for i in range(16)))
+            (stats,) = gateway.limiter_stats()
+    faults = server.fault_counts["429"]
+    assert faults > 0
+    assert stats.calls == server.endpoint_counts["chat.completions"] == 16 + faults
+    assert stats.throttled == stats.retries == stats.retry_after_waits == faults  # every 429 said Retry-After and was retried
+    assert stats.retry_wait_s >= 0.1 * faults  # each retry waited at least its Retry-After
+    assert stats.retry_after_s > 0
+    assert stats.decreases >= 1 and stats.window_min < stats.window_max == 4 and stats.window_min <= stats.window <= 4
+    assert stats.peak_in_flight <= 4 and stats.endpoint == limiter_of(gateway).key
+
+
+async def test_limiter_stats_time_waited_for_slots_and_buckets():
+    with OpenAITestServer(TestServerConfig(latency_s=0.2)) as server:
+        # one slot: the second and third calls wait for it; no rates: nothing waits for a bucket
+        async with server_gateway(server, max_concurrency=1) as gateway:
+            await asyncio.gather(*(gateway.text(USER, seed=i) for i in range(3)))
+            (slots,) = gateway.limiter_stats()
+        # 120 requests a minute with a 1 s bucket (2 requests): the third and fourth wait for the bucket
+        async with server_gateway(server, max_concurrency=8, rpm=120) as gateway:
+            await asyncio.gather(*(gateway.text(USER, seed=10 + i) for i in range(4)))
+            (rates,) = gateway.limiter_stats()
+    assert slots.slot_wait_s > 0 and slots.rate_wait_s == 0 and slots.peak_in_flight == 1
+    assert rates.rate_wait_s > 0 and rates.slot_wait_s == 0 and rates.rpm == 120
+
+
+def test_stage_metrics_count_a_shared_limiter_once_and_add_up_processes():
+    from personae.flows.context import StageResult
+    from personae.llm.limits import LimiterStats
+    from personae.tracking import limit_metrics
+
+    url = "http://127.0.0.1:8765/v1#key-0123456789ab"
+    early = LimiterStats(endpoint=url, instance="p1", calls=5, throttled=1, retries=1, window_min=4, window_max=8, window=4, peak_in_flight=6, slot_wait_s=1.0)
+    late = early.model_copy(update={"calls": 9, "throttled": 2, "retries": 2, "window_min": 2, "window": 3, "peak_in_flight": 8, "slot_wait_s": 2.5})
+    other = LimiterStats(endpoint=url, instance="p2", calls=4, throttled=3, retries=3, window_min=1, window_max=8, window=2, peak_in_flight=3, rate_wait_s=0.5)
+    fake = LimiterStats(endpoint="fake", instance="p1", calls=7, window_min=64, window_max=64, window=64, peak_in_flight=10)
+    # two thread shards reported the same limiter (p1) at different times; a Dask worker had its own (p2)
+    merged = StageResult.merge([StageResult(limits=[early, fake]), StageResult(limits=[late]), StageResult(limits=[other])])
+    metrics = limit_metrics(merged.limits)
+    label = "limits.127-0-0-1-8765-v1-key-0123456789ab"
+    assert metrics[f"{label}.calls"] == 13 and metrics[f"{label}.throttled"] == 5 and metrics[f"{label}.retries"] == 5
+    assert (metrics[f"{label}.window_min"], metrics[f"{label}.window_max"], metrics[f"{label}.window"]) == (1, 8, 2)
+    assert metrics[f"{label}.peak_in_flight"] == 8 and metrics[f"{label}.slot_wait_s"] == 2.5 and metrics[f"{label}.rate_wait_s"] == 0.5
+    assert metrics["limits.fake.calls"] == 7
+    assert metrics["limits.throttled"] == 5 and metrics["limits.retries"] == 5 and metrics["limits.peak_in_flight"] == 10
+    assert metrics["limits.slot_wait_s"] == 2.5

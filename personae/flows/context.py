@@ -17,10 +17,11 @@ from personae.errors import BudgetExceeded
 from personae.experiment import Experiment, budget_meter, describe_models, load_experiment, price_table, settings_for
 from personae.flows.schedule import check_schedule
 from personae.llm import Gateway
+from personae.llm.limits import LimiterStats
 from personae.memory import AgentMemory, QdrantHandle, open_qdrant
 from personae.prompts import default_prompts
 from personae.settings import Settings
-from personae.tracking import Tracker, flatten, git_commit, merge_usage, usage_metrics, usage_to_dict
+from personae.tracking import Tracker, flatten, git_commit, limit_metrics, merge_usage, usage_metrics, usage_to_dict
 
 __all__ = [
     "STAGES",
@@ -90,12 +91,13 @@ class RunPaths:
 
 class StageResult(BaseModel):
     """What a stage task returns, as plain data (it may cross processes): counts,
-    per-role model usage, the models used and the peak of calls in flight."""
+    per-role model usage, the models used, the peak of calls in flight and the limiters' figures."""
 
     metrics: dict[str, float] = Field(default_factory=dict)
     usage: dict[str, dict[str, float]] = Field(default_factory=dict)
     models: dict[str, str] = Field(default_factory=dict)
     peak_in_flight: int = 0
+    limits: list[LimiterStats] = Field(default_factory=list, description="what the endpoint limiters saw (429s, retries, waits, AIMD window)")
     budget_stop: dict[str, Any] | None = Field(None, description="the budget limit that stopped the stage, if one did")
 
     @classmethod
@@ -113,7 +115,7 @@ class StageResult(BaseModel):
             return cls(metrics=metrics, budget_stop=budget_stop)
         return cls(
             metrics=metrics, usage=usage_to_dict(gateway.usage), models=model_params(gateway),
-            peak_in_flight=gateway.peak_in_flight, budget_stop=budget_stop,
+            peak_in_flight=gateway.peak_in_flight, limits=gateway.limiter_stats(), budget_stop=budget_stop,
         )
 
     @classmethod
@@ -132,6 +134,7 @@ class StageResult(BaseModel):
             usage={role: vars(counts).copy() for role, counts in usage.roles.items()},
             models=models,
             peak_in_flight=max((r.peak_in_flight for r in results), default=0),
+            limits=[one for r in results for one in r.limits],  # one limiter's snapshots count once (merge_limiter_stats)
             budget_stop=next((r.budget_stop for r in results if r.budget_stop), None),
         )
 
@@ -159,7 +162,8 @@ class StageContext:
         return budget_meter(self.experiment, self.settings, BudgetSpend.from_metrics(budget_spent or {}))
 
     def stage_metrics(self, result: StageResult) -> dict[str, float]:
-        """The result's metrics plus its usage: calls, tokens, cost, latency."""
+        """The result's metrics plus its usage (calls, tokens, cost, latency) and the endpoint
+        limiters' figures (``limits.*``: 429s, retries, waits, AIMD window)."""
         metrics = dict(result.metrics)
         metrics.update(
             usage_metrics(
@@ -169,6 +173,7 @@ class StageContext:
                 peak_in_flight=result.peak_in_flight,
             )
         )
+        metrics.update(limit_metrics(result.limits))
         return metrics
 
     def log_stage(self, run: Any, result: StageResult, artifacts: list[Path]) -> dict[str, float]:

@@ -20,7 +20,7 @@ from personae.flows.evaluate import evaluate_flow
 from personae.flows.generate import generate_flow
 from personae.flows.progress import LocalCallback, ProgressCallback
 from personae.flows.simulate import simulate_flow, task_runner_for
-from personae.tracking import enable_langgraph_tracing
+from personae.tracking import LIMIT_TOTALS, enable_langgraph_tracing
 
 __all__ = ["pipeline_flow", "check_stages", "PipelineResult"]
 
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 # usage counters that add up across stages
 _ADDITIVE = ("calls", "model_calls", "cached_calls", "prompt_tokens", "completion_tokens", "tokens", "failures", "cost")
+_LIMIT_TOTALS = frozenset(f"limits.{name}" for name in LIMIT_TOTALS)
 
 
 class PipelineResult(BaseModel):
@@ -96,7 +97,7 @@ def pipeline_flow(
             for key, value in metrics.items():
                 totals[f"{stage}.{key}"] = value
                 name = key.removeprefix("usage.")
-                if key.startswith("usage.") and name in _ADDITIVE:
+                if (key.startswith("usage.") and name in _ADDITIVE) or key in _LIMIT_TOTALS:
                     totals[key] = totals.get(key, 0.0) + value
             spent = spent + BudgetSpend.from_metrics(metrics)
             stop = budget_stop_of(metrics)

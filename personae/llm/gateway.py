@@ -26,7 +26,7 @@ from personae.errors import BudgetExceeded, ConfigError, ModelOutputError, Unsup
 from personae.llm.base import LLM, LLMRequest, LLMResponse, Message, ResponseFormat
 from personae.llm.cache import ResponseCache, cache_key
 from personae.llm.structured import parse_structured, schema_for
-from personae.llm.limits import EndpointLimiter, LimitConfig, Limits, endpoint_key
+from personae.llm.limits import EndpointLimiter, LimitConfig, LimiterStats, Limits, endpoint_key
 from personae.llm.wrappers import LimitedLLM, RetryingLLM
 
 __all__ = ["Gateway", "RoleUsage", "UsageTracker", "Budget", "default_limit_config"]
@@ -179,7 +179,7 @@ class Gateway:
             limiter = self.limits.limiter(endpoint_key(model), config)
             self._limiters[name] = limiter
             wrapped: LLM = LimitedLLM(model, limiter)
-            self._models[name] = RetryingLLM(wrapped, max_retries=max_retries, base_delay_s=retry_base_delay_s)
+            self._models[name] = RetryingLLM(wrapped, max_retries=max_retries, base_delay_s=retry_base_delay_s, on_retry=limiter.record_retry)
 
     # ---- routing ---------------------------------------------------------
     def _route(self, role: str) -> str:
@@ -361,6 +361,11 @@ class Gateway:
     def endpoint_limiters(self) -> dict[str, EndpointLimiter]:
         """Endpoint key → the limiter this gateway's calls to it go through."""
         return {lim.key: lim for lim in self._limiters.values()}
+
+    def limiter_stats(self) -> list[LimiterStats]:
+        """What the limiters of this gateway's endpoints saw (429s, retries, waits, AIMD window),
+        one entry per endpoint; see :func:`~personae.llm.limits.merge_limiter_stats`."""
+        return [lim.stats() for lim in self.endpoint_limiters().values()]
 
     async def aclose(self) -> None:
         """Close every provider and the cache."""

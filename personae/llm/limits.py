@@ -34,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import threading
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -48,6 +50,9 @@ from personae.llm.rate_headers import RateLimitInfo, parse_duration, parse_rate_
 
 __all__ = [
     "LimitConfig",
+    "LimiterStats",
+    "merge_limiter_stats",
+    "endpoint_label",
     "RateLimitInfo",
     "EndpointLimiter",
     "Limits",
@@ -100,6 +105,67 @@ class LimitConfig(BaseModel):
             "adaptive": self.adaptive or other.adaptive,
             "latency_spike_factor": low(self.latency_spike_factor, other.latency_spike_factor),
         })
+
+
+class LimiterStats(BaseModel):
+    """What one endpoint's limiter saw (see :meth:`EndpointLimiter.stats`): plain data, for the
+    run's metrics. Waits are summed over calls (ten calls waiting 1 s each count 10 s)."""
+
+    endpoint: str = Field(description="the endpoint key (URL and key fingerprint, or provider)")
+    instance: str = Field(description="which limiter took these figures (one per process and Limits registry)")
+    calls: int = Field(0, description="calls admitted")
+    throttled: int = Field(0, description="429 replies")
+    decreases: int = Field(0, description="times the AIMD window was cut (429s and latency spikes, once per round)")
+    retries: int = Field(0, description="retries of failed calls")
+    retry_wait_s: float = Field(0.0, description="seconds slept before retries (backoff or Retry-After, whichever is longer)")
+    retry_after_waits: int = Field(0, description="429 replies that said how long to wait (Retry-After)")
+    retry_after_s: float = Field(0.0, description="seconds the endpoint was paused for its callers by Retry-After")
+    window_min: int = Field(0, description="smallest AIMD window of calls in flight")
+    window_max: int = Field(0, description="largest AIMD window of calls in flight")
+    window: int = Field(0, description="the window at the end")
+    peak_in_flight: int = Field(0, description="most calls in flight at once")
+    slot_wait_s: float = Field(0.0, description="seconds calls waited for a slot (calls in flight)")
+    rate_wait_s: float = Field(0.0, description="seconds calls waited for the request and token buckets and Retry-After pauses")
+    rpm: float = Field(0.0, description="requests per minute in force at the end (0: none)")
+    tpm: float = Field(0.0, description="tokens per minute in force at the end (0: none)")
+
+
+_SUMMED = ("calls", "throttled", "decreases", "retries", "retry_wait_s", "retry_after_waits", "retry_after_s", "slot_wait_s", "rate_wait_s")
+
+
+def merge_limiter_stats(stats: Iterable[LimiterStats]) -> dict[str, LimiterStats]:
+    """Endpoint key → its figures over every limiter that reported them.
+
+    Snapshots of one limiter (thread shards sharing a registry each report it) count once, the
+    latest (most calls); limiters of one endpoint in several processes add up their counts and
+    waits, and give the largest peak and window, the smallest smallest window, and the
+    smallest final window and rates (the tightest any process ended at)."""
+    latest: dict[tuple[str, str], LimiterStats] = {}
+    for one in stats:
+        key = (one.endpoint, one.instance)
+        seen = latest.get(key)
+        if seen is None or (one.calls, one.retries, one.slot_wait_s) >= (seen.calls, seen.retries, seen.slot_wait_s):
+            latest[key] = one
+    out: dict[str, LimiterStats] = {}
+    for (endpoint, _), one in sorted(latest.items()):
+        seen = out.get(endpoint)
+        if seen is None:
+            out[endpoint] = one
+            continue
+        update: dict[str, Any] = {name: getattr(seen, name) + getattr(one, name) for name in _SUMMED}
+        update.update(
+            instance=f"{seen.instance},{one.instance}",
+            window_min=min(seen.window_min, one.window_min), window_max=max(seen.window_max, one.window_max),
+            window=min(seen.window, one.window), peak_in_flight=max(seen.peak_in_flight, one.peak_in_flight),
+            rpm=_lowest(seen.rpm or None, one.rpm or None) or 0.0, tpm=_lowest(seen.tpm or None, one.tpm or None) or 0.0,
+        )
+        out[endpoint] = seen.model_copy(update=update)
+    return out
+
+
+def endpoint_label(endpoint: str) -> str:
+    """An endpoint key as a metric name part: letters, digits and dashes (``127-0-0-1-8765-v1-key-…``)."""
+    return re.sub(r"[^A-Za-z0-9]+", "-", re.sub(r"^https?://", "", endpoint)).strip("-") or "endpoint"
 
 
 class SharedLimiter(Protocol):
@@ -200,7 +266,22 @@ class EndpointLimiter:
     """429s seen."""
     decreases: int = 0
     """Times the window was cut (429s and latency spikes, once per round)."""
+    retries: int = 0
+    """Retries of failed calls (told by :meth:`record_retry`)."""
+    retry_wait_s: float = 0.0
+    retry_after_waits: int = 0
+    """429s that came with a ``Retry-After``."""
+    retry_after_s: float = 0.0
+    """Seconds the endpoint was paused for its callers by ``Retry-After``."""
+    slot_wait_s: float = 0.0
+    """Seconds calls waited for a slot, summed over calls."""
+    rate_wait_s: float = 0.0
+    """Seconds calls waited for the buckets and pauses, summed over calls."""
     window: float = field(init=False)
+    window_min: int = field(init=False)
+    window_max: int = field(init=False)
+    instance: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    """Tells this limiter's figures from another's of the same endpoint (another process)."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _waiters: deque[_Waiter] = field(default_factory=deque, repr=False)
     _epoch: int = 0
@@ -216,6 +297,7 @@ class EndpointLimiter:
 
     def __post_init__(self) -> None:
         self.window = float(self.config.max_concurrency)
+        self.window_min = self.window_max = self.limit
         self._rebuild_buckets()
 
     # ---- configuration -------------------------------------------------------
@@ -247,6 +329,9 @@ class EndpointLimiter:
                 return
             self.config = new
             self.window = min(self.window, float(new.max_concurrency))
+            if not self.calls:  # a model sharing the endpoint before any call: the start is the tighter limit
+                self.window_max = self.limit
+            self.window_min = min(self.window_min, self.limit)
             self._rebuild_buckets()
 
     def _rebuild_buckets(self) -> None:
@@ -265,8 +350,8 @@ class EndpointLimiter:
     # ---- admission -----------------------------------------------------------
     async def acquire(self, tokens: int = 0) -> Permit:
         """Wait for a slot, then for the request and token buckets; returns the permit to release."""
-        await self._wait_pause()
-        await self._take_slot()
+        rate_wait = await self._wait_pause()
+        slot_wait = await self._take_slot()
         try:
             with self._lock:
                 now = self.clock()
@@ -278,12 +363,16 @@ class EndpointLimiter:
                 permit = Permit(tokens=tokens, epoch=self._epoch)
             try:
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    rate_wait += await self._sleep(wait)
                 if self.shared is not None:
                     permit.shared = self.shared.slot(self.key)
+                    began = self.clock()
                     await permit.shared.__aenter__()
+                    slot_wait += self.clock() - began  # waiting for a shared slot is waiting for a slot
                     try:
+                        began = self.clock()
                         await self.shared.admit(self.key, tokens=tokens)
+                        rate_wait += self.clock() - began
                     except BaseException:
                         await permit.shared.__aexit__(None, None, None)
                         raise
@@ -299,24 +388,37 @@ class EndpointLimiter:
             self._free_slot()
             raise
         permit.started = self.clock()
+        with self._lock:
+            self.slot_wait_s += slot_wait
+            self.rate_wait_s += rate_wait
         return permit
 
-    async def _wait_pause(self) -> None:
+    async def _sleep(self, seconds: float) -> float:
+        """Sleep ``seconds``; the seconds it took."""
+        began = self.clock()
+        await asyncio.sleep(seconds)
+        return self.clock() - began
+
+    async def _wait_pause(self) -> float:
+        """Wait out a ``Retry-After`` pause of the endpoint; the seconds waited."""
+        waited = 0.0
         while True:
             with self._lock:
                 wait = self._paused_until - self.clock()
             if wait <= 0:
-                return
-            await asyncio.sleep(wait)
+                return waited
+            waited += await self._sleep(wait)
 
-    async def _take_slot(self) -> None:
+    async def _take_slot(self) -> float:
+        """Take a slot of calls in flight, waiting for one if none is free; the seconds waited."""
         loop = asyncio.get_running_loop()
         with self._lock:
             if self.in_flight < self.limit and not self._waiters:
                 self._count_in_locked()
-                return
+                return 0.0
             waiter = _Waiter(loop, loop.create_future())
             self._waiters.append(waiter)
+        began = self.clock()
         try:
             await waiter.future
         except BaseException:
@@ -327,6 +429,7 @@ class EndpointLimiter:
             if granted:  # the slot arrived as we were cancelled: pass it on
                 self._free_slot()
             raise
+        return self.clock() - began
 
     def _count_in_locked(self) -> None:
         self.in_flight += 1
@@ -386,13 +489,17 @@ class EndpointLimiter:
             if throttled:
                 self.throttled += 1
                 if retry_after_s:
-                    self._paused_until = max(self._paused_until, now + min(retry_after_s, _MAX_PAUSE_S))
+                    until = now + min(retry_after_s, _MAX_PAUSE_S)
+                    self.retry_after_waits += 1
+                    self.retry_after_s += max(0.0, until - max(self._paused_until, now))  # overlapping pauses count once
+                    self._paused_until = max(self._paused_until, until)
                 self._decrease_locked(permit, "429")
             elif ok:
                 if self._is_spike_locked(latency):
                     self._decrease_locked(permit, f"latency spike ({latency:.2f}s)")
                 elif self.config.adaptive and self.window < self.config.max_concurrency:
                     self.window = min(float(self.config.max_concurrency), self.window + 1.0 / self.limit)
+                    self.window_max = max(self.window_max, self.limit)
             self._grant_locked()
 
     def _is_spike_locked(self, latency: float) -> bool:
@@ -416,6 +523,7 @@ class EndpointLimiter:
         self.decreases += 1
         before = self.limit
         self.window = max(1.0, self.window * self.config.decrease_factor)
+        self.window_min = min(self.window_min, self.limit)
         log.info("%s on %s: calls in flight %d -> %d", why, self.key, before, self.limit)
 
     def _observe_locked(self, info: RateLimitInfo, now: float) -> None:
@@ -433,18 +541,24 @@ class EndpointLimiter:
         if self._tokens is not None and info.remaining_tokens is not None:
             self._tokens.cap(info.remaining_tokens, now)
 
-    def stats(self) -> dict[str, float]:
-        """Counters for tracking: peak and current window of calls in flight, 429s, cuts, rates in force."""
+    def record_retry(self, wait_s: float) -> None:
+        """A call to this endpoint failed and is retried after ``wait_s`` seconds (for :meth:`stats`)."""
         with self._lock:
-            return {
-                "peak_in_flight": self.peak_in_flight,
-                "window": self.limit,
-                "calls": self.calls,
-                "throttled": self.throttled,
-                "decreases": self.decreases,
-                "rpm": self.rpm or 0.0,
-                "tpm": self.tpm or 0.0,
-            }
+            self.retries += 1
+            self.retry_wait_s += wait_s
+
+    def stats(self) -> LimiterStats:
+        """What this limiter saw so far: 429s, retries, Retry-After pauses, the AIMD window's
+        range and end, the peak of calls in flight, time waited for slots and buckets."""
+        with self._lock:
+            return LimiterStats(
+                endpoint=self.key, instance=self.instance, calls=self.calls, throttled=self.throttled,
+                decreases=self.decreases, retries=self.retries, retry_wait_s=self.retry_wait_s,
+                retry_after_waits=self.retry_after_waits, retry_after_s=self.retry_after_s,
+                window_min=self.window_min, window_max=self.window_max, window=self.limit,
+                peak_in_flight=self.peak_in_flight, slot_wait_s=self.slot_wait_s, rate_wait_s=self.rate_wait_s,
+                rpm=self.rpm or 0.0, tpm=self.tpm or 0.0,
+            )
 
 
 def _resolve(future: asyncio.Future[None]) -> None:

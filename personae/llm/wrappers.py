@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable
 
 from personae.errors import ModelCallError
 from personae.llm.base import LLM, LLMRequest, LLMResponse, estimate_tokens
@@ -69,7 +70,8 @@ class CachedLLM(WrapperLLM):
 class RetryingLLM(WrapperLLM):
     """Retries retryable failures (429, 5xx, timeouts) with jittered exponential backoff.
 
-    A ``Retry-After`` from the server is honoured as the minimum wait. After
+    A ``Retry-After`` from the server is honoured as the minimum wait; ``on_retry`` is told
+    each retry's wait (the gateway counts them on the endpoint's limiter). After
     ``max_retries`` the last error is raised, so a persistent fault stops the caller.
     Above a :class:`LimitedLLM` (as in the gateway), every failed attempt has already given
     its slot back and fed its 429 to the endpoint's AIMD before the wait starts.
@@ -83,6 +85,7 @@ class RetryingLLM(WrapperLLM):
         base_delay_s: float = 0.25,
         max_delay_s: float = 20.0,
         rng: random.Random | None = None,
+        on_retry: Callable[[float], None] | None = None,
     ) -> None:
         super().__init__(inner)
         if max_retries < 0:
@@ -91,6 +94,7 @@ class RetryingLLM(WrapperLLM):
         self.base_delay_s = base_delay_s
         self.max_delay_s = max_delay_s
         self._rng = rng or random.Random()
+        self.on_retry = on_retry
         self.retries = 0
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
@@ -108,6 +112,8 @@ class RetryingLLM(WrapperLLM):
                 attempt += 1
                 self.retries += 1
                 log.info("model call failed (%s); retry %d/%d in %.2fs", exc, attempt, self.max_retries, delay)
+                if self.on_retry is not None:
+                    self.on_retry(delay)
                 await asyncio.sleep(delay)
 
 
