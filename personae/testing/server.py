@@ -591,6 +591,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quota-rpm", type=int, default=None, help="quota mode: chat requests per minute (429 past it)")
     p.add_argument("--quota-tpm", type=int, default=None, help="quota mode: tokens per minute (429 past it)")
     p.add_argument("--quota-window", type=float, default=60.0, help="quota mode: seconds of quota the buckets hold")
+    p.add_argument("--simulate-prompt-cache", action="store_true", help="report cached_tokens from a simulated provider prompt cache")
+    p.add_argument("--hold-until-in-flight", type=int, default=0, help="hold replies until this many requests are in flight (0: off)")
+    p.add_argument("--hold", type=float, default=60.0, help="longest a reply waits for --hold-until-in-flight")
+    p.add_argument("--hang", type=float, default=30.0, help="longest a 'timeout' fault hangs")
     return p
 
 
@@ -607,6 +611,10 @@ def config_from_options(
     quota_rpm: int | None = None,
     quota_tpm: int | None = None,
     quota_window: float = 60.0,
+    simulate_prompt_cache: bool = False,
+    hold_until_in_flight: int = 0,
+    hold: float = 60.0,
+    hang: float = 30.0,
 ) -> TestServerConfig:
     """A config from command-line style options (``faults`` comma-separated); bad values raise ConfigError."""
     return validate_data(
@@ -623,6 +631,10 @@ def config_from_options(
             "quota_rpm": quota_rpm,
             "quota_tpm": quota_tpm,
             "quota_window_s": quota_window,
+            "simulate_prompt_cache": simulate_prompt_cache,
+            "hold_until_in_flight": hold_until_in_flight,
+            "hold_s": hold,
+            "hang_s": hang,
         },
         what="test server options",
     )
