@@ -13,6 +13,10 @@ every run with a server (``true``) or off (``false``); unset, it is on for Dask 
 
 This module is the only place that brings Prefect to the limiter: ``personae.llm`` sees
 a :class:`~personae.llm.limits.SharedLimiter` and nothing else.
+
+Once ``concurrency()`` or ``rate_limit()`` ran in a process, do not ``fork`` it: Prefect's
+events worker leaves an exit hook that fails in a forked child (Prefect 3.8.8), which then
+exits with code 1 after doing its work. Start processes with ``spawn`` (personae never forks).
 """
 
 from __future__ import annotations
