@@ -519,3 +519,17 @@ def test_stage_metrics_count_a_shared_limiter_once_and_add_up_processes():
     assert metrics["limits.fake.calls"] == 7
     assert metrics["limits.throttled"] == 5 and metrics["limits.retries"] == 5 and metrics["limits.peak_in_flight"] == 10
     assert metrics["limits.slot_wait_s"] == 2.5
+
+
+def test_langchain_models_are_told_apart_by_their_key_too():
+    from langchain_openai import ChatOpenAI
+
+    from personae.llm.langchain_provider import LangChainLLM
+    from personae.llm.limits import endpoint_key
+
+    def model(key: str) -> LangChainLLM:
+        return LangChainLLM(ChatOpenAI(model="m", base_url="http://127.0.0.1:9/v1", api_key=key))
+
+    first, again, other = endpoint_key(model("sk-one")), endpoint_key(model("sk-one")), endpoint_key(model("sk-two"))
+    assert first == again != other
+    assert first.startswith("http://127.0.0.1:9/v1#key-") and "sk-one" not in first
