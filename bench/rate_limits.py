@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+from _common import machine, write_result
+
 from personae.llm import Gateway
 from personae.testing.pytest_plugin import openai_llm
 from personae.testing.server import OpenAITestServer, TestServerConfig
@@ -64,6 +66,11 @@ async def main() -> None:
         finally:
             await gateway.aclose()
         rows.append(("two models, one endpoint, limit 4", "-", 0, f"{gateway.peak_in_flight} (server {server.peak_in_flight})"))
+    write_result("rate_limits", {
+        "machine": machine(),
+        "method": __doc__,
+        "rows": [{"case": case, "throughput_over_quota": ratio, "rejected_429": rejected, "peak_in_flight": str(peak)} for case, ratio, rejected, peak in rows],
+    })
     print(f"{'case':36} {'throughput/quota':>16} {'429s':>5} {'peak in flight':>16}")
     for case, ratio, rejected, peak in rows:
         print(f"{case:36} {ratio:>16} {rejected:>5} {peak!s:>16}")
