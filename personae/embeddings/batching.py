@@ -79,7 +79,9 @@ class BatchingEmbedder:
     :meth:`embed` (sync) passes straight through. :attr:`stats` counts calls and batches.
     """
 
-    def __init__(self, inner: Embedder, *, max_batch: int = 128, window_s: float = 0.0, max_in_flight: int = 4) -> None:
+    DEFAULT_WINDOW_S = 0.002
+
+    def __init__(self, inner: Embedder, *, max_batch: int = 128, window_s: float = DEFAULT_WINDOW_S, max_in_flight: int = 4) -> None:
         if max_batch < 1 or max_in_flight < 1:
             raise ValueError(f"max_batch and max_in_flight must be >= 1, got {max_batch} and {max_in_flight}")
         if window_s < 0:
@@ -103,10 +105,17 @@ class BatchingEmbedder:
     def __repr__(self) -> str:
         return f"BatchingEmbedder({self.inner!r}, max_batch={self.max_batch})"
 
-    def __getattr__(self, item: str) -> object:  # e.g. base_url, model, close() of the wrapped embedder
-        if item == "inner":
-            raise AttributeError(item)
-        return getattr(self.inner, item)
+    def close(self) -> None:
+        """Close the wrapped embedder's sync client, if it has one."""
+        close = getattr(self.inner, "close", None)
+        if callable(close):
+            close()
+
+    async def aclose(self) -> None:
+        """Close the wrapped embedder's async client for the running loop, if it has one."""
+        aclose = getattr(self.inner, "aclose", None)
+        if callable(aclose):
+            await aclose()
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """The wrapped embedder's :meth:`embed` (nothing to coalesce without an event loop)."""

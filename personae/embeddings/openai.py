@@ -46,6 +46,8 @@ class EmbeddingRequestStats:
 
     requests: int = 0
     inputs: int = 0
+    prompt_tokens: int = 0
+    """Tokens the endpoint reported (``usage.prompt_tokens``) for the requests it answered."""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, inputs: int) -> None:
@@ -53,6 +55,13 @@ class EmbeddingRequestStats:
         with self._lock:
             self.requests += 1
             self.inputs += inputs
+
+    def add_tokens(self, reply: Any) -> None:
+        """Add the ``usage.prompt_tokens`` of an answered request (0 when the endpoint reports none)."""
+        tokens = getattr(getattr(reply, "usage", None), "prompt_tokens", None)
+        if isinstance(tokens, int):
+            with self._lock:
+                self.prompt_tokens += tokens
 
 
 def decode_embedding(value: Any) -> np.ndarray:
@@ -157,6 +166,12 @@ class OpenAIEmbedder:
             self._sync.close()
             self._sync = None
 
+    async def aclose(self) -> None:
+        """Close the async client of the running event loop (call it before the loop ends)."""
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            client, self._async = self._async[1], None
+            await client.close()
+
     # ---- embedding -----------------------------------------------------------
     def _batches(self, texts: Sequence[str]) -> list[list[str]]:
         if isinstance(texts, str):
@@ -229,6 +244,7 @@ class OpenAIEmbedder:
             log.info("embeddings endpoint %s %s; asking it for floats from now on", public_url(self.base_url or "api.openai.com"), why)
 
     def _decode(self, reply: Any, expected: int, wire: str = "float") -> np.ndarray:
+        self.stats.add_tokens(reply)
         data = sorted(getattr(reply, "data", None) or [], key=lambda d: d.index)
         if len(data) != expected:
             raise ModelOutputError(f"embeddings endpoint returned {len(data)} vectors for {expected} inputs", model=self._model)
