@@ -8,7 +8,7 @@ decoded, ordered by ``index`` and L2-normalised.
 
 By default (``encoding_format="auto"``) vectors are asked for in base64 and decoded
 with numpy: a float reply makes the SDK build every number as a Python float and
-validate it, which cost about three times the client CPU. An endpoint that rejects
+validate it, which cost about twice the client CPU per request (bench/embeddings.py). An endpoint that rejects
 base64 (HTTP 400/422) or answers with floats anyway is asked for floats from then on
 (once per embedder, logged).
 """
