@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--turns", type=int, default=10)
     parser.add_argument("--latency", type=float, default=0.05, help="seconds per reply (chat and embeddings)")
     parser.add_argument("--window", type=float, default=BatchingEmbedder.DEFAULT_WINDOW_S, help="the batcher's window (s)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--name", default="embeddings")
     args = parser.parse_args()
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}

@@ -123,8 +123,15 @@ async def test_an_endpoint_error_reaches_every_caller_of_the_batch(server):
 
 def test_each_event_loop_gets_its_own_queue(server):
     embedder = BatchingEmbedder(_remote(server))
+
+    async def once() -> np.ndarray:
+        try:
+            return await embedder.aembed(["same text"])
+        finally:
+            await embedder.aclose()  # the wrapped embedder's client of this loop
+
     for _ in range(2):  # asyncio.run makes a new loop each time
-        vectors = asyncio.run(embedder.aembed(["same text"]))
+        vectors = asyncio.run(once())
         np.testing.assert_allclose(vectors, HashingEmbedder(DIM).embed(["same text"]), atol=1e-6)
     assert embedder.stats.batches == 2
 
