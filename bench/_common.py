@@ -116,9 +116,9 @@ class AgreeableFakeLLM(FakeLLM):
 
 # ---- the test server in its own process ------------------------------------------
 @contextlib.contextmanager
-def test_server_process(latency_s: float, *, seed: int = 0) -> Iterator[tuple[str, int]]:
-    """Start ``python -m personae.testing.server`` on a free port; yield ``(base_url, pid)``."""
-    cmd = [sys.executable, "-m", "personae.testing.server", "--port", "0", "--latency", str(latency_s), "--seed", str(seed)]
+def test_server_process(latency_s: float, *, seed: int = 0, extra: tuple[str, ...] = ()) -> Iterator[tuple[str, int]]:
+    """Start ``python -m personae.testing.server`` on a free port (``extra``: more options); yield ``(base_url, pid)``."""
+    cmd = [sys.executable, "-m", "personae.testing.server", "--port", "0", "--latency", str(latency_s), "--seed", str(seed), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         line = proc.stdout.readline().strip() if proc.stdout else ""

