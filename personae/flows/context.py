@@ -27,6 +27,7 @@ __all__ = [
     "RunPaths",
     "StageContext",
     "StageResult",
+    "ShardProcess",
     "open_context",
     "run_stage",
     "settings_in_task",
@@ -88,6 +89,15 @@ class RunPaths:
         return sorted([*self.root.glob("*.png"), *self.root.glob("plots/*.png")])
 
 
+class ShardProcess(BaseModel):
+    """Where one shard of a stage ran: the Dask worker (if any), host and process."""
+
+    shard: int = Field(..., ge=0, description="index of the shard")
+    worker: str | None = Field(None, description="address of the Dask worker that ran it; None outside a Dask worker")
+    hostname: str = Field(..., description="host name of the machine")
+    pid: int = Field(..., description="id of the process that ran it")
+
+
 class StageResult(BaseModel):
     """What a stage task returns, as plain data (it may cross processes): counts,
     per-role model usage, the models used and the peak of calls in flight."""
@@ -97,6 +107,7 @@ class StageResult(BaseModel):
     models: dict[str, str] = Field(default_factory=dict)
     peak_in_flight: int = 0
     budget_stop: dict[str, Any] | None = Field(None, description="the budget limit that stopped the stage, if one did")
+    processes: list[ShardProcess] = Field(default_factory=list, description="where each shard ran (a merge keeps every shard's)")
 
     @classmethod
     def of(
@@ -133,6 +144,7 @@ class StageResult(BaseModel):
             models=models,
             peak_in_flight=max((r.peak_in_flight for r in results), default=0),
             budget_stop=next((r.budget_stop for r in results if r.budget_stop), None),
+            processes=[p for r in results for p in r.processes],
         )
 
 
