@@ -43,10 +43,10 @@ def prefect_api(own_prefect_server, monkeypatch):
         yield own_prefect_server
 
 
-def _run(exp, data_dir):
+def _run(exp, data_dir=None):
     from personae.flows.pipeline import pipeline_flow
 
-    return pipeline_flow(experiment=str(exp), stages=["generate", "simulate"], track=False, data_dir=str(data_dir))
+    return pipeline_flow(experiment=str(exp), stages=["generate", "simulate"], track=False, data_dir=data_dir and str(data_dir))
 
 
 def _where_shards_ran(caplog) -> list[ShardProcess]:
@@ -76,10 +76,12 @@ def _calls_limit(endpoint_prefix: str):
 
 
 @pytest.mark.openai_server(latency_s=0.2, hold_until_in_flight=2, hold_s=30)
-def test_shards_run_in_the_worker_processes_of_an_existing_cluster(tmp_path, prefect_api, openai_server, caplog):
+def test_shards_run_in_the_worker_processes_of_an_existing_cluster(tmp_path, prefect_api, openai_server, caplog, monkeypatch):
     from distributed import Client, LocalCluster
 
     caplog.set_level("INFO", logger="personae.flows.simulate")
+    (tmp_path / "workers").mkdir()
+    monkeypatch.chdir(tmp_path / "workers")  # the workers' working directory; the flow's data dir is elsewhere
     n = 6
     # one endpoint, 2 calls in flight at most; each shard alone would allow 2, so the two
     # worker processes together would reach 4 without the Prefect global limit they share
@@ -90,7 +92,10 @@ def test_shards_run_in_the_worker_processes_of_an_existing_cluster(tmp_path, pre
             "models": {"default": model},
             "simulation": {"n_conversations": n, "shards": 2, "concurrency": 4, "dask": cluster.scheduler_address},
         })
-        result = _run(exp, tmp_path / "data")
+        # the flow's data dir comes from a variable the workers, started before, never saw:
+        # the flow hands them its run folder, so their shards write there, not under their own .personae
+        monkeypatch.setenv("PERSONAE_DATA_DIR", str(tmp_path / "data"))
+        result = _run(exp)
         assert set(client.run(os.getpid)) == set(worker_pids), "the cluster outlives the flow: it is not the flow's to close"
 
     where = _where_shards_ran(caplog)
@@ -102,6 +107,7 @@ def test_shards_run_in_the_worker_processes_of_an_existing_cluster(tmp_path, pre
     assert result.metrics["simulate.shards.processes"] == len({p.pid for p in where})
 
     _complete_conversations(tmp_path / "data", n)
+    assert not (tmp_path / "workers" / ".personae").exists()
     # the two worker processes shared one budget of 2 calls in flight through the server's global limit
     assert openai_server.gate_opened and openai_server.peak_in_flight == 2
     limit = _calls_limit("personae-llm-127-0-0-1-")

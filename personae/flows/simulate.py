@@ -213,9 +213,12 @@ def simulate_flow(
         # callbacks and in-process memory cannot travel to Dask workers
         local_progress = None if exp.simulation.dask else progress
         meter = ctx.meter(budget_spent)
+        # Dask workers rebuild the settings from their own environment and working directory:
+        # give them this run's data dir, resolved, so every shard writes to the same run folder
+        overrides = {**ctx.overrides, "data_dir": str(ctx.settings.root)} if exp.simulation.dask else ctx.overrides
         try:
             futures = [
-                shard_task.submit(exp, ctx.overrides, part, index, len(shards), local_progress, memory,
+                shard_task.submit(exp, overrides, part, index, len(shards), local_progress, memory,
                                   _shard_meter(meter, exp, len(shards)), None if exp.simulation.dask else limits)
                 for index, part in enumerate(shards)
             ]
