@@ -38,9 +38,12 @@ def prefect_api(own_prefect_server, monkeypatch):
     """This process, and the Dask workers it spawns (they inherit the environment), on the module's server."""
     from personae.flows.prefect_server import use_api_url
 
+    from prefect.logging.handlers import APILogHandler
+
     monkeypatch.setenv("PREFECT_HOME", str(own_prefect_server.home.parent / "client"))
     with use_api_url(own_prefect_server.api_url):
         yield own_prefect_server
+        APILogHandler().flush()  # send the runs' last logs while this server still listens
 
 
 def _run(exp, data_dir=None):
