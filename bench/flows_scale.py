@@ -1,17 +1,26 @@
-"""Benchmark: the simulate flow at scale against the OpenAI-compatible test server.
+"""Benchmark: the simulate flow at scale, on threads and on Dask, against the OpenAI-compatible test server.
 
-1,000 conversations × 10 turns (dyad, persona critic on) through the real Prefect
-flow, the real HTTP client and the gateway, against ``OpenAITestServer`` answering
-every request after 200 ms. Reports wall time and overlap efficiency:
+N conversations × T turns (dyad, persona critic on) through the real Prefect pipeline flow,
+the real HTTP client and the gateway, against ``OpenAITestServer`` in its own process
+answering every request after L = 200 ms. Each runner (``--runners``) gets the same workload
+in a fresh data dir (nothing is served from the cache):
 
-* achieved overlap = Σ model-call latency / wall time (mean calls in flight);
-* ideal overlap    = min(concurrency cap, conversations), since a conversation
-  has one call in flight at a time;
-* efficiency       = achieved / ideal (1.0 = the latency is fully overlapped);
-* ideal wall       = max(Σ latency / ideal overlap, longest conversation's calls × latency).
+* ``threads``  — the shards on threads of the flow's process, one in-process limit;
+* ``dask``     — the shards on a local Dask cluster of ``--workers`` processes, each process
+  with its own limits (``llm_global_limits: false``);
+* ``dask+gcl`` — the same, with one limit shared through Prefect's global concurrency limits
+  (what a Dask run does by default): every model call takes and gives back a slot on the
+  Prefect server.
 
-Not a test: run ``python bench/flows_scale.py [--conversations 1000] [--shards 4]``.
-Each run uses a fresh data dir, so nothing is served from the cache.
+Figures per run:
+
+* achieved overlap = Σ served latency / wall time (mean calls in flight);
+* ideal wall       = max(Σ latency / min(concurrency, N), one conversation's calls × L);
+* efficiency       = ideal wall / wall (1.0 = the latency is fully overlapped);
+* the server's peak of requests in flight, and the processes the shards ran in.
+
+Not a test: ``python bench/flows_scale.py --runners threads dask dask+gcl [--conversations 1000]
+[--out flows_scale]``; bench/run_all runs a smaller workload (see its BENCHMARKS).
 """
 
 from __future__ import annotations
@@ -21,10 +30,12 @@ import json
 import os
 import tempfile
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import yaml
+from _common import log, write_result
 
 
 def _personas(n: int) -> list[dict]:
@@ -37,7 +48,7 @@ def _personas(n: int) -> list[dict]:
     ]
 
 
-def _experiment(folder: Path, base_url: str, args: argparse.Namespace) -> Path:
+def _experiment(folder: Path, base_url: str, args: argparse.Namespace, dask: int) -> Path:
     (folder / "personas.jsonl").write_text("".join(json.dumps(p) + "\n" for p in _personas(args.personas)))
     data = {
         "name": "flows-scale",
@@ -57,11 +68,106 @@ def _experiment(folder: Path, base_url: str, args: argparse.Namespace) -> Path:
         },
         "simulation": {"n_conversations": args.conversations, "shards": args.shards,
                        "concurrency": max(1, args.concurrency // args.shards),
-                       "dask": bool(args.dask), "dask_workers": args.dask or None},
+                       "dask": bool(dask), "dask_workers": dask or None},
     }
     path = folder / "flows_scale.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+RUNNERS = {
+    "threads": "thread shards in one process (in-process limits)",
+    "dask": "Dask, a local cluster of worker processes, each with its own limits (llm_global_limits: false)",
+    "dask+gcl": "Dask, the same cluster, one limit shared through Prefect's global concurrency limits (the Dask default)",
+}
+
+
+def _serve(latency_s: float, ready, stop, out) -> None:
+    """The test server in its own process (it must not share the client's GIL): send its URL,
+    serve until told to stop, then send its counters."""
+    from personae.testing.server import OpenAITestServer, TestServerConfig
+
+    with OpenAITestServer(TestServerConfig(latency_s=latency_s)) as server:
+        ready.put(server.base_url)
+        stop.wait()
+        out.put({"peak_in_flight": server.peak_in_flight})
+
+
+@contextmanager
+def _server_process(latency_s: float) -> Iterator[tuple[str, dict]]:
+    """Yield the server's URL and a dict filled with its counters when the block ends."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    ready, out, stop = ctx.Queue(), ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_serve, args=(latency_s, ready, stop, out), daemon=True)
+    proc.start()
+    counters: dict = {}
+    try:
+        yield ready.get(timeout=120), counters
+    finally:
+        stop.set()
+        counters.update(out.get(timeout=60))
+        proc.join(30)
+
+
+def run_once(args: argparse.Namespace, runner: str) -> dict:
+    """One pipeline run (generate + simulate) with ``runner``, in a fresh data dir; its figures."""
+    from personae.flows.pipeline import pipeline_flow
+
+    dask = args.workers if runner.startswith("dask") else 0
+    with tempfile.TemporaryDirectory() as tmp, _server_process(args.latency) as (base_url, server):
+        folder = Path(tmp)
+        # the gateway's limit per process must not be the bottleneck
+        os.environ["PERSONAE_LLM_MAX_CONCURRENCY"] = str(max(64, args.concurrency))
+        os.environ["PERSONAE_LLM_GLOBAL_LIMITS"] = "true" if runner == "dask+gcl" else "false"
+        exp = _experiment(folder, base_url, args, dask)
+        api = nullcontext()
+        if dask:  # Dask workers report to a real Prefect server
+            from personae.flows.prefect_server import prefect_api
+            from personae.settings import Settings
+
+            api = prefect_api(Settings(data_dir=folder / "data"), ui=False)
+        cpu, load = time.process_time(), os.getloadavg()[0]
+        with api:
+            started = time.perf_counter()
+            result = pipeline_flow(experiment=str(exp), stages=["generate", "simulate"], track=False, data_dir=str(folder / "data"))
+            total_wall = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+    m = result.metrics
+    wall = m["simulate.wall_s"]
+    calls = m["simulate.usage.model_calls"]
+    served_latency = calls * args.latency
+    conversations = int(m["simulate.conversations.complete"])
+    cap = min(args.concurrency, args.conversations)
+    per_conversation = calls / max(conversations, 1)
+    ideal_wall = max(served_latency / cap, per_conversation * args.latency)
+    batch_wall = m["simulate.shard_wall_s_sum"] / args.shards  # the shards run at once: their mean batch time
+    return {
+        "runner": runner,
+        "runner_means": RUNNERS[runner],
+        "worker_processes": dask or 1,
+        "shard_processes": int(m.get("simulate.shards.processes", 0)),
+        "shards_on_dask_workers": int(m.get("simulate.shards.on_dask_workers", 0)),
+        "conversations": conversations,
+        "failed": int(m["simulate.conversations.failed"]),
+        "turns_per_conversation": m["simulate.utterances.per_conversation"],
+        "model_calls": int(calls),
+        "calls_per_conversation": round(per_conversation, 2),
+        "concurrency_cap": cap,
+        "server_peak_in_flight": server["peak_in_flight"],
+        "simulate_wall_s": round(wall, 2),
+        "pipeline_wall_s": round(total_wall, 1),
+        "achieved_overlap": round(served_latency / wall, 2),
+        "ideal_wall_s": round(ideal_wall, 2),
+        "efficiency": round(ideal_wall / wall, 3),
+        "conversations_per_s": round(conversations / wall, 3),
+        "calls_per_s": round(calls / wall, 2),
+        "shard_batch_wall_s_mean": round(batch_wall, 2),
+        "calls_per_s_in_batches": round(calls / batch_wall, 2),
+        "flow_process_cpu_s": round(cpu, 1),
+        "loadavg_1min_before": round(load, 1),
+    }
 
 
 def main() -> None:
@@ -73,63 +179,29 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=1000, help="conversations in flight, over all shards")
     parser.add_argument("--personas", type=int, default=200)
     parser.add_argument("--no-critic", dest="critic", action="store_false")
-    parser.add_argument("--dask", type=int, default=0, metavar="WORKERS", help="run the shards on a local Dask cluster of WORKERS processes")
+    parser.add_argument("--runners", nargs="+", choices=sorted(RUNNERS), default=["threads"], help="one run each, in this order")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of the local Dask cluster")
+    parser.add_argument("--out", default=None, help="write bench/results/OUT.json (else only print)")
     args = parser.parse_args()
 
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    from personae.flows.pipeline import pipeline_flow
-    from personae.testing.server import OpenAITestServer, TestServerConfig
-
-    with tempfile.TemporaryDirectory() as tmp, OpenAITestServer(TestServerConfig(latency_s=args.latency)) as server:
-        folder = Path(tmp)
-        # the gateway's limit per shard must not be the bottleneck
-        os.environ["PERSONAE_LLM_MAX_CONCURRENCY"] = str(max(64, args.concurrency // args.shards))
-        exp = _experiment(folder, server.base_url, args)
-        api = nullcontext()
-        if args.dask:  # Dask workers report to a real Prefect server
-            from personae.flows.prefect_server import prefect_api
-            from personae.settings import Settings
-
-            api = prefect_api(Settings(data_dir=folder / "data"), ui=False)
-        with api:
-            started = time.perf_counter()
-            result = pipeline_flow(experiment=str(exp), stages=["generate", "simulate"], track=False, data_dir=str(folder / "data"))
-            total_wall = time.perf_counter() - started
-        m = result.metrics
-        wall = m["simulate.wall_s"]
-        calls = m["simulate.usage.model_calls"]
-        latency_sum = m["simulate.usage.latency_mean_s"] * calls
-        served_latency = calls * args.latency
-        conversations = int(m["simulate.conversations.complete"])
-        cap = min(args.concurrency, args.conversations)
-        per_conversation = calls / max(conversations, 1)
-        ideal_wall = max(served_latency / cap, per_conversation * args.latency)
-        report = {
-            "conversations": conversations,
-            "failed": int(m["simulate.conversations.failed"]),
-            "turns_per_conversation": m["simulate.utterances.per_conversation"],
-            "model_calls": int(calls),
-            "calls_per_conversation": round(per_conversation, 2),
-            "tokens": int(m["simulate.usage.tokens"]),
-            "shards": args.shards,
-            "runner": f"dask ({args.dask} worker processes)" if args.dask else "threads (one process)",
-            "concurrency_cap": cap,
-            "server_peak_in_flight": server.peak_in_flight,
-            "simulate_wall_s": round(wall, 1),
-            "pipeline_wall_s": round(total_wall, 1),
-            "achieved_overlap (server latency)": round(served_latency / wall, 1),
-            "achieved_overlap (client latency)": round(latency_sum / wall, 1),
-            "ideal_overlap": cap,
-            "efficiency (achieved/ideal overlap)": round(served_latency / wall / cap, 3),
-            "ideal_wall_s": round(ideal_wall, 1),
-            "efficiency (ideal/achieved wall)": round(ideal_wall / wall, 3),
-            "conversations_per_s": round(conversations / wall, 2),
-            "cpu_s (this process)": round(time.process_time(), 1),
-        }
-        print(json.dumps(report, indent=2))
+    rows = []
+    for runner in args.runners:
+        log(f"flows_scale: {runner} …")
+        rows.append(run_once(args, runner))
+        log(f"flows_scale: {runner}: {rows[-1]['conversations_per_s']} conversations/s, {rows[-1]['simulate_wall_s']} s")
+    report = {
+        "workload": {"conversations": args.conversations, "turns": args.turns, "latency_s": args.latency, "shards": args.shards,
+                     "concurrency": args.concurrency, "critic": args.critic, "dask_workers": args.workers},
+        "embedder": "hashing",
+        "rows": rows,
+    }
+    print(json.dumps(report, indent=2))
+    if args.out:
+        write_result(args.out, report)
 
 
 if __name__ == "__main__":

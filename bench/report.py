@@ -554,6 +554,44 @@ def _rate_limits(r: dict[str, Any] | None) -> str:
         + f"(target: no 429 and within 10 %) → {_ok(rejected == 0 and abs(1 - worst) <= 0.10)}."
     )
 
+def _workload(f: dict[str, Any] | None) -> str:
+    if not f:
+        return "N conversations × T turns"
+    w = f["workload"]
+    return f"{w['conversations']} conversations × {w['turns']} turns in {w['shards']} shards ({w['concurrency']} in flight at most),"
+
+
+def _flows_scale(f: dict[str, Any] | None) -> str:
+    if not f:
+        return "_not run_"
+    w = f["workload"]
+    rows = [
+        [r["runner"], r["worker_processes"], f"{r['shard_processes']} ({r['shards_on_dask_workers']} on Dask workers)",
+         f"{r['conversations']} ({r['failed']} failed)", r["model_calls"], f"{r['simulate_wall_s']:.1f}", f"**{r['calls_per_s']:.1f}**",
+         f"{r['efficiency']:.2f}", f"{r['shard_batch_wall_s_mean']:.1f}", f"{r['calls_per_s_in_batches']:.1f}", r["server_peak_in_flight"],
+         f"{r['loadavg_1min_before']:.1f}", f.get("embedder", "hashing")]
+        for r in f["rows"]
+    ]
+    out = _table(["runner", "worker processes", "processes that ran shards", "conversations", "model calls", "simulate wall s",
+                  "calls/s", "efficiency (ideal/wall)", "shard batch s (mean)", "calls/s in the batches", "server peak in flight",
+                  "load before", "embedder"], rows)
+    by = {r["runner"]: r for r in f["rows"]}
+    notes = []
+    if "threads" in by and "dask" in by:
+        d, t = by["dask"], by["threads"]
+        notes.append(f"Dask ÷ threads, calls/s: **{d['calls_per_s'] / t['calls_per_s']:.2f}** over the simulate stage, "
+                     f"{d['calls_per_s_in_batches'] / t['calls_per_s_in_batches']:.2f} inside the shards' batches "
+                     f"({w['dask_workers']} worker processes on this 2-core machine, shared with other work: see the load column); "
+                     f"the rest of the Dask stage ({d['simulate_wall_s'] - d['shard_batch_wall_s_mean']:.0f} s against "
+                     f"{t['simulate_wall_s'] - t['shard_batch_wall_s_mean']:.0f} s on threads) is the workers importing personae and starting their shards.")
+    if "dask" in by and "dask+gcl" in by:
+        extra = (by["dask+gcl"]["simulate_wall_s"] - by["dask"]["simulate_wall_s"]) / max(by["dask+gcl"]["model_calls"], 1)
+        notes.append(f"Prefect's global limits added **{extra * 1000:.0f} ms per model call** of wall time "
+                     f"(dask+gcl ÷ dask, calls/s: {by['dask+gcl']['calls_per_s'] / by['dask']['calls_per_s']:.2f}); "
+                     f"the server saw at most {by['dask+gcl']['server_peak_in_flight']} calls at once against a limit of {w['concurrency']}.")
+    notes.append("No target is set for this benchmark; it records what each runner costs.")
+    return out + "\n\n" + "\n".join(f"- {n}" for n in notes)
+
 
 def render() -> Path:
     """Write docs/benchmarks.md (and the overlap plot) from the result files."""
@@ -680,6 +718,20 @@ bucket's first second (its burst). Rerun: `python bench/rate_limits.py`.
 ## 10. Embeddings: base64 and batching (`bench/embeddings.py`)
 
 {_embeddings(_load("embeddings"))}
+
+## 11. The simulate flow on threads and on Dask (`bench/flows_scale.py`)
+
+The real pipeline flow (generate + simulate) on {_workload(_load("flows_scale"))} dyads with the critic on, against
+the test server in its own process answering after L = 200 ms, once per runner, each in a fresh data
+dir with its own Prefect server: `threads` runs the shards on threads of the flow's process (one
+in-process limit); `dask` on a local Dask cluster of worker processes, each process with its own
+limits; `dask+gcl` the same with one limit shared through Prefect's global concurrency limits,
+which is what a Dask run does by default (each model call takes and returns a slot on the Prefect
+server). Simulate wall time includes the workers importing personae and opening the gateway for their
+first shard; the shard batch time is the mean of the shards' own `simulate_batch` times, without that. Efficiency =
+max(Σ latency / concurrency, one conversation's calls × L) ÷ wall. Rerun: the `flows_scale` line of `bench/run_all`.
+
+{_flows_scale(_load("flows_scale"))}
 
 ## What limits the figures
 

@@ -135,30 +135,6 @@ def test_run_exits_1_and_says_so_when_conversations_failed(tmp_path, prefect_api
     assert all(f"connection refused at {url}" in c["error"] for c in _conversations(out))
 
 
-def test_simulation_shards_run_on_dask_against_a_real_server(tmp_path, prefect_api_session):
-    pytest.importorskip("prefect_dask")
-    exp = fake_experiment(tmp_path, n_conversations=4, generate=False,
-                          extra={"simulation": {"n_conversations": 4, "shards": 2, "concurrency": 2, "dask": True, "dask_workers": 2}})
-    data_dir = tmp_path / "data"
-    result = run_cli(["run", str(exp), "--no-track", "--data-dir", str(data_dir), "--stage", "generate", "--stage", "simulate"])
-    assert result.exit_code == 0, result.output
-    out = Settings(data_dir=data_dir).run_dir("flows-test") / "conversations.jsonl"
-    conversations = _conversations(out)
-    assert len(conversations) == 4 and {c["status"] for c in conversations} == {"complete"}
-    assert len({c["id"] for c in conversations}) == 4
-
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
-
-    with get_client(sync_client=True) as client:
-        shards = client.read_task_runs(task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="simulate-shard")))
-        limits = {gcl.name: gcl for gcl in client.read_global_concurrency_limits(limit=200)}
-    assert len(shards) >= 2 and all(t.state.is_completed() for t in shards[:2])
-    # the Dask shards shared the fake endpoint's budget through a Prefect global limit, now all released
-    calls = [gcl for name, gcl in limits.items() if name.startswith("personae-llm-fake-") and name.endswith("-calls")]
-    assert len(calls) == 1 and calls[0].limit == Settings().llm_max_concurrency and calls[0].active_slots == 0
-
-
 def test_memory_on_a_local_qdrant_held_by_another_client_fails_clearly_then_works(tmp_path, prefect_api_session):
     from personae.errors import StoreLockedError
     from personae.memory import open_qdrant

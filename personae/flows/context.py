@@ -28,6 +28,7 @@ __all__ = [
     "RunPaths",
     "StageContext",
     "StageResult",
+    "ShardProcess",
     "open_context",
     "run_stage",
     "settings_in_task",
@@ -89,6 +90,15 @@ class RunPaths:
         return sorted([*self.root.glob("*.png"), *self.root.glob("plots/*.png")])
 
 
+class ShardProcess(BaseModel):
+    """Where one shard of a stage ran: the Dask worker (if any), host and process."""
+
+    shard: int = Field(..., ge=0, description="index of the shard")
+    worker: str | None = Field(None, description="address of the Dask worker that ran it; None outside a Dask worker")
+    hostname: str = Field(..., description="host name of the machine")
+    pid: int = Field(..., description="id of the process that ran it")
+
+
 class StageResult(BaseModel):
     """What a stage task returns, as plain data (it may cross processes): counts,
     per-role model usage, the models used, the peak of calls in flight and the limiters' figures."""
@@ -99,6 +109,7 @@ class StageResult(BaseModel):
     peak_in_flight: int = 0
     limits: list[LimiterStats] = Field(default_factory=list, description="what the endpoint limiters saw (429s, retries, waits, AIMD window)")
     budget_stop: dict[str, Any] | None = Field(None, description="the budget limit that stopped the stage, if one did")
+    processes: list[ShardProcess] = Field(default_factory=list, description="where each shard ran (a merge keeps every shard's)")
 
     @classmethod
     def of(
@@ -136,6 +147,7 @@ class StageResult(BaseModel):
             peak_in_flight=max((r.peak_in_flight for r in results), default=0),
             limits=[one for r in results for one in r.limits],  # one limiter's snapshots count once (merge_limiter_stats)
             budget_stop=next((r.budget_stop for r in results if r.budget_stop), None),
+            processes=[p for r in results for p in r.processes],
         )
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from typing import Any
 
 from prefect import flow, task
@@ -22,7 +23,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from personae.costs import BudgetMeter
 from personae.errors import BudgetExceeded, ConfigError, MissingExtra
 from personae.experiment import Experiment, SimulationConfig, build_gateway_for
-from personae.flows.context import RunPaths, StageResult, embedder_for, open_context, open_memory, settings_in_task
+from personae.flows.context import RunPaths, ShardProcess, StageResult, embedder_for, open_context, open_memory, settings_in_task
 from personae.flows.limits import limits_for
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
 from personae.graphs.runner import BatchResult, ConversationJob, done_ids, latest_conversations, make_jobs, simulate_batch
@@ -31,7 +32,7 @@ from personae.llm import Limits
 from personae.memory import AgentMemory
 from personae.models import ConversationStatus, Persona
 
-__all__ = ["simulate_flow", "simulate_shard", "shard_jobs", "task_runner_for", "done_ids"]
+__all__ = ["simulate_flow", "simulate_shard", "shard_jobs", "shard_process", "task_runner_for", "done_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,25 @@ async def _simulate_shard(
         "shard_wall_s_sum": result.wall_s,
     }
     log.info("shard %d/%d: %s", shard + 1, shards, result)
-    return StageResult.of(metrics, gateway, meter=meter, stop=stop)
+    outcome = StageResult.of(metrics, gateway, meter=meter, stop=stop)
+    outcome.processes.append(shard_process(shard))
+    return outcome
+
+
+def shard_process(shard: int) -> ShardProcess:
+    """Where shard ``shard`` is running: this process, and its Dask worker's address when
+    it runs inside one (``distributed.get_worker()``)."""
+    worker = None
+    try:
+        from distributed import get_worker
+    except ImportError:  # no Dask installed: not on a Dask worker
+        pass
+    else:
+        try:
+            worker = get_worker().address
+        except ValueError:  # "No worker found": not inside a Dask worker
+            pass
+    return ShardProcess(shard=shard, worker=worker, hostname=socket.gethostname(), pid=os.getpid())
 
 
 # The task wraps a function of another name, so Dask can pickle the function by reference.
@@ -194,9 +213,12 @@ def simulate_flow(
         # callbacks and in-process memory cannot travel to Dask workers
         local_progress = None if exp.simulation.dask else progress
         meter = ctx.meter(budget_spent)
+        # Dask workers rebuild the settings from their own environment and working directory:
+        # give them this run's data dir, resolved, so every shard writes to the same run folder
+        overrides = {**ctx.overrides, "data_dir": str(ctx.settings.root)} if exp.simulation.dask else ctx.overrides
         try:
             futures = [
-                shard_task.submit(exp, ctx.overrides, part, index, len(shards), local_progress, memory,
+                shard_task.submit(exp, overrides, part, index, len(shards), local_progress, memory,
                                   _shard_meter(meter, exp, len(shards)), None if exp.simulation.dask else limits)
                 for index, part in enumerate(shards)
             ]
@@ -210,10 +232,23 @@ def simulate_flow(
                 opened.close()
         merged = StageResult.merge(results)
         merged.metrics.update(_output_counts(paths, {job.id for job in jobs}))
+        merged.metrics.update(_process_counts(merged.processes, len(shards)))
         merged.metrics["wall_s"] = time.perf_counter() - started
         metrics = ctx.log_stage(run, merged, [paths.conversations])
     log.info("simulate: %s", {k: v for k, v in metrics.items() if k.startswith("conversations.")})
     return metrics
+
+
+def _process_counts(processes: list[ShardProcess], shards: int) -> dict[str, float]:
+    """Log where each shard ran (the record's ``shard_process`` attribute holds it); count the
+    processes that ran shards and the shards that ran on Dask workers."""
+    for where in sorted(processes, key=lambda p: p.shard):
+        log.info("shard %d/%d ran in process %d on %s%s", where.shard + 1, shards, where.pid, where.hostname,
+                 f" (Dask worker {where.worker})" if where.worker else "", extra={"shard_process": where})
+    return {
+        "shards.processes": len({(p.hostname, p.pid) for p in processes}),
+        "shards.on_dask_workers": sum(1 for p in processes if p.worker is not None),
+    }
 
 
 def _shard_meter(meter: BudgetMeter | None, experiment: Experiment, shards: int) -> BudgetMeter | None:
