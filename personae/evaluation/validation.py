@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field
 from rich.table import Table
 from scipy import stats
 
-from personae.embeddings.base import Embedder
+from personae.embeddings.base import Embedder, MemoEmbedder
 from personae.errors import ConfigError
 from personae.evaluation.config import EvaluationConfig
 from personae.evaluation.transcript import TranscriptReport, evaluate_transcripts
@@ -321,29 +321,6 @@ class ValidationReport(BaseModel):
         return json.dumps(self.model_dump(mode="json"), indent=indent)
 
 
-class _Memo:
-    """An embedder wrapper that embeds each distinct text once across the many injected copies of a run."""
-
-    def __init__(self, embedder: Embedder) -> None:
-        self.inner = embedder
-        self.name = embedder.name
-        self.seen: dict[str, np.ndarray] = {}
-
-    async def aembed(self, texts: Sequence[str]) -> np.ndarray:
-        new = [t for t in dict.fromkeys(texts) if t not in self.seen]
-        if new:
-            for text, vector in zip(new, np.asarray(await self.inner.aembed(new), dtype=np.float32)):
-                self.seen[text] = vector
-        return np.stack([self.seen[t] for t in texts])
-
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        new = [t for t in dict.fromkeys(texts) if t not in self.seen]
-        if new:
-            for text, vector in zip(new, np.asarray(self.inner.embed(new), dtype=np.float32)):
-                self.seen[text] = vector
-        return np.stack([self.seen[t] for t in texts])
-
-
 async def validate_metrics(
     conversations: Sequence[Conversation],
     *,
@@ -364,7 +341,7 @@ async def validate_metrics(
     if len(usable) < 4:
         raise ConfigError("metric validation needs at least 4 complete conversations with 3 or more turns",
                           field="conversations", expected=">= 4", got=len(usable))
-    memo = _Memo(embedder)
+    memo = MemoEmbedder(embedder)
     defects = list(defects)
 
     async def measure(run: Sequence[Conversation]) -> TranscriptReport:

