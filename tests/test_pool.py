@@ -17,6 +17,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from _flows_support import fake_experiment, prefect_api_session, run_cli  # noqa: F401
 from _graph_helpers import SCENARIO, persona
 
 from personae.embeddings import HashingEmbedder
@@ -27,6 +28,7 @@ from personae.graphs.pool import AUTO_JOBS_PER_PROCESS, part_path, resolve_proce
 from personae.jsonl import read_jsonl_dicts
 from personae.llm.limits import LimitConfig, Limits
 from personae.llm.process_limits import ProcessSlots, split_rates
+from personae.settings import Settings
 from personae.testing.pytest_plugin import ServerGatewayFactory
 from personae.testing.server import OpenAITestServer, TestServerConfig
 
@@ -209,3 +211,22 @@ def test_rates_are_split_and_slots_shared_between_processes():
         return blocked
 
     assert asyncio.run(hold_all())
+
+
+@pytest.mark.slow
+def test_the_simulate_flow_runs_its_shards_in_worker_processes(tmp_path, prefect_api_session, caplog):
+    caplog.set_level("DEBUG", logger="personae.graphs.pool")
+    contents = {}
+    for processes in (1, 2):
+        exp = fake_experiment(tmp_path, name=f"pool-{processes}", n_conversations=6, generate=False, max_turns=4,
+                              extra={"simulation": {"n_conversations": 6, "shards": 1, "concurrency": 3, "processes": processes}})
+        data_dir = tmp_path / f"data-{processes}"
+        result = run_cli(["run", str(exp), "--no-track", "--data-dir", str(data_dir), "--stage", "generate", "--stage", "simulate"])
+        assert result.exit_code == 0, result.output
+        run_dir = Settings(data_dir=data_dir).run_dir(f"pool-{processes}")
+        contents[processes] = _content(run_dir / "conversations.jsonl")
+        checkpoints = sorted(p.name for p in (run_dir / "checkpoints").glob("*.sqlite"))
+        assert checkpoints == [f"shard-{i:04d}-of-{processes:04d}.sqlite" for i in range(processes)]
+    started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("started worker process shard-")]
+    assert sorted(m.split()[3] for m in started) == ["shard-0", "shard-1"]  # the 2-process run only, one worker per shard
+    assert len(contents[2]) == 6 and contents[2] == contents[1]
