@@ -253,4 +253,5 @@ async def simulate_in_processes(
         skipped=sum(r.skipped for r in results), wall_s=time.perf_counter() - started,
         failed_before=sum(r.failed_before for r in results), blocked=sum(r.blocked for r in results),
         processes=len(parts), worker_cpu_s=sum(cpu for _, _, cpu in done),
+        startup_s=max(0.0, time.perf_counter() - started - max(r.wall_s for r in results)),
     )

@@ -92,6 +92,8 @@ class BatchResult(BaseModel):
     """Processes the batch ran in (1: the calling process; more: worker processes, see :mod:`personae.graphs.pool`)."""
     worker_cpu_s: float = 0.0
     """CPU seconds the worker processes spent on their parts (0 when the batch ran in the calling process)."""
+    startup_s: float = 0.0
+    """Seconds of the batch's wall time before its slowest worker process began its part (spawning and imports)."""
 
     @property
     def unfinished(self) -> int:
