@@ -151,7 +151,8 @@ async def test_a_killed_worker_loses_nothing_and_a_rerun_resumes(tmp_path):
         for index in range(2):
             with sqlite3.connect(part_path(checkpoint, index, 2)) as db:
                 half_done |= {row[0] for row in db.execute("SELECT DISTINCT thread_id FROM checkpoints")}
-        assert half_done and not half_done & set(written)
+        half_done -= set(written)  # a conversation written just before the kill may still have its checkpoint
+        assert half_done, "the kill should leave conversations half done in the checkpoints"
         rerun, _ = await _batch(factory, jobs, out, processes=2, checkpoint=checkpoint)
     assert rerun.skipped == len(written) and rerun.completed == 12 - len(written)
     final = _content(out)
