@@ -18,8 +18,9 @@ spawning the workers (a few seconds on a loaded machine: each imports personae a
 ``efficiency_after_startup`` leaves that out (calls ÷ the wall time after the slowest worker began).
 
 The projection for larger machines uses the CPU per call measured here: with the model
-endpoint on other machines and a core per process, k processes sustain at most
-k / (client CPU per call) calls/s, and never more than C / L.
+endpoint on other machines, a core per process and C raised with k (so latency never binds),
+k processes sustain k / (client CPU per call in a worker) calls/s, an efficiency of
+(CPU per call in one process) / (CPU per call in a worker), before the workers' start-up.
 
     python bench/scaling.py
     python bench/scaling.py --conversations 1000 --concurrency 256 --repeats 2
@@ -118,9 +119,11 @@ def main() -> None:
     efficiency = many["calls_per_s"] / (k * one["calls_per_s"])
     steady = many["calls_per_s_after_startup"] / (k * one["calls_per_s"])
     cap = args.concurrency / args.latency  # calls/s the latency allows at C in flight
-    cpu_per_call_s = many["client_cpu_ms_per_call"] / 1000
+    cpu_one, cpu_worker = one["client_cpu_ms_per_call"] / 1000, many["client_cpu_ms_per_call"] / 1000
+    # a core per process, C raised with k so latency never binds: CPU per call is what is left
     projection = [
-        {"processes": p, "calls_per_s": min(p / cpu_per_call_s, cap), "bound": "client CPU" if p / cpu_per_call_s < cap else "latency (C / L)"}
+        {"processes": p, "concurrency": args.concurrency * p, "calls_per_s": p / (cpu_one if p == 1 else cpu_worker),
+         "efficiency": 1.0 if p == 1 else cpu_one / cpu_worker}
         for p in (1, 2, 4, 8, 16)
     ]
     payload = {

@@ -218,7 +218,7 @@ class SimulationConfig(_Strict):
     processes: int | Literal["auto"] = Field(
         "auto",
         description="worker processes for the shards on this machine, one event loop each (1: threads in the flow's process); "
-        "auto: one per 200 conversations, up to the cores, so small runs stay in one process (personae.graphs.pool)",
+        "auto: one per 500 conversations, up to the cores, so small runs stay in one process (personae.graphs.pool)",
     )
 
     @field_validator("processes", mode="before")

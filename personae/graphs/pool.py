@@ -55,12 +55,13 @@ log = logging.getLogger(__name__)
 Processes = int | Literal["auto"]
 """How many worker processes a batch uses: a number (1 = the calling process only) or ``"auto"``."""
 
-AUTO_JOBS_PER_PROCESS = 200
+AUTO_JOBS_PER_PROCESS = 500
 """With ``processes="auto"``, one worker process per this many conversations left to run, up to the cores.
 
-A spawned worker costs a second or two to import personae and its graph libraries, and one
-event loop keeps up with a batch until a few hundred calls are in flight; below
-``2 × AUTO_JOBS_PER_PROCESS`` conversations a batch stays in the calling process."""
+A spawned worker costs about a second of CPU to import personae and its graph libraries (10–14 s
+of wall time on a heavily loaded 2-core machine, bench/scaling.py), and 500 ten-turn conversations
+are about 6 s of one core's client CPU (≈ 1.3 ms per call); below ``2 × AUTO_JOBS_PER_PROCESS``
+conversations a batch stays in the calling process."""
 
 
 def shard_jobs(jobs: Sequence[Any], shards: int) -> list[list[Any]]:
