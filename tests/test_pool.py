@@ -231,3 +231,36 @@ def test_the_simulate_flow_runs_its_shards_in_worker_processes(tmp_path, prefect
     started = [r.getMessage() for r in caplog.records if r.getMessage().startswith("started worker process shard-")]
     assert sorted(m.split()[3] for m in started) == ["shard-0", "shard-1"]  # the 2-process run only, one worker per shard
     assert len(contents[2]) == 6 and contents[2] == contents[1]
+
+
+def test_simulation_processes_in_the_experiment_file(tmp_path):
+    import json
+
+    import yaml
+
+    from personae.experiment import load_experiment
+
+    (tmp_path / "personas.jsonl").write_text(json.dumps({"name": "Ana"}) + "\n")
+
+    def load(simulation: dict, **extra):
+        path = tmp_path / "exp.yaml"
+        path.write_text(yaml.safe_dump({
+            "name": "exp-1", "models": {"default": {"provider": "fake"}}, "personas_file": "personas.jsonl",
+            "scenarios": [{"name": "chat", "roles": [{"name": "a"}, {"name": "b"}]}], "graph": {"kind": "dyad"},
+            "simulation": simulation, **extra,
+        }))
+        return load_experiment(path)
+
+    assert load({"n_conversations": 10}).simulation_processes() == 1  # auto, small: one process
+    assert load({"n_conversations": 10, "processes": 2}).simulation_processes() == 2
+    many = load({"n_conversations": 100 * AUTO_JOBS_PER_PROCESS})
+    assert many.simulation.processes == "auto" and many.simulation_processes() >= 1
+    # local memory: one process, whatever auto would say
+    assert load({"n_conversations": 100 * AUTO_JOBS_PER_PROCESS}, memory={"enabled": True}).simulation_processes() == 1
+    for bad, words in (({"processes": 0}, "processes"), ({"processes": "many"}, "processes"),
+                       ({"processes": 2, "dask": True}, "dask_workers")):
+        with pytest.raises(ConfigError, match=words) as info:
+            load({"n_conversations": 10, **bad})
+        assert "exp.yaml" in str(info.value)
+    with pytest.raises(ConfigError, match="Qdrant server"):
+        load({"n_conversations": 10, "processes": 2}, memory={"enabled": True})
