@@ -486,8 +486,8 @@ def _limits(run: dict[str, Any] | None, overlap: dict[str, Any] | None, overhead
                 "batches in more than one process (below)."
             )
         parts.append(
-            "To go further: (1) shard the batch over processes — the simulate flow already shards jobs into Prefect tasks, "
-            "and a process pool or Dask/Ray task runner puts one event loop on each core; on this 2-core machine, shared with "
+            "To go further: (1) shard the batch over processes — done: `simulate_batch(processes=k)` and `simulation.processes` "
+            "put one event loop on each core under one shared limit (§ 1b); on this 2-core machine, shared with "
             "the test server, that at best doubles the ceiling, not enough for 1,280 calls/s; (2) trim the per-call CPU: "
             "profiled with py-spy in this batch, the client's time splits roughly into the openai SDK and its HTTP "
             "transport (about half: request building, header merging, response parsing), "
