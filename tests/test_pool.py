@@ -137,7 +137,7 @@ async def test_a_killed_worker_loses_nothing_and_a_rerun_resumes(tmp_path):
     out, checkpoint = tmp_path / "c.jsonl", tmp_path / "ck.sqlite"
     with OpenAITestServer(TestServerConfig(latency_s=0.02)) as server:
         factory = ServerGatewayFactory(server.base_url, max_concurrency=4)
-        reference, _ = await _batch(factory, jobs, tmp_path / "reference.jsonl", processes=1)
+        await _batch(factory, jobs, tmp_path / "reference.jsonl", processes=1)
         killer = KillOneWorker(factory, str(tmp_path / "claim"), after=2)
         gateway = factory(Limits())
         with pytest.raises(WorkerProcessError, match="killed by signal SIGKILL"):
@@ -158,7 +158,6 @@ async def test_a_killed_worker_loses_nothing_and_a_rerun_resumes(tmp_path):
     final = _content(out)
     assert len(list(read_jsonl_dicts(out))) == 12  # every conversation exactly once
     assert final == _content(tmp_path / "reference.jsonl")  # and the resumed ones as an uninterrupted run wrote them
-    del reference
 
 
 async def test_a_batch_in_processes_needs_what_can_cross_a_process(tmp_path):
