@@ -34,6 +34,7 @@ from typing import Any
 from _common import graph_config, log, make_personas, make_scenario, process_cpu_s, test_server_process, write_result
 
 from personae.graphs import make_jobs, simulate_batch
+from personae.graphs.runner import BATCH_GC_THRESHOLD
 from personae.llm import Gateway
 from personae.llm.openai_provider import OpenAICompatibleLLM
 
@@ -50,7 +51,8 @@ async def _run(base_url: str, *, n: int, turns: int, concurrency: int, out: Path
     llm = OpenAICompatibleLLM("test", base_url=base_url, api_key="bench", max_connections=concurrency)
     gateway = Gateway(llm, cache=None, max_concurrency=concurrency)
     cpu0 = time.process_time()
-    result = await simulate_batch(jobs, gateway=gateway, out_path=out, checkpoint_path=None, concurrency=n)
+    # the collector's threshold raised, as in personae's worker processes (bench/scaling.py measures both)
+    result = await simulate_batch(jobs, gateway=gateway, out_path=out, checkpoint_path=None, concurrency=n, gc_threshold=BATCH_GC_THRESHOLD)
     cpu = time.process_time() - cpu0
     await gateway.aclose()
     usage = gateway.usage.total()

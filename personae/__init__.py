@@ -14,6 +14,7 @@ from personae.errors import (
     PersonaeError,
     StoreLockedError,
     UnsupportedFeature,
+    WorkerProcessError,
 )
 from personae.jsonl import append_jsonl, read_jsonl, write_jsonl
 from personae.llm import Budget, Gateway, LLMRequest, LLMResponse, Message, build_gateway
@@ -115,6 +116,7 @@ __all__ = [
     "StoreLockedError",
     "UnsupportedFeature",
     "Utterance",
+    "WorkerProcessError",
     "append_jsonl",
     "build_gateway",
     "read_jsonl",

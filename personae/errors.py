@@ -17,6 +17,7 @@ __all__ = [
     "BudgetExceeded",
     "MissingExtra",
     "StoreLockedError",
+    "WorkerProcessError",
 ]
 
 
@@ -183,3 +184,10 @@ class StoreLockedError(PersonaeError):
 
     def __reduce__(self):  # noqa: D105
         return (StoreLockedError, (self.path, self.hint))
+
+
+class WorkerProcessError(PersonaeError):
+    """A worker process of a batch ended without a result (killed, or crashed in the interpreter).
+
+    What its conversations finished is written; a rerun resumes the rest from their checkpoints.
+    """

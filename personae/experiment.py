@@ -215,6 +215,30 @@ class SimulationConfig(_Strict):
     sessions: Sessions | None = Field(
         None, description="the same participants meet count times, gap of simulated time apart: n_conversations groups"
     )
+    processes: int | Literal["auto"] = Field(
+        "auto",
+        description="worker processes for the shards on this machine, one event loop each (1: threads in the flow's process); "
+        "auto: one per 500 conversations, up to the cores, so small runs stay in one process (personae.graphs.pool)",
+    )
+
+    @field_validator("processes", mode="before")
+    @classmethod
+    def _processes(cls, value: Any) -> int | str:
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 1024:
+            raise ValueError(f"processes is a whole number from 1 to 1024, or 'auto'; got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _processes_or_dask(self) -> SimulationConfig:
+        if self.dask and self.processes not in (1, "auto"):
+            raise ValueError("simulation.processes is for shards on this machine; with dask set dask_workers (or leave processes: auto)")
+        return self
+
+    def jobs(self) -> int:
+        """Conversations the batch holds: ``n_conversations``, times the sessions of each group."""
+        return self.n_conversations * (self.sessions.count if self.sessions else 1)
 
     @field_validator("dask")
     @classmethod
@@ -328,7 +352,21 @@ class Experiment(_Strict):
             raise ValueError(
                 "memory with Dask needs a Qdrant server (memory.qdrant_url): local Qdrant allows one process"
             )
+        if self.memory_enabled and not self.memory.qdrant_url and self.simulation.processes not in (1, "auto"):
+            raise ValueError(
+                f"simulation.processes: {self.simulation.processes} with memory needs a Qdrant server (memory.qdrant_url): "
+                "local Qdrant allows one process; use processes: 1 (or auto)"
+            )
         return self
+
+    def simulation_processes(self) -> int:
+        """Worker processes the simulate flow uses on this machine: 1 (threads) with Dask or local memory,
+        else ``simulation.processes`` resolved (see :func:`personae.graphs.pool.resolve_processes`)."""
+        from personae.graphs.pool import resolve_processes
+
+        if self.simulation.dask or (self.memory_enabled and not self.memory.qdrant_url):
+            return 1
+        return resolve_processes(self.simulation.processes, self.simulation.jobs())
 
     @property
     def source(self) -> Path | None:

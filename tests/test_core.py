@@ -21,6 +21,7 @@ from personae.errors import (
     PersonaeError,
     StoreLockedError,
     UnsupportedFeature,
+    WorkerProcessError,
 )
 from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl, read_jsonl_dicts, write_jsonl
 from personae.llm import Budget, Gateway, LLMRequest, ResponseFormat
@@ -324,6 +325,7 @@ ERRORS = [
     BudgetExceeded("max_tokens", 1000, 1200),
     MissingExtra("llama_cpp", "local"),
     StoreLockedError("/data/qdrant", "stop the other run"),
+    WorkerProcessError("worker process batch-part-0 was killed by signal SIGKILL before it finished"),
 ]
 
 

@@ -418,18 +418,19 @@ async def test_prompt_tokens_stay_bounded_with_memory_and_window(tmp_path, hashi
     assert max(with_memory[t] for t in range(8, 22)) - min(with_memory[t] for t in range(8, 22)) < 0.25 * with_memory[20]
 
 
-async def test_a_batch_runs_with_fewer_gc_passes_and_restores_the_interpreter_setting(hashing_embedder, tmp_path):
+async def test_a_batch_changes_the_collector_only_when_asked_and_restores_it(hashing_embedder, tmp_path):
     import gc
 
     before = gc.get_threshold()
     seen: list[int] = []
     jobs = make_jobs(PERSONAS, [SCENARIO], _plain(), n_conversations=2, seed=5)
     await simulate_batch(jobs, gateway=Gateway(FakeLLM()), out_path=tmp_path / "a.jsonl", checkpoint_path=None, embedder=hashing_embedder,
-                         on_done=lambda c: seen.append(gc.get_threshold()[0]))
+                         gc_threshold=50_000, on_done=lambda c: seen.append(gc.get_threshold()[0]))
     assert seen == [50_000, 50_000] and gc.get_threshold() == before
     seen.clear()
+    # by default a library call leaves the interpreter's setting alone (worker processes raise their own)
     await simulate_batch(jobs, gateway=Gateway(FakeLLM()), out_path=tmp_path / "b.jsonl", checkpoint_path=None, embedder=hashing_embedder,
-                         gc_threshold=None, on_done=lambda c: seen.append(gc.get_threshold()[0]))
+                         on_done=lambda c: seen.append(gc.get_threshold()[0]))
     assert seen == [before[0]] * 2 and gc.get_threshold() == before
 
 

@@ -77,7 +77,7 @@ def pipeline_flow(
         enable_langgraph_tracing(ctx.settings, exp.name)
     stage_flows = {
         "generate": generate_flow,
-        "simulate": simulate_flow.with_options(task_runner=task_runner_for(exp.simulation)),
+        "simulate": simulate_flow.with_options(task_runner=task_runner_for(exp.simulation, processes=exp.simulation_processes())),
         "evaluate": evaluate_flow,
     }
     progress = LocalCallback(progress) if progress is not None else None

@@ -6,11 +6,15 @@ endpoint limits every shard shares (:mod:`personae.flows.limits`), and each fini
 ``conversations.jsonl`` at once. A rerun skips conversations already in the file
 and resumes half-done ones from the shard's LangGraph checkpoint.
 
-Shards run on threads by default, or on a Dask cluster with ``simulation.dask``.
+Shards run on threads by default, in worker processes on this machine with
+``simulation.processes`` (one event loop per process, one limit of calls in flight shared
+by them: :mod:`personae.graphs.pool`), or on a Dask cluster with ``simulation.dask``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import logging
 import os
 import socket
@@ -24,11 +28,13 @@ from personae.costs import BudgetMeter
 from personae.errors import BudgetExceeded, ConfigError, MissingExtra
 from personae.experiment import Experiment, SimulationConfig, build_gateway_for
 from personae.flows.context import RunPaths, ShardProcess, StageResult, embedder_for, open_context, open_memory, settings_in_task
-from personae.flows.limits import limits_for
+from personae.flows.limits import endpoint_limit_configs, limits_for
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
-from personae.graphs.runner import BatchResult, ConversationJob, done_ids, latest_conversations, make_jobs, simulate_batch
+from personae.graphs.pool import run_in_process, shard_jobs
+from personae.graphs.runner import BATCH_GC_THRESHOLD, BatchResult, ConversationJob, done_ids, latest_conversations, make_jobs, simulate_batch
 from personae.jsonl import read_jsonl
 from personae.llm import Limits
+from personae.llm.process_limits import ProcessSlots
 from personae.memory import AgentMemory
 from personae.models import ConversationStatus, Persona
 
@@ -37,24 +43,14 @@ __all__ = ["simulate_flow", "simulate_shard", "shard_jobs", "shard_process", "ta
 log = logging.getLogger(__name__)
 
 
-def shard_jobs(jobs: list[ConversationJob], shards: int) -> list[list[ConversationJob]]:
-    """Split ``jobs`` round-robin into at most ``shards`` non-empty shards (deterministic).
+def task_runner_for(simulation: SimulationConfig, *, processes: int = 1):
+    """The task runner for the shards: threads, or Dask (a local cluster or a scheduler address).
 
-    The sessions of one group stay in one shard (a later session waits for the one before
-    it); groups, and jobs without one, are dealt round-robin in order of first appearance.
+    With ``processes`` > 1 (:meth:`Experiment.simulation_processes`) each thread runs its shard in a
+    worker process, so at most ``processes`` threads run at once.
     """
-    units: dict[str, list[ConversationJob]] = {}
-    for job in jobs:
-        units.setdefault(job.group or job.id, []).append(job)
-    shards = max(1, min(shards, len(units)))
-    order = {key: index % shards for index, key in enumerate(units)}
-    return [[job for job in jobs if order[job.group or job.id] == i] for i in range(shards)]
-
-
-def task_runner_for(simulation: SimulationConfig):
-    """The task runner for the shards: threads, or Dask (a local cluster or a scheduler address)."""
     if not simulation.dask:
-        return ThreadPoolTaskRunner(max_workers=simulation.shards)
+        return ThreadPoolTaskRunner(max_workers=processes if processes > 1 else simulation.shards)
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
@@ -75,8 +71,12 @@ async def _simulate_shard(
     memory: AgentMemory | None = None,
     meter: BudgetMeter | None = None,
     limits: Limits | None = None,
+    slots: ProcessSlots | None = None,
 ) -> StageResult:
     """Run one shard of conversations; returns its counts and model usage.
+
+    With ``slots`` (the limits shared by the run's worker processes) the shard runs in a
+    spawned worker process of its own (:func:`personae.graphs.pool.run_in_process`).
 
     ``memory`` is a shared in-process memory (thread shards on a local Qdrant);
     without it the shard opens the experiment's memory itself (a Qdrant server
@@ -90,6 +90,8 @@ async def _simulate_shard(
     stop and keep their checkpoints (recorded neither complete nor failed), and the
     result names the limit; a rerun resumes them.
     """
+    if slots is not None:
+        return await run_in_process(_shard_in_process, experiment, overrides, jobs, shard, shards, meter, slots, name=f"shard-{shard}")
     settings, paths = settings_in_task(experiment, overrides)
     retry_failed = experiment.simulation.retry_failed
     already = done_ids(paths.conversations, retry_failed=retry_failed)
@@ -168,6 +170,15 @@ def shard_process(shard: int) -> ShardProcess:
     return ShardProcess(shard=shard, worker=worker, hostname=socket.gethostname(), pid=os.getpid())
 
 
+def _shard_in_process(
+    experiment: Experiment, overrides: dict[str, Any], jobs: list[ConversationJob], shard: int, shards: int,
+    meter: BudgetMeter | None, slots: ProcessSlots,
+) -> StageResult:
+    """A shard in a worker process (personae's own: the collector's threshold is raised for the batch)."""
+    gc.set_threshold(BATCH_GC_THRESHOLD, *gc.get_threshold()[1:])
+    return asyncio.run(_simulate_shard(experiment, overrides, jobs, shard, shards, None, None, meter, slots.limits()))
+
+
 # The task wraps a function of another name, so Dask can pickle the function by reference.
 simulate_shard = task(name="simulate-shard", cache_policy=NONE)(_simulate_shard)
 
@@ -200,32 +211,35 @@ def simulate_flow(
         personas, exp.scenarios, exp.graph, n_conversations=exp.simulation.n_conversations, seed=exp.seed,
         sessions=exp.simulation.sessions,
     )
-    shards = shard_jobs(jobs, exp.simulation.shards)
+    workers = exp.simulation_processes()
+    shards = shard_jobs(jobs, max(exp.simulation.shards, workers))
+    slots = ProcessSlots.create(endpoint_limit_configs(exp, ctx.settings), processes=workers) if workers > 1 else None
+    elsewhere = bool(exp.simulation.dask) or slots is not None  # shards in other processes
     shard_task = simulate_shard.with_options(retries=exp.simulation.max_retries, retry_delay_seconds=exp.simulation.retry_delay_s)
     with ctx.stage_run("simulate", parent_run_id) as run:
         memory, opened = None, None
         # one budget per endpoint: thread shards share this process's limits; Dask shards
         # share Prefect's global limits (created here, before they start) when a server is set
         limits = limits_for(exp, ctx.settings, other_processes=bool(exp.simulation.dask))
-        if exp.memory_enabled and not exp.simulation.dask:
+        if exp.memory_enabled and not elsewhere:
             # thread shards share one in-process memory (local Qdrant allows one client per path)
             memory, opened = open_memory(exp, ctx.settings, embedder_for(ctx.settings))
         # callbacks and in-process memory cannot travel to Dask workers
-        local_progress = None if exp.simulation.dask else progress
+        local_progress = None if elsewhere else progress
         meter = ctx.meter(budget_spent)
-        # Dask workers rebuild the settings from their own environment and working directory:
+        # Dask workers and worker processes rebuild the settings from their own environment and cwd:
         # give them this run's data dir, resolved, so every shard writes to the same run folder
-        overrides = {**ctx.overrides, "data_dir": str(ctx.settings.root)} if exp.simulation.dask else ctx.overrides
+        overrides = {**ctx.overrides, "data_dir": str(ctx.settings.root)} if elsewhere else ctx.overrides
         try:
             futures = [
                 shard_task.submit(exp, overrides, part, index, len(shards), local_progress, memory,
-                                  _shard_meter(meter, exp, len(shards)), None if exp.simulation.dask else limits)
+                                  _shard_meter(meter, exp, len(shards)), None if elsewhere else limits, slots)
                 for index, part in enumerate(shards)
             ]
             results = []
             for future in futures:
                 results.append(future.result())
-                if exp.simulation.dask:
+                if elsewhere:
                     emit(progress, _shard_event(results[-1], len(results) - 1))
         finally:
             if opened is not None:
@@ -252,9 +266,9 @@ def _process_counts(processes: list[ShardProcess], shards: int) -> dict[str, flo
 
 
 def _shard_meter(meter: BudgetMeter | None, experiment: Experiment, shards: int) -> BudgetMeter | None:
-    """The meter a shard charges: the run's own for thread shards; for Dask shards (other
-    processes, which share nothing) a meter of an equal share of what is left."""
-    if meter is None or not experiment.simulation.dask:
+    """The meter a shard charges: the run's own for thread shards; for shards in other processes
+    (Dask, worker processes: they share nothing) a meter of an equal share of what is left."""
+    if meter is None or not (experiment.simulation.dask or experiment.simulation_processes() > 1):
         return meter
     return BudgetMeter.start(meter.budget.remaining(meter.spent).share(shards), meter.prices)
 

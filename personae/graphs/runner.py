@@ -29,11 +29,13 @@ from personae.embeddings.base import Embedder
 from personae.errors import BudgetExceeded, ConfigError, ModelCallError, PersonaeError
 from personae.graphs.checkpoint import checkpointed_threads, sqlite_checkpointer
 from personae.graphs.config import GraphConfig, validate_conversation
+from personae.graphs.pool import Processes, resolve_processes
 from personae.graphs.prebuilt import build_graph, recursion_limit
 from personae.graphs.sessions import Sessions
 from personae.ids import stable_id
 from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts
 from personae.llm.gateway import Gateway
+from personae.llm.limits import Limits
 from personae.models import Conversation, ConversationStatus, Participant, Persona, Scenario, StopReason, Utterance, is_event
 from personae.nodes.orchestrator import pick_opener
 from personae.nodes.state import DialogueState, RunContext, derive_seed, initial_state
@@ -86,6 +88,12 @@ class BatchResult(BaseModel):
     wall_s: float
     failed_before: int = 0
     blocked: int = 0
+    processes: int = 1
+    """Processes the batch ran in (1: the calling process; more: worker processes, see :mod:`personae.graphs.pool`)."""
+    worker_cpu_s: float = 0.0
+    """CPU seconds the worker processes spent on their parts (0 when the batch ran in the calling process)."""
+    startup_s: float = 0.0
+    """Seconds of the batch's wall time before its slowest worker process began its part (spawning and imports)."""
 
     @property
     def unfinished(self) -> int:
@@ -434,7 +442,8 @@ def latest_conversations(path: str | Path) -> list[Conversation]:
 
 
 BATCH_GC_THRESHOLD = 50_000
-"""Young-generation threshold of the cyclic garbage collector while a batch runs (see :func:`simulate_batch`)."""
+"""Young-generation threshold of the cyclic garbage collector in a batch's worker processes, and for
+``simulate_batch(gc_threshold=...)`` (see :func:`simulate_batch`)."""
 
 
 async def simulate_batch(
@@ -451,8 +460,10 @@ async def simulate_batch(
     prompts: Any = None,
     answer_schema: type[BaseModel] | None = None,
     max_consecutive_failures: int | None = 10,
-    gc_threshold: int | None = BATCH_GC_THRESHOLD,
+    gc_threshold: int | None = None,
     graph_factory: Callable[[Any], Any] | None = None,
+    processes: Processes = 1,
+    gateway_factory: Callable[[Limits], Gateway] | None = None,
 ) -> BatchResult:
     """Run ``jobs`` concurrently; append each finished conversation to ``out_path``.
 
@@ -467,13 +478,23 @@ async def simulate_batch(
     last error instead of burning through every job; what finished is written, in-flight
     conversations stay in their checkpoints, and a rerun resumes.
 
-    While the batch runs, Python's cyclic garbage collector runs its young-generation pass
-    after ``gc_threshold`` net allocations instead of the interpreter's 700 (restored
-    afterwards; ``None`` leaves the interpreter's setting alone). Hundreds of live
-    conversations allocate fast, and with the default the collector took a third of the
-    event loop's CPU, which is what bounds how many model calls overlap (bench/overlap.py:
-    efficiency at 64 calls in flight 0.66 → 0.83). Objects are still freed by reference
-    counting as before; only cycles wait a little longer.
+    ``processes`` > 1 (or ``"auto"``: see :func:`personae.graphs.pool.resolve_processes`)
+    spreads the jobs over that many spawned worker processes, one event loop each, under
+    one limit of calls in flight per endpoint shared by all of them (the limits of
+    ``gateway``'s endpoints; see :mod:`personae.graphs.pool`). Each worker builds its own
+    gateway with ``gateway_factory(limits)``, which must pickle (a module-level function or
+    a ``functools.partial`` of one), as must ``embedder``, ``prompts``, ``answer_schema``
+    and ``graph_factory``; their usage is added to ``gateway.usage``. ``memory`` (an
+    in-process store) and ``on_done`` (a callback) need ``processes=1``.
+
+    ``gc_threshold`` (opt-in) makes Python's cyclic garbage collector run its young-generation
+    pass after that many net allocations instead of the interpreter's 700 while the batch
+    runs in this process (restored afterwards). Hundreds of live conversations allocate fast,
+    and with the default the collector takes a large share of the event loop's CPU
+    (bench/scaling.py measures it). It changes a process-wide setting, so a library call
+    does not make it unasked; worker processes, which personae owns, always run with
+    :data:`BATCH_GC_THRESHOLD`. Objects are still freed by reference counting as before;
+    only cycles wait a little longer.
 
     ``graph_factory(checkpointer)`` builds the compiled graph every job runs on instead of
     the prebuilt graph its config names (e.g. :func:`personae.survey.survey_graph`).
@@ -497,6 +518,15 @@ async def simulate_batch(
             "a session must follow its group's previous session, which is neither in this batch nor recorded",
             field="jobs.after", expected=f"the previous sessions in the batch or in {out_path}", got=orphans[:5],
         )
+    workers = resolve_processes(processes, len(todo))
+    if workers > 1:
+        return await _in_processes(
+            jobs, workers, gateway=gateway, gateway_factory=gateway_factory, memory=memory, on_done=on_done, options={
+                "out_path": out_path, "checkpoint_path": checkpoint_path, "embedder": embedder, "concurrency": concurrency,
+                "retry_failed": retry_failed, "prompts": prompts, "answer_schema": answer_schema,
+                "max_consecutive_failures": max_consecutive_failures, "graph_factory": graph_factory,
+            },
+        )
     prior = {i: status == ConversationStatus.COMPLETE.value for i, status in recorded.items()}
     counts = {"completed": 0, "failed": 0, "blocked": 0}
     if checkpoint_path is not None and (todo or Path(checkpoint_path).exists()):
@@ -515,6 +545,28 @@ async def simulate_batch(
         skipped=len(jobs) - len(todo), wall_s=time.perf_counter() - started, failed_before=failed_before,
         blocked=counts["blocked"],
     )
+
+
+async def _in_processes(
+    jobs: Sequence[ConversationJob], workers: int, *, gateway: Gateway, gateway_factory: Callable[[Limits], Gateway] | None,
+    memory: Any, on_done: Callable[[Conversation], None] | None, options: dict[str, Any],
+) -> BatchResult:
+    """The batch over ``workers`` worker processes (:mod:`personae.graphs.pool`), after checking it can go there."""
+    from personae.graphs.pool import simulate_in_processes
+
+    if gateway_factory is None:
+        raise ConfigError(
+            "a batch in several processes needs gateway_factory: a live gateway cannot be shared between processes",
+            field="gateway_factory", expected="a picklable callable taking the worker's Limits and returning a Gateway",
+        )
+    if memory is not None:
+        raise ConfigError(
+            "memory is an in-process store: run a batch with memory in one process (processes=1)", field="processes",
+            expected="1 with memory", got=workers,
+        )
+    if on_done is not None:
+        raise ConfigError("on_done is called in the batch's process: it needs processes=1", field="on_done", got=workers)
+    return await simulate_in_processes(jobs, processes=workers, gateway=gateway, gateway_factory=gateway_factory, options=options)
 
 
 class _RaisedGcThreshold:

@@ -13,6 +13,7 @@ replays a failure: it asks the model again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -82,6 +83,14 @@ class UsageTracker:
     def record_failure(self, role: str) -> None:
         with self._lock:
             self.roles.setdefault(role, RoleUsage()).failures += 1
+
+    def add(self, roles: Mapping[str, RoleUsage]) -> None:
+        """Add another tracker's per-role counters (e.g. a worker process's) to these."""
+        with self._lock:
+            for role, counts in roles.items():
+                into = self.roles.setdefault(role, RoleUsage())
+                for f in dataclasses.fields(RoleUsage):
+                    setattr(into, f.name, getattr(into, f.name) + getattr(counts, f.name))
 
     def total(self) -> RoleUsage:
         """Counters summed over roles."""

@@ -16,16 +16,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from personae.llm import Gateway
+    from personae.llm.limits import Limits
     from personae.llm.openai_provider import OpenAICompatibleLLM
     from personae.testing.server import OpenAITestServer
 
-__all__ = ["openai_server", "openai_llm", "server_gateway"]
+__all__ = ["openai_server", "openai_llm", "server_gateway", "ServerGatewayFactory"]
 
 TEST_MODEL = "personae-test-chat"
 
@@ -75,3 +77,23 @@ async def server_gateway(
         yield gateway
     finally:
         await gateway.aclose()
+
+
+@dataclass(frozen=True)
+class ServerGatewayFactory:
+    """A picklable recipe for a gateway on a test server, for batches in worker processes
+    (``simulate_batch(processes=..., gateway_factory=...)``): called with a worker's limits."""
+
+    base_url: str
+    max_concurrency: int = 64
+    model: str = TEST_MODEL
+    timeout_s: float = 30.0
+    max_connections: int = 512
+
+    def __call__(self, limits: Limits) -> Gateway:
+        from personae.llm import Gateway
+        from personae.llm.openai_provider import OpenAICompatibleLLM
+
+        llm = OpenAICompatibleLLM(self.model, base_url=self.base_url, api_key="test", timeout_s=self.timeout_s,
+                                  max_connections=self.max_connections)
+        return Gateway(llm, cache=None, max_concurrency=self.max_concurrency, limits=limits)
