@@ -3,7 +3,10 @@
 Every persona is a pure function of the spec (seed, taxonomy, rules, quotas), its
 index and the personas before it (through de-duplication), so a rerun that finds
 ``personas.jsonl`` half written continues where it stopped and ends with exactly
-the population an uninterrupted run would have produced.
+the population an uninterrupted run would have produced. Without a model (no LLM
+validation, no crafting) first attempts come from vectorised chunks
+(:mod:`personae.population.columns`), each a pure function of the spec and its chunk
+number, so resuming mid-chunk redraws the chunk and gets the same personas.
 
 Files in ``out_dir``: ``personas.jsonl`` (appended batch by batch), ``rejects.jsonl``
 (every rejected proposal with its reason), ``population_work.jsonl`` (each written batch's
