@@ -262,6 +262,9 @@ def _population_rows(p: dict[str, Any]) -> str:
             line += (f" Without de-duplication the same population takes {bare[key]:.1f} {unit}; exact de-duplication "
                      f"(brute force in `dedup.py`, {main['size']:,}² similarities) adds {dedup_s:.1f} {unit}"
                      + (", the largest share" if dedup_s > bare[key] else "") + ".")
+            if bare.get("personas_per_cpu_s", target) < target:
+                line += (f" Even without it the path makes {bare['personas_per_cpu_s']:,.0f} personas per CPU second: mapping each persona to a validated "
+                         "`Persona` (description template, content hash) and the vectorised sampling still cost about 100 µs each (below).")
         notes.append(line)
     stages = p.get("stages_per_persona") or {}
     if stages and "error" not in stages:
