@@ -48,6 +48,7 @@ def cosine_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 _TOKEN = re.compile(r"\w+", re.UNICODE)
+_MEMO_LIMIT = 1_000_000
 
 
 class HashingEmbedder:
@@ -61,6 +62,7 @@ class HashingEmbedder:
         if dim < 8:
             raise ValueError(f"dim must be >= 8, got {dim}")
         self._dim = dim
+        self._memo: dict[str, int] = {}  # feature -> signed bucket, bounded by _MEMO_LIMIT
 
     @property
     def name(self) -> str:
@@ -74,14 +76,46 @@ class HashingEmbedder:
         words = [w.lower() for w in _TOKEN.findall(text)]
         return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
 
+    def _bucket(self, feature: str, dim: int) -> int:
+        """The signed bucket of a feature: ``±(bucket + 1)`` (memoised)."""
+        got = self._memo.get(feature)
+        if got is None:
+            value = int.from_bytes(hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest(), "little")
+            got = (value % dim + 1) if (value >> 63) & 1 else -(value % dim + 1)
+            if len(self._memo) >= _MEMO_LIMIT:
+                self._memo.clear()
+            self._memo[feature] = got
+        return got
+
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self._dim), dtype=np.float32)
-        for row, text in enumerate(texts):
-            for feature in self._features(text):
-                digest = hashlib.blake2b(feature.encode("utf-8"), digest_size=8).digest()
-                value = int.from_bytes(digest, "little")
-                out[row, value % self._dim] += 1.0 if (value >> 63) & 1 else -1.0
-        return normalize(out)
+        """Vectors for ``texts`` in one pass: each distinct word and word pair is hashed once
+        (memoised), then every text's signed buckets are summed with one ``bincount``."""
+        n, dim = len(texts), self._dim
+        if not n:
+            return np.zeros((0, dim), dtype=np.float32)
+        tokens: list[str] = []
+        counts: list[int] = []
+        for text in texts:
+            found = _TOKEN.findall(text)
+            tokens.extend(map(str.lower, found))
+            counts.append(len(found))
+        vocab = list(dict.fromkeys(tokens))
+        position = {w: i for i, w in enumerate(vocab)}
+        uni = np.array([self._bucket(w, dim) for w in vocab], dtype=np.int64)
+        tok = np.fromiter(map(position.__getitem__, tokens), dtype=np.int64, count=len(tokens))
+        row = np.repeat(np.arange(n, dtype=np.int64), counts)
+        # word pairs inside each text: consecutive tokens of the same row
+        same = row[1:] == row[:-1] if len(row) > 1 else np.zeros(0, bool)
+        left, right = tok[:-1][same], tok[1:][same]
+        pair_rows = row[1:][same]
+        pair_code = left * len(vocab) + right
+        uniq, inv = np.unique(pair_code, return_inverse=True)
+        pairs = np.array([self._bucket(f"{vocab[c // len(vocab)]} {vocab[c % len(vocab)]}", dim) for c in uniq.tolist()], dtype=np.int64)
+        signed = np.concatenate([uni[tok], pairs[inv.reshape(-1)]])
+        rows = np.concatenate([row, pair_rows])
+        flat = rows * dim + (np.abs(signed) - 1)
+        out = np.bincount(flat, weights=np.sign(signed).astype(np.float64), minlength=n * dim)
+        return normalize(out.reshape(n, dim).astype(np.float32))
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         return self.embed(texts)

@@ -40,7 +40,7 @@ def persona_text(persona: Persona, *, include_description: bool = True) -> str:
     Without crafting the description only restates attributes, so the engine then
     embeds the attribute values alone (``include_description=False``).
     """
-    values = "; ".join(format_value(v) for k, v in persona.attributes.items() if k != META_KEY)
+    values = "; ".join(v if type(v) is str else format_value(v) for k, v in persona.attributes.items() if k != META_KEY)
     return f"{persona.description}\n{values}" if include_description else values
 
 

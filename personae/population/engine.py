@@ -3,7 +3,10 @@
 Every persona is a pure function of the spec (seed, taxonomy, rules, quotas), its
 index and the personas before it (through de-duplication), so a rerun that finds
 ``personas.jsonl`` half written continues where it stopped and ends with exactly
-the population an uninterrupted run would have produced.
+the population an uninterrupted run would have produced. Without a model (no LLM
+validation, no crafting) first attempts come from vectorised chunks
+(:mod:`personae.population.columns`), each a pure function of the spec and its chunk
+number, so resuming mid-chunk redraws the chunk and gets the same personas.
 
 Files in ``out_dir``: ``personas.jsonl`` (appended batch by batch), ``rejects.jsonl``
 (every rejected proposal with its reason), ``population_work.jsonl`` (each written batch's
@@ -31,6 +34,7 @@ from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts, write_jso
 from personae.llm.gateway import Gateway
 from personae.memory.qdrant import QdrantHandle
 from personae.models import Persona
+from personae.population.columns import CHUNK, ColumnSampler
 from personae.population.conditions import Rule
 from personae.population.coverage import CoveragePlan, plan_coverage
 from personae.population.craft import craft_persona
@@ -107,6 +111,25 @@ class _Pipeline:
         self.prompts = prompts
         self.llm = LLMPlausibilityCheck(gateway, plan.taxonomy, prompts=prompts) if gateway is not None and spec.llm_validate else None
         self.gateway = gateway if gateway is not None and spec.craft else None
+        # the non-LLM path draws whole chunks of personas as numpy columns
+        self.columns = ColumnSampler(plan.sampler) if self.llm is None and self.gateway is None else None
+        self._chunk: tuple[int, Sequence[dict[str, Any] | None]] | None = None
+
+    def _from_columns(self, index: int) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """First-attempt attributes of ``index`` from its vectorised chunk (``None``: use the scalar sampler)."""
+        if self.columns is None:
+            return None
+        number = index // CHUNK
+        if self._chunk is None or self._chunk[0] != number:
+            indices = range(number * CHUNK, min(self.spec.size, (number + 1) * CHUNK))
+            self._chunk = (number, self.columns.sample_chunk(indices, [self._fixed(i) for i in indices], number))
+        attrs = self._chunk[1][index - number * CHUNK]
+        return None if attrs is None else (attrs, self._fixed(index))
+
+    def _fixed(self, index: int) -> dict[str, Any]:
+        """The values persona ``index`` starts from: its quota cell, then its coverage axes."""
+        axes = self.plan.coverage.values_for(index) if self.plan.coverage is not None else {}
+        return {**self.plan.quotas.cells[self.plan.cell_of(index)].values, **axes}
 
     def _sample(self, index: int, attempt: int, cell: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
         """Attributes, the values held fixed (quota cell and coverage axes), and how many axes fell back.
@@ -114,6 +137,8 @@ class _Pipeline:
         Coverage axes are drawn independently, so a combination may break a rule: then the
         trailing axes are left to the sampler, one at a time, until a persona fits.
         """
+        if attempt == 0 and (hit := self._from_columns(index)) is not None:
+            return hit[0], hit[1], 0
         axes = self.plan.coverage.values_for(index) if self.plan.coverage is not None else {}
         names = list(axes)
         for dropped in range(len(names) + 1):
@@ -128,6 +153,9 @@ class _Pipeline:
     async def _propose(self, index: int, attempt: int) -> tuple[ReviseOutcome, int, int]:
         cell_index = self.plan.cell_of(index)
         cell = self.plan.quotas.cells[cell_index]
+        if attempt == 0 and not self.validators and (hit := self._from_columns(index)) is not None:
+            # the vectorised draw checked every rule over the whole chunk: nothing left to validate
+            return ReviseOutcome(attrs=hit[0], accepted=True, history=[[]]), cell_index, 0
         attrs, fixed, dropped = self._sample(index, attempt, cell.values)
         outcome = await validate_and_revise(
             attrs,

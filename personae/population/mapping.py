@@ -130,7 +130,7 @@ def to_persona(attrs: Mapping[str, Any], taxonomy: Taxonomy, *, seed: int, index
         pi = info.get(path)
         if pi is None:
             continue
-        text = format_value(value)
+        text = value if type(value) is str else format_value(value)
         if path not in name_paths:
             layers[pi.layer].append(f"{pi.label}: {text}")
         if pi.style:

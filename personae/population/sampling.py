@@ -390,6 +390,34 @@ class PersonaSampler:
         raise _Infeasible(f"no combination of {leaf.path} fits the rules")
 
     def _numeric(self, leaf: Leaf, attrs: dict[str, Any], draws: _Draws) -> int | float:
+        lo, hi, mean, sd, normal, is_int = self.numeric_params(leaf, attrs)
+        rules = self._rules_for[leaf.path]
+        for _ in range(24):
+            value: float = mean + sd * draws.normal() if normal else lo + draws.uniform() * (hi - lo + (1 if is_int else 0))
+            if normal and not lo <= value <= hi:
+                value = lo + draws.uniform() * (hi - lo + (1 if is_int else 0)) if _ % 3 == 2 else value
+            out: int | float = min(int(math.floor(value + (0.5 if normal else 0.0))), int(hi)) if is_int else round(value, leaf.decimals)
+            if not lo <= out <= hi:
+                continue
+            if self._fits(leaf, out, rules, attrs):
+                return out
+        allowed = self.allowed_ints(leaf, attrs, lo, hi) if is_int else []
+        if allowed:
+            return allowed[draws.below(len(allowed))]
+        raise _Infeasible(f"no value of {leaf.path} fits the rules")
+
+    def allowed_ints(self, leaf: Leaf, attrs: dict[str, Any], lo: float, hi: float) -> list[int]:
+        """Every integer in ``[lo, hi]`` (at most 1001 of them) that breaks no rule of ``leaf`` given ``attrs``."""
+        if hi - lo > 1000:
+            return []
+        rules = self._rules_for[leaf.path]
+        return [v for v in range(int(lo), int(hi) + 1) if self._fits(leaf, v, rules, attrs)]
+
+    def numeric_params(self, leaf: Leaf, attrs: dict[str, Any]) -> tuple[float, float, float, float, bool, bool]:
+        """``(lo, hi, mean, sd, normal, is_int)`` of a numeric leaf given ``attrs`` (clauses, ``follows``, rule bounds).
+
+        Raises ``_Infeasible`` when the rules leave no room.
+        """
         lo, hi = leaf.range or (0.0, 1.0)
         mean, sd = leaf.mean, leaf.sd
         for clause in leaf.when:
@@ -415,20 +443,7 @@ class PersonaSampler:
             mean = (lo + hi) / 2
         if sd is None:
             sd = (hi - lo) / 4 or 1.0
-        for _ in range(24):
-            value: float = mean + sd * draws.normal() if normal else lo + draws.uniform() * (hi - lo + (1 if is_int else 0))
-            if normal and not lo <= value <= hi:
-                value = lo + draws.uniform() * (hi - lo + (1 if is_int else 0)) if _ % 3 == 2 else value
-            out: int | float = min(int(math.floor(value + (0.5 if normal else 0.0))), int(hi)) if is_int else round(value, leaf.decimals)
-            if not lo <= out <= hi:
-                continue
-            if self._fits(leaf, out, rules, attrs):
-                return out
-        if is_int and hi - lo <= 1000:
-            allowed = [v for v in range(int(lo), int(hi) + 1) if self._fits(leaf, v, rules, attrs)]
-            if allowed:
-                return allowed[draws.below(len(allowed))]
-        raise _Infeasible(f"no value of {leaf.path} fits the rules")
+        return lo, hi, mean, sd, normal, is_int
 
     @staticmethod
     def _fits(leaf: Leaf, value: Any, rules: list[Rule], attrs: dict[str, Any]) -> bool:
