@@ -59,3 +59,9 @@ def test_cli_server_simulates_the_prompt_cache_and_the_quota_over_http():
     assert 0 < usage[1]["prompt_tokens_details"]["cached_tokens"] < usage[1]["prompt_tokens"]
     assert replies[1].headers["x-ratelimit-limit-requests"] == "600"  # the default 60 s window: the quota per minute
     assert int(replies[1].headers["x-ratelimit-remaining-requests"]) in (598, 599)  # 599 if the bucket refilled one between
+
+
+def test_embedding_format_flags_reach_the_config():
+    config = config_from_options(embedding_formats="float", embedding_ignore_format=True)
+    assert config.embedding_formats == ["float"] and config.embedding_ignore_format
+    assert config_from_options().embedding_formats == ["float", "base64"]

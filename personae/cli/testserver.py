@@ -49,6 +49,13 @@ def register(app: typer.Typer) -> None:
             "shows whether a client really overlaps that many calls.",
         ),
         hold: float = typer.Option(60.0, help="Longest a reply waits for --hold-until-in-flight before it is answered anyway (s)."),
+        embedding_formats: str = typer.Option(
+            "float,base64", help="Comma-separated encoding_format values the embeddings endpoint accepts; another gets HTTP 400 "
+            "(OpenAI accepts both; 'float' alone mimics a server without base64).",
+        ),
+        embedding_ignore_format: bool = typer.Option(
+            False, help="Answer embeddings with float lists whatever encoding_format asks, as some OpenAI-compatible servers do.",
+        ),
     ) -> None:
         """Serve a fake OpenAI-compatible API (chat, embeddings, models) until Ctrl-C.
 

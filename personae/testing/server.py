@@ -606,6 +606,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hold-until-in-flight", type=int, default=0, help="hold replies until this many requests are in flight (0: off)")
     p.add_argument("--hold", type=float, default=60.0, help="longest a reply waits for --hold-until-in-flight")
     p.add_argument("--hang", type=float, default=30.0, help="longest a 'timeout' fault hangs")
+    p.add_argument("--embedding-formats", default="float,base64", help="comma-separated encoding_format values the embeddings endpoint accepts")
+    p.add_argument("--embedding-ignore-format", action="store_true", help="answer embeddings with floats whatever encoding_format asks")
     return p
 
 
@@ -626,6 +628,8 @@ def config_from_options(
     hold_until_in_flight: int = 0,
     hold: float = 60.0,
     hang: float = 30.0,
+    embedding_formats: str = "float,base64",
+    embedding_ignore_format: bool = False,
 ) -> TestServerConfig:
     """A config from command-line style options (``faults`` comma-separated); bad values raise ConfigError."""
     return validate_data(
@@ -646,6 +650,8 @@ def config_from_options(
             "hold_until_in_flight": hold_until_in_flight,
             "hold_s": hold,
             "hang_s": hang,
+            "embedding_formats": [f.strip() for f in embedding_formats.split(",") if f.strip()],
+            "embedding_ignore_format": embedding_ignore_format,
         },
         what="test server options",
     )
