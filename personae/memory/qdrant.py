@@ -159,7 +159,7 @@ def migrate_local_store(path: str | os.PathLike) -> MigrationReport | None:
     and checked by count; the old files then move to ``path/local-mode-backup-<time>``.
     A crash midway leaves the old store untouched (the copy is redone on the next open).
     Returns ``None`` when there is nothing to migrate. :func:`open_qdrant` calls this
-    itself; it is public for migrating ahead of a run (``personae memory migrate``).
+    itself; call it to migrate ahead of a run.
     """
     local = Path(path)
     fd = _lock(local)

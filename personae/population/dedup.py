@@ -46,7 +46,10 @@ log = logging.getLogger(__name__)
 _UPSERT_CHUNK = 512
 _QUERY_CHUNK = 1024
 _SCROLL_PAGE = 4096
-_HNSW_EF = 64
+_BLOCK = 1024
+_ROW_CHUNK = 8192
+_HNSW_EF = 32
+_EF_CONSTRUCT = 32
 
 
 def persona_text(persona: Persona, *, include_description: bool = True) -> str:
@@ -72,11 +75,12 @@ class Scan:
     col_arg: np.ndarray  # position in the index of that best match (-1 if empty)
 
 
-def _shard_config(dim: int) -> qe.EdgeConfig:
+def _shard_config(dim: int, exact_tail: int) -> qe.EdgeConfig:
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot),  # vectors are normalised: dot = cosine
-        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=64, full_scan_threshold=1),
-        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1, default_segment_number=2),
+        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=_EF_CONSTRUCT, full_scan_threshold=1),
+        # index every flushed tail as its own segment; no merges, so nothing is indexed twice
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1, default_segment_number=64, max_segment_size=max(1, exact_tail * dim * 4 // 1024)),
         wal_enabled=False,  # scratch data, rebuilt from the personas on resume
     )
 
@@ -103,7 +107,7 @@ class DedupIndex:
         collection: str = "personae_population",
         population: str = "",
         workdir: Path | None = None,
-        exact_tail: int = 8192,
+        exact_tail: int = 16384,
     ) -> None:
         if exact_tail < 1:
             raise ConfigError("bad exact tail", field="exact_tail", expected="an integer >= 1", got=exact_tail)
@@ -123,7 +127,7 @@ class DedupIndex:
         if workdir is not None:
             Path(workdir).mkdir(parents=True, exist_ok=True)
         self._dir = Path(tempfile.mkdtemp(prefix="personae-dedup-", dir=workdir))
-        self._shard: qe.EdgeShard | None = qe.EdgeShard.create(str(self._dir / "shard"), _shard_config(self.dim))
+        self._shard: qe.EdgeShard | None = qe.EdgeShard.create(str(self._dir / "shard"), _shard_config(self.dim, exact_tail))
         self._cleanup = weakref.finalize(self, _remove, self._shard, self._dir)
 
     def __len__(self) -> int:
@@ -177,13 +181,13 @@ class DedupIndex:
             if hits:
                 col_arg[j], col_max[j] = hits[0]
         recent = len(self.ids) - self._indexed
-        if recent and m:
-            block = self._tail[:recent] @ batch.T  # rows: recent, cols: batch
+        for start in range(0, recent if m else 0, _ROW_CHUNK):
+            block = self._tail[start : min(recent, start + _ROW_CHUNK)] @ batch.T  # rows: recent, cols: batch
             arg = block.argmax(axis=0)
             best = block[arg, np.arange(m)]
             better = best > col_max
             col_max[better] = best[better]
-            col_arg[better] = arg[better] + self._indexed
+            col_arg[better] = arg[better] + self._indexed + start
         return Scan(col_max, col_arg)
 
     def is_duplicate(self, similarity: float) -> bool:
@@ -244,15 +248,12 @@ class DedupIndex:
             for j, hits in enumerate(self._engine_best(vecs, limit=2)):
                 nn[start + j] = max((s for pos, s in hits if pos != start + j), default=-1.0)
             if recent:
-                np.maximum(nn[start : start + len(vecs)], (vecs @ tail.T).max(axis=1), out=nn[start : start + len(vecs)])
-        if recent:
-            for j, hits in enumerate(self._engine_best(tail)):
-                if hits:
-                    nn[self._indexed + j] = hits[0][1]
-            inner = tail @ tail.T
-            np.fill_diagonal(inner, -1.0)
-            if recent > 1:
-                np.maximum(nn[self._indexed :], inner.max(axis=1), out=nn[self._indexed :])
+                nn[start : start + len(vecs)] = np.maximum(nn[start : start + len(vecs)], _best_rows(vecs, tail))
+        for j, hits in enumerate(self._engine_best(tail)):
+            if hits:
+                nn[self._indexed + j] = hits[0][1]
+        if recent > 1:
+            nn[self._indexed :] = np.maximum(nn[self._indexed :], _best_rows(tail, tail, skip_diagonal=True))
         self._nn = nn
         return nn.copy()
 
@@ -336,6 +337,18 @@ class DedupIndex:
         for start in range(0, len(ids), 4096):
             chunk = list(ids[start : start + 4096])
             self.add(normalize(np.stack([found[pid] for pid in chunk])), chunk, persist=False)
+
+
+def _best_rows(rows: np.ndarray, cols: np.ndarray, *, skip_diagonal: bool = False) -> np.ndarray:
+    """Each row's highest dot product with ``cols`` (block by block, so memory stays small)."""
+    best = np.full(len(rows), -1.0, dtype=np.float32)
+    for start in range(0, len(rows), _BLOCK):
+        block = rows[start : start + _BLOCK] @ cols.T
+        if skip_diagonal:
+            idx = np.arange(len(block))
+            block[idx, idx + start] = -1.0
+        best[start : start + len(block)] = block.max(axis=1)
+    return best
 
 
 def _remove(shard: qe.EdgeShard | None, folder: Path) -> None:
