@@ -1,7 +1,7 @@
 """Memory retrieval latency of AgentMemory at 1k, 10k and 100k memories.
 
 The embedded engines, on disk in a temporary folder: Qdrant Edge (``edge``, the
-default since issue 17: Qdrant's engine in process, payload indexes, HNSW) and
+default since issue 17: Qdrant's engine in process, payload indexes, exact scoring of the filtered points) and
 qdrant-client local mode (``local``, the earlier default, which filters in Python),
 in one run so the rows compare; a Qdrant server too when ``PERSONAE_QDRANT_URL`` is
 set (a throw-away collection, deleted afterwards). Memories are spread over 20

@@ -23,6 +23,7 @@ from personae.memory import (
     QdrantHandle,
     heuristic_importance,
     memory_id,
+    migrate_local_store,
     open_qdrant,
 )
 
@@ -278,6 +279,7 @@ async def test_a_local_mode_store_is_migrated_to_the_engine_on_first_open(tmp_pa
     with open_qdrant(path=path) as h:  # nothing left to migrate: the engine's store opens as is
         assert AgentMemory(h, hashing_embedder).count() == len(before) + 1
     assert len(list(path.glob("local-mode-backup-*"))) == 1
+    assert migrate_local_store(path) is None  # nothing left to migrate
 
 
 async def test_export_import_round_trip_into_a_fresh_store(tmp_path, hashing_embedder):

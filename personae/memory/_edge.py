@@ -1,12 +1,17 @@
 """Qdrant Edge (Qdrant's own engine, in process) behind the part of QdrantClient's API personae uses.
 
 One folder per collection under the store's ``edge/`` folder: ``shard/`` holds the
-:class:`qdrant_edge.EdgeShard` (segments, HNSW, payload indexes, write-ahead log) and
+:class:`qdrant_edge.EdgeShard` (segments, payload indexes, write-ahead log) and
 ``collection.json`` the vector size, distance and metadata (a shard has no names or
 metadata of its own). Requests and results use ``qdrant_client.models``, so the memory
 and de-duplication code is the same against a Qdrant server and against the embedded
 engine. Not thread-safe by contract: callers hold ``QdrantHandle.lock`` (the shard
 itself may be called from any thread).
+
+No optimizer runs in process, so a collection's points stay in plain (exact)
+segments: a filtered search goes through the keyword payload indexes and scores the
+matching vectors exactly, which at personae's per-agent sizes is faster than an
+HNSW graph is to build. :meth:`EdgeStore.optimize` builds the graph on demand.
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ class EdgeCollectionInfo:
 
 
 def edge_config(size: int, distance: models.Distance = models.Distance.COSINE, *, wal: bool = True) -> qe.EdgeConfig:
-    """The shard configuration for vectors of ``size`` (HNSW built by :meth:`EdgeShard.optimize`)."""
+    """The shard configuration for vectors of ``size`` (an HNSW graph is built only by ``optimize``)."""
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=size, distance=_DISTANCE[distance]),
         hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000),
@@ -288,6 +293,10 @@ class EdgeStore:
             shard.update(qe.UpdateOperation.delete_points(_ids(points_selector.points)))
         else:
             shard.update(qe.UpdateOperation.delete_points(_ids(points_selector)))
+
+    def optimize(self, collection_name: str) -> bool:
+        """Run the engine's optimizers (HNSW, merges) on a collection, blocking; whether anything changed."""
+        return self.shard(collection_name).optimize()
 
     def close(self) -> None:
         """Flush and close every open shard."""

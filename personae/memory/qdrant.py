@@ -1,7 +1,7 @@
 """Opening Qdrant: the embedded engine on disk (default) or a server URL.
 
-On a local path personae runs Qdrant Edge, Qdrant's own engine in process (HNSW,
-payload indexes, write-ahead log), through :class:`~personae.memory._edge.EdgeStore`.
+On a local path personae runs Qdrant Edge, Qdrant's own engine in process (payload
+indexes, write-ahead log), through :class:`~personae.memory._edge.EdgeStore`.
 qdrant-client's local mode (``backend="local"``), which scores every filtered search in
 Python, stays available for comparison and for reading stores written before; such a
 store is migrated to the engine the first time it is opened (see
