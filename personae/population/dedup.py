@@ -47,6 +47,7 @@ _UPSERT_CHUNK = 512
 _QUERY_CHUNK = 1024
 _SCROLL_PAGE = 4096
 _BLOCK = 1024
+_NN_HITS = 8
 _ROW_CHUNK = 8192
 _HNSW_EF = 32
 _EF_CONSTRUCT = 32
@@ -69,10 +70,12 @@ def point_id(persona_id: str) -> str:
 
 @dataclass
 class Scan:
-    """Best matches of a batch of vectors among the accepted ones at scan time."""
+    """Similarities of a batch of vectors to the index at scan time."""
 
     col_max: np.ndarray  # best similarity of each batch vector to the index (-1 if empty)
     col_arg: np.ndarray  # position in the index of that best match (-1 if empty)
+    row_max: np.ndarray | None = None  # best similarity of each exact-tail vector to the batch
+    hits: list[list[tuple[int, float]]] | None = None  # each batch vector's nearest indexed points (the engine's)
 
 
 def _shard_config(dim: int, exact_tail: int) -> qe.EdgeConfig:
@@ -121,7 +124,7 @@ class DedupIndex:
         self.ids: list[str] = []
         self._tail = np.zeros((exact_tail, self.dim), dtype=np.float32)
         self._indexed = 0  # positions [0, _indexed) are in the shard, the rest in _tail
-        self._nn: np.ndarray | None = None
+        self._nn = np.zeros(0, dtype=np.float32)
         if qdrant is not None:
             self._ensure_collection()
         if workdir is not None:
@@ -177,10 +180,12 @@ class DedupIndex:
         m = len(batch)
         col_max = np.full(m, -1.0, dtype=np.float32)
         col_arg = np.full(m, -1, dtype=np.int64)
-        for j, hits in enumerate(self._engine_best(batch)):
-            if hits:
-                col_arg[j], col_max[j] = hits[0]
+        hits = self._engine_best(batch, limit=_NN_HITS)
+        for j, found in enumerate(hits):
+            if found:
+                col_arg[j], col_max[j] = found[0]
         recent = len(self.ids) - self._indexed
+        row_max = np.full(recent, -1.0, dtype=np.float32)
         for start in range(0, recent if m else 0, _ROW_CHUNK):
             block = self._tail[start : min(recent, start + _ROW_CHUNK)] @ batch.T  # rows: recent, cols: batch
             arg = block.argmax(axis=0)
@@ -188,7 +193,8 @@ class DedupIndex:
             better = best > col_max
             col_max[better] = best[better]
             col_arg[better] = arg[better] + self._indexed + start
-        return Scan(col_max, col_arg)
+            row_max[start : start + len(block)] = block.max(axis=1)
+        return Scan(col_max, col_arg, row_max, hits)
 
     def is_duplicate(self, similarity: float) -> bool:
         """Whether a similarity counts as a near-duplicate."""
@@ -196,17 +202,26 @@ class DedupIndex:
 
     # ---- adding -------------------------------------------------------------------------
     def add(self, vectors: np.ndarray, ids: Sequence[str], *, scan: Scan | None = None, payloads: Sequence[dict] | None = None, persist: bool = True) -> None:
-        """Accept ``vectors`` (with persona ``ids``) and, with a Qdrant handle and ``persist``, upsert them there.
+        """Accept ``vectors`` (with persona ``ids``); ``scan`` must be of exactly these vectors.
 
-        ``scan`` is accepted for compatibility and not needed: the index keeps no
-        per-pair state, nearest-neighbour similarities are computed when asked.
+        Updates every persona's nearest-neighbour similarity and, if a Qdrant handle
+        was given and ``persist``, upserts the points.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         if len(vectors) != len(ids):
             raise ValueError("vectors and ids differ in length")
         if not len(vectors):
             return
-        self._nn = None
+        recent = len(self.ids) - self._indexed
+        if scan is None or scan.hits is None or scan.row_max is None or len(scan.col_max) != len(vectors) or len(scan.row_max) != recent:
+            scan = self.scan(vectors)
+        for found in scan.hits or []:  # the new vectors are neighbours of their nearest indexed points too
+            for pos, similarity in found:
+                self._nn[pos] = max(self._nn[pos], similarity)
+        tail_nn = self._nn[self._indexed : self._indexed + recent]
+        np.maximum(tail_nn, scan.row_max, out=tail_nn)
+        nn_new = np.maximum(scan.col_max, _best_rows(vectors, vectors, skip_diagonal=True))
+        self._nn = np.concatenate([self._nn, nn_new])
         done = 0
         while done < len(vectors):
             recent = len(self.ids) - self._indexed
@@ -235,35 +250,11 @@ class DedupIndex:
     def nearest_similarity(self) -> np.ndarray:
         """For each accepted persona, its highest cosine similarity to another one (-1 if alone).
 
-        One pass over the accepted vectors (read back from the engine page by page),
-        each asking the engine for its two nearest points (itself and the nearest
-        other) and checking the exact tail; cached until the next :meth:`add`.
+        Exact among personas accepted within ``exact_tail`` of each other; otherwise an
+        older persona learns of a newer neighbour when it is among the newer one's
+        nearest indexed points (the engine's top hits), so a value can only fall short.
         """
-        if self._nn is not None:
-            return self._nn.copy()
-        n, recent = len(self.ids), len(self.ids) - self._indexed
-        nn = np.full(n, -1.0, dtype=np.float32)
-        tail = self._tail[:recent]
-        for start, vecs in self._indexed_pages():
-            for j, hits in enumerate(self._engine_best(vecs, limit=2)):
-                nn[start + j] = max((s for pos, s in hits if pos != start + j), default=-1.0)
-            if recent:
-                nn[start : start + len(vecs)] = np.maximum(nn[start : start + len(vecs)], _best_rows(vecs, tail))
-        for j, hits in enumerate(self._engine_best(tail)):
-            if hits:
-                nn[self._indexed + j] = hits[0][1]
-        if recent > 1:
-            nn[self._indexed :] = np.maximum(nn[self._indexed :], _best_rows(tail, tail, skip_diagonal=True))
-        self._nn = nn
-        return nn.copy()
-
-    def _indexed_pages(self):
-        """``(first position, vectors)`` of the indexed points, in position order."""
-        for start in range(0, self._indexed, _SCROLL_PAGE):
-            stop = min(self._indexed, start + _SCROLL_PAGE)
-            records = self._engine().retrieve(list(range(start, stop)), False, True)
-            by_id = {int(r.id): r.vector for r in records}
-            yield start, np.asarray([by_id[i] for i in range(start, stop)], dtype=np.float32)
+        return self._nn.copy()
 
     def uniqueness(self) -> float | None:
         """Mean nearest-neighbour cosine distance (``1 - similarity``); ``None`` below two personas."""
