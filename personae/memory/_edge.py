@@ -3,9 +3,10 @@
 One folder per collection under the store's ``edge/`` folder: ``shard/`` holds the
 :class:`qdrant_edge.EdgeShard` (segments, payload indexes, write-ahead log) and
 ``collection.json`` the vector size, distance and metadata (a shard has no names or
-metadata of its own). Requests and results use ``qdrant_client.models``, so the memory
+metadata of its own). Requests use ``qdrant_client.models``, so the memory
 and de-duplication code is the same against a Qdrant server and against the embedded
-engine. Not thread-safe by contract: callers hold ``QdrantHandle.lock`` (the shard
+engine (results are light records with the same ``id``, ``payload``, ``vector`` and
+``score`` fields). Not thread-safe by contract: callers hold ``QdrantHandle.lock`` (the shard
 itself may be called from any thread).
 
 No optimizer runs in process, so a collection's points stay in plain (exact)
@@ -32,7 +33,7 @@ from qdrant_client import models
 
 from personae.errors import ConfigError
 
-__all__ = ["EdgeStore", "EdgeCollectionInfo", "EdgeQueryResult", "edge_filter", "edge_config"]
+__all__ = ["EdgeStore", "EdgeCollectionInfo", "EdgeQueryResult", "EdgeRecord", "EdgeScoredPoint", "edge_filter", "edge_config"]
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,30 @@ class _Config:
     metadata: dict[str, Any] | None
 
 
+@dataclass(frozen=True, slots=True)
+class EdgeRecord:
+    """A point as ``retrieve`` and ``scroll`` answer it (the fields of ``models.Record`` personae reads)."""
+
+    id: int | str
+    payload: dict[str, Any] | None
+    vector: list[float] | None
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeScoredPoint:
+    """A point as ``query_points`` answers it (the fields of ``models.ScoredPoint`` personae reads)."""
+
+    id: int | str
+    score: float
+    payload: dict[str, Any] | None
+    vector: list[float] | None
+
+
 @dataclass(frozen=True)
 class EdgeQueryResult:
     """What ``query_points`` answers: the scored points, best first."""
 
-    points: list[models.ScoredPoint]
+    points: list[EdgeScoredPoint]
 
 
 @dataclass(frozen=True)
@@ -83,6 +103,7 @@ def edge_config(size: int, distance: models.Distance = models.Distance.COSINE, *
     return qe.EdgeConfig(
         vectors=qe.EdgeVectorParams(size=size, distance=_DISTANCE[distance]),
         hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10_000),
+        payload_memory=qe.Memory.Cached,
         wal_enabled=wal,
     )
 
@@ -136,8 +157,8 @@ def _with_payload(value: bool | Sequence[str]) -> Any:
     return value if isinstance(value, bool) else qe.PayloadSelector.Include(list(value))
 
 
-def _record(r: Any) -> models.Record:
-    return models.Record.model_construct(id=_out_id(r.id), payload=r.payload, vector=r.vector, shard_key=None, order_value=None)
+def _record(r: Any) -> EdgeRecord:
+    return EdgeRecord(_out_id(r.id), r.payload, r.vector)
 
 
 class EdgeStore:
@@ -229,7 +250,7 @@ class EdgeStore:
         self.shard(collection_name).update(qe.UpdateOperation.create_field_index(field_name, schema))
 
     # ---- reads -------------------------------------------------------------------
-    def retrieve(self, collection_name: str, ids: Sequence[Any], with_payload: bool | Sequence[str] = True, with_vectors: bool = False, **_: Any) -> list[models.Record]:
+    def retrieve(self, collection_name: str, ids: Sequence[Any], with_payload: bool | Sequence[str] = True, with_vectors: bool = False, **_: Any) -> list[EdgeRecord]:
         if not ids:
             return []
         return [_record(r) for r in self.shard(collection_name).retrieve(_ids(ids), _with_payload(with_payload), bool(with_vectors))]
@@ -250,7 +271,7 @@ class EdgeStore:
             with_payload=_with_payload(with_payload), with_vector=bool(with_vectors), score_threshold=score_threshold,
         )
         points = [
-            models.ScoredPoint.model_construct(id=_out_id(p.id), version=p.version, score=p.score, payload=p.payload, vector=p.vector, shard_key=None, order_value=None)
+            EdgeScoredPoint(_out_id(p.id), p.score, p.payload, p.vector)
             for p in self.shard(collection_name).query(request)
         ]
         return EdgeQueryResult(points)
@@ -264,7 +285,7 @@ class EdgeStore:
         with_payload: bool | Sequence[str] = True,
         with_vectors: bool = False,
         **_: Any,
-    ) -> tuple[list[models.Record], Any]:
+    ) -> tuple[list[EdgeRecord], Any]:
         request = qe.ScrollRequest(
             offset=None if offset is None else _ids([offset])[0], limit=limit, filter=edge_filter(scroll_filter),
             with_payload=_with_payload(with_payload), with_vector=bool(with_vectors),
