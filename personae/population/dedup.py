@@ -49,9 +49,9 @@ _SCROLL_PAGE = 4096
 _BLOCK = 1024
 _NN_HITS = 8
 _ROW_CHUNK = 8192
-_HNSW_EF = 32
-_M = 8  # a near-duplicate sits very close to its original: a sparse graph finds it, and builds twice as fast
-_EF_CONSTRUCT = 16
+_HNSW_EF = 64
+_M = 16  # m=8 / ef_construct=16 built 2.5x faster but missed 16 % of the planted near-duplicates at 100k (bench/dedup.py)
+_EF_CONSTRUCT = 32
 
 
 def persona_text(persona: Persona, *, include_description: bool = True) -> str:
