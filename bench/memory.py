@@ -1,27 +1,30 @@
 """Memory retrieval latency of AgentMemory at 1k, 10k and 100k memories.
 
-Qdrant local mode (on disk, in a temporary folder) always; a Qdrant server too
-when ``PERSONAE_QDRANT_URL`` is set (a throw-away collection, deleted afterwards).
-Memories are spread over 20 agents (50, 500 and 5,000 per agent) with the hashing
-embedder (256 dimensions), so the figures are the store's and personae's, not an
-embedding model's. ``retrieve(agent, query, k=5)`` is timed on both candidate paths:
+The embedded engines, on disk in a temporary folder: Qdrant Edge (``edge``, the
+default since issue 17: Qdrant's engine in process, payload indexes, exact scoring of the filtered points) and
+qdrant-client local mode (``local``, the earlier default, which filters in Python),
+in one run so the rows compare; a Qdrant server too when ``PERSONAE_QDRANT_URL`` is
+set (a throw-away collection, deleted afterwards). Memories are spread over 20
+agents (50, 500 and 5,000 per agent) with the hashing embedder (256 dimensions), so
+the figures are the store's and personae's, not an embedding model's.
+``retrieve(agent, query, k=5)`` is timed on both candidate paths:
 
-* default — what a user gets: in local mode an agent with ≤ 1,000 memories has all
-  of them scored exhaustively, above that one filtered vector search plus the
-  agent's most recent memories;
+* default — what a user gets: in an embedded store an agent with ≤ 1,000 memories
+  has all of them scored exhaustively, above that one filtered vector search plus
+  the agent's most recent memories;
 * vector search — one filtered Qdrant query (+ recent memories) at every size.
 
 How the stores are built: the 1k store through the public write path
-(``observe_many`` in batches of 500), whose rate is reported; Qdrant local mode
-commits every point to its SQLite file separately (~500 points/s), so the 10k
-and 100k stores are written through AgentMemory's own batched insert (the same
-payloads and ids as ``observe_many``, no duplicate check) after switching the
-collection's SQLite file to WAL with ``synchronous=NORMAL``. The store is then
-closed and reopened, so retrieval starts from disk like a new process; the first
-retrieval (which loads the per-agent summary) is reported apart. Above 20k
-memories only 10 queries per path are timed (each takes seconds in local mode).
+(``observe_many`` in batches of 500), whose rate is reported; the 10k and 100k
+stores through AgentMemory's own batched insert (the same payloads and ids as
+``observe_many``, no duplicate check), in local mode after switching the
+collection's SQLite file to WAL with ``synchronous=NORMAL`` (local mode commits
+every point separately, ~500 points/s). The store is then closed and reopened, so
+retrieval starts from disk like a new process; the first retrieval (which loads
+the agent's summary) is reported apart. Above 20k memories only
+``--queries-large`` queries per path are timed (each takes about a second in local mode).
 
-    python bench/memory.py --sizes 1000 10000 100000
+    python bench/memory.py --sizes 1000 10000 100000 --backends edge local
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ async def _build(handle: QdrantHandle, embedder: HashingEmbedder, collection: st
         how = "observe_many"
     else:
         memory._store.ensure()  # noqa: SLF001 - bench-only bulk load through AgentMemory's own insert
-        if handle.is_local:
+        if handle.backend == "local":
             _fast_local_writes(handle, collection)
         for start in range(0, size, 5000):
             chunk = observations[start : start + 5000]
@@ -89,7 +92,7 @@ async def _build(handle: QdrantHandle, embedder: HashingEmbedder, collection: st
                 for o, vec in zip(chunk, vectors)
             ]
             memory._locked(memory._insert, items)  # noqa: SLF001
-        how = "batched insert" + (" (SQLite WAL, synchronous=NORMAL)" if handle.is_local else "")
+        how = "batched insert" + (" (SQLite WAL, synchronous=NORMAL)" if handle.backend == "local" else "")
     write_s = time.perf_counter() - started
     return {"write": how, "write_s": write_s, "writes_per_s": size / write_s}
 
@@ -109,12 +112,12 @@ async def _time(memory: AgentMemory, queries: int) -> dict[str, float]:
     return {"first_ms": first * 1e3, "median_ms": statistics.median(lat) * 1e3, "p90_ms": lat[int(0.9 * (len(lat) - 1))] * 1e3, "queries": queries}
 
 
-async def run_size(size: int, *, queries: int, url: str | None) -> dict[str, Any]:
+async def run_size(size: int, *, queries: int, url: str | None, backend: str = "edge") -> dict[str, Any]:
     """Build a store of ``size`` memories, reopen it, time retrievals on both paths."""
     embedder = HashingEmbedder(dim=256)
     collection = f"bench_{uuid.uuid4().hex[:8]}" if url else "personae_memory"
     with tempfile.TemporaryDirectory() as tmp:
-        target = {"url": url} if url else {"path": tmp}
+        target: dict[str, Any] = {"url": url} if url else {"path": tmp, "backend": backend}
         with open_qdrant(**target) as handle:
             built = await _build(handle, embedder, collection, size)
         started = time.perf_counter()
@@ -133,7 +136,7 @@ async def run_size(size: int, *, queries: int, url: str | None) -> dict[str, Any
     if count != size:
         raise RuntimeError(f"store holds {count} memories, expected {size}")
     return {
-        "backend": "server" if url else "local",
+        "backend": "server" if url else backend,
         "memories": size,
         "agents": AGENTS,
         "per_agent": size // AGENTS,
@@ -148,21 +151,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 100_000])
     parser.add_argument("--queries", type=int, default=40)
-    parser.add_argument("--queries-large", type=int, default=10, help="queries per path above 20k memories (each takes seconds locally)")
+    parser.add_argument("--queries-large", type=int, default=10, help="queries per path above 20k memories (each takes about a second in local mode)")
+    parser.add_argument("--backends", nargs="+", choices=["edge", "local"], default=["edge", "local"], help="embedded engines to measure")
     args = parser.parse_args()
     url = os.environ.get("PERSONAE_QDRANT_URL") or None
     warnings.filterwarnings("ignore", message="Local mode is not recommended")  # measured here on purpose
     rows = []
-    for backend_url in [None] + ([url] if url else []):
+    targets = [(None, b) for b in args.backends] + ([(url, "server")] if url else [])
+    for backend_url, backend in targets:
         for size in args.sizes:
-            queries = args.queries if size <= 20_000 else args.queries_large
-            row = asyncio.run(run_size(size, queries=queries, url=backend_url))
+            queries = args.queries if size <= 20_000 or backend == "edge" else args.queries_large
+            row = asyncio.run(run_size(size, queries=queries, url=backend_url, backend=backend))
             log(
                 f"memory: {row['backend']:<6} {size:>7,} memories  default median {row['default']['median_ms']:.1f} ms  "
-                f"vector search median {row['vector_search']['median_ms']:.1f} ms  (write {row['writes_per_s']:,.0f}/s via {row['write']})"
+                f"vector search median {row['vector_search']['median_ms']:.1f} ms  reopen {row['reopen_s']:.2f} s + first {row['default']['first_ms']:.0f} ms  "
+                f"(write {row['writes_per_s']:,.0f}/s via {row['write']})"
             )
             rows.append(row)
-    print(write_result("memory", {"method": __doc__, "server_url_given": bool(url), "rows": rows}))
+    print(write_result("memory", {"method": __doc__, "server_url_given": bool(url), "backends": args.backends, "rows": rows}))
 
 
 if __name__ == "__main__":

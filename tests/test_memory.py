@@ -1,4 +1,5 @@
-"""Agent memory against real Qdrant local mode (tmp dirs) with the hashing embedder (a fake)."""
+"""Agent memory against the real embedded Qdrant engine (tmp dirs), qdrant-client local mode and an
+in-memory Qdrant for the server code path, with the hashing embedder (a fake)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from personae.memory import (
     QdrantHandle,
     heuristic_importance,
     memory_id,
+    migrate_local_store,
     open_qdrant,
 )
 
@@ -35,12 +37,15 @@ def handle(tmp_path):
         yield h
 
 
-@pytest.fixture(params=["local", "server-path"])
+@pytest.fixture(params=["edge", "local-mode", "server-path"])
 def any_handle(request, tmp_path):
-    """Local mode, and the server code path (no path lock → filtered per-agent loads,
-    payload indexes, vector-search candidates) run on an in-memory Qdrant."""
-    if request.param == "local":
+    """The embedded engine, qdrant-client local mode, and the server code path (no path
+    lock → filtered per-agent loads, payload indexes, vector-search candidates) run on an
+    in-memory Qdrant."""
+    if request.param == "edge":
         h = open_qdrant(path=tmp_path / "qdrant")
+    elif request.param == "local-mode":
+        h = open_qdrant(path=tmp_path / "qdrant", backend="local")
     else:
         h = QdrantHandle(QdrantClient(location=":memory:"), None, ":memory:")
     yield h
@@ -245,6 +250,36 @@ async def test_long_term_memory_survives_reopening_and_spans_conversations(tmp_p
         after = memory.export_records()
         assert after[: len(before)] == before  # insertion order continues after the restart
         assert after[-1].conversation_id == "tuesday"
+
+
+async def test_a_local_mode_store_is_migrated_to_the_engine_on_first_open(tmp_path, hashing_embedder, caplog):
+    path = tmp_path / "qdrant"
+    with open_qdrant(path=path, backend="local") as h:  # a store written before issue 17
+        assert h.backend == "local"
+        memory = AgentMemory(h, hashing_embedder)
+        for i in range(30):
+            await memory.observe(f"a{i % 3}", f"memory {i} about tomatoes" if i == 7 else f"memory {i}", step=i // 3, conversation_id=f"c{i % 2}")
+        await memory.reflect_if_due("a0", Gateway(_insight_script("A0 talks a lot.")), threshold=0.5, now_step=10)
+        before = memory.export_records()
+        pending = await memory.pending_importance("a1")
+        expected = await memory.retrieve("a1", "tomatoes", k=3)
+    (path / "edge.migrating" / "junk").mkdir(parents=True)  # a migration that crashed midway is redone
+    with caplog.at_level("WARNING", logger="personae.memory.qdrant"), open_qdrant(path=path) as h:
+        assert h.backend == "edge"
+        memory = AgentMemory(h, hashing_embedder)
+        assert memory.export_records() == before
+        assert await memory.pending_importance("a1") == pytest.approx(pending)
+        assert await memory.retrieve("a1", "tomatoes", k=3) == expected
+        assert set(h.client.get_collection("personae_memory").payload_schema) == {"agent_id", "conversation_id", "kind"}
+        await memory.observe("a1", "after the move", step=20)
+    backups = list(path.glob("local-mode-backup-*"))
+    assert len(backups) == 1 and (backups[0] / "meta.json").exists() and (backups[0] / "collection" / "personae_memory").is_dir()
+    assert not (path / "meta.json").exists() and not (path / "edge.migrating").exists()
+    assert "migrated the Qdrant local-mode store" in caplog.text and str(backups[0]) in caplog.text
+    with open_qdrant(path=path) as h:  # nothing left to migrate: the engine's store opens as is
+        assert AgentMemory(h, hashing_embedder).count() == len(before) + 1
+    assert len(list(path.glob("local-mode-backup-*"))) == 1
+    assert migrate_local_store(path) is None  # nothing left to migrate
 
 
 async def test_export_import_round_trip_into_a_fresh_store(tmp_path, hashing_embedder):

@@ -73,6 +73,37 @@ def test_dedup_index_flags_planted_near_duplicates():
     assert 0.0 < index.uniqueness() <= 1.0
 
 
+def test_dedup_index_checks_in_the_engine_like_the_exact_check(tmp_path):
+    # exact_tail=4: all but the last few accepted vectors live in the Qdrant Edge shard (HNSW)
+    rng = random.Random(5)
+    words = "rain coffee music train office garden city river bread lamp paper window family money plan dream router price help nurse".split()
+    base = [" ".join(rng.choice(words) for _ in range(12)) + f" person {i}" for i in range(60)]
+    engine = DedupIndex(HashingEmbedder(128), threshold=0.9, workdir=tmp_path, exact_tail=4)
+    exact = DedupIndex(HashingEmbedder(128), threshold=0.9, exact_tail=10_000)
+    for index in (engine, exact):
+        for start in range(0, 60, 7):
+            index.add(index.embed(base[start : start + 7]), [f"p{i}" for i in range(start, min(60, start + 7))])
+    assert len(engine) == 60 and engine._indexed >= 56  # noqa: SLF001 - the engine answers, not the tail
+    assert any(tmp_path.iterdir())  # the shard lives under workdir
+    near = [base[3] + " too", base[41].replace("person 41", "person 41 again")]  # planted near-duplicates
+    far = ["Liam Walsh drives a delivery van in Dublin and supports his local hurling team"]
+    scan = engine.scan(engine.embed(near + far))
+    assert [engine.ids[int(a)] for a in scan.col_arg[:2]] == ["p3", "p41"]
+    assert [engine.is_duplicate(float(s)) for s in scan.col_max] == [True, True, False]
+    reference = exact.scan(exact.embed(near + far))
+    assert np.allclose(scan.col_max, reference.col_max, atol=1e-5) and list(scan.col_arg) == list(reference.col_arg)
+    vecs = exact.embed(base)
+    sims = vecs @ vecs.T
+    np.fill_diagonal(sims, -1.0)
+    assert np.allclose(exact.nearest_similarity(), sims.max(axis=1), atol=1e-5)
+    nn = engine.nearest_similarity()  # exact within the tail, else from the engine's top hits: never above the truth
+    assert np.all(nn <= sims.max(axis=1) + 1e-5) and np.isclose(nn, sims.max(axis=1), atol=1e-5).mean() >= 0.9
+    assert engine.uniqueness() == pytest.approx(exact.uniqueness(), abs=0.01)
+    engine.close()
+    exact.close()
+    assert not any(tmp_path.iterdir())  # closing removes the scratch shard
+
+
 def test_population_has_no_near_duplicates_and_keeps_quotas(small_taxonomy, tmp_path):
     spec = PopulationSpec(size=24, seed=2, taxonomy=small_taxonomy, deep_attributes=0, dedup_threshold=0.999, batch_size=5, max_attempts=60,
                           quotas={"marginals": {"name": {"Ann": 0.25, "Bob": 0.375, "Cy": 0.375}}})

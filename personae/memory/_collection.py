@@ -2,8 +2,10 @@
 
 One collection, cosine distance, created on first use with the embedder's
 dimension; the embedder's name is kept in the collection metadata so a store
-written with one embedder is not searched with another. Callers hold
-``handle.lock`` around every method (Qdrant local mode is not thread-safe).
+written with one embedder is not searched with another. ``agent_id``,
+``conversation_id`` and ``kind`` have keyword payload indexes (on a server and in
+the embedded engine; qdrant-client local mode has none). Callers hold
+``handle.lock`` around every method.
 """
 
 from __future__ import annotations
@@ -75,15 +77,21 @@ class MemoryCollection:
                 vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
                 metadata={"embedder": self.embedder_name, "schema": "personae.memory/1"},
             )
-            if not self.handle.is_local:  # local mode ignores payload indexes (and warns)
-                for key in _INDEXED_FIELDS:
-                    self.client.create_payload_index(self.name, key, models.PayloadSchemaType.KEYWORD)
+            self._index(_INDEXED_FIELDS)
             log.info("created memory collection %r (dim %d, %s) at %s", self.name, self.dim, self.embedder_name, self.handle.location)
         else:
-            self._check_existing()
+            info = self._check_existing()
+            if self.handle.backend == "edge":  # e.g. a collection migrated from local mode
+                self._index([key for key in _INDEXED_FIELDS if key not in info.payload_schema])
         self._ready = True
 
-    def _check_existing(self) -> None:
+    def _index(self, keys: Sequence[str]) -> None:
+        if self.handle.backend == "local":  # local mode ignores payload indexes (and warns)
+            return
+        for key in keys:
+            self.client.create_payload_index(self.name, key, models.PayloadSchemaType.KEYWORD)
+
+    def _check_existing(self) -> Any:
         info = self.client.get_collection(self.name)
         params = info.config.params.vectors
         size = params.size if isinstance(params, models.VectorParams) else None
@@ -102,6 +110,7 @@ class MemoryCollection:
                 expected=f"embedder {stored!r}, or another collection name for {self.embedder_name!r}",
                 got=self.embedder_name,
             )
+        return info
 
     # ---- reads -----------------------------------------------------------
     def get(self, point_ids: Sequence[str], *, vectors: bool = False) -> list[models.Record]:

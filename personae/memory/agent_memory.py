@@ -5,15 +5,14 @@ memories are long-term. Retrieval scores candidates by recency (on a logical
 step clock), importance and relevance. Reflection turns recent memories into
 insights once enough importance has accumulated.
 
-Design for Qdrant local mode, which filters in pure Python (cost grows with
-the whole collection) and allows one client per path: a small per-agent summary
-(ids, steps, importances, insertion counter, accumulated importance) lives in
-process and is rebuilt from the store on first use. Retrieval in local mode
-fetches an agent's memories by id (cost grows with that agent's memories only)
-and scores all of them exactly, as Generative Agents does; past
-``exhaustive_limit`` memories, and always against a server, it scores the hits
-of one filtered vector search (``k × candidate_factor``) plus the agent's most
-recent and most important memories. Writes are batched. Client calls run in a
+A small per-agent summary (ids, steps, importances, insertion counter,
+accumulated importance) lives in process and is rebuilt from the store on first
+use (one indexed, filtered scroll per agent; one scroll of the whole collection in
+qdrant-client local mode, which filters in pure Python). Retrieval from an
+embedded store fetches an agent's memories by id and scores all of them exactly,
+as Generative Agents does; past ``exhaustive_limit`` memories, and always against
+a server, it scores the hits of one filtered vector search (``k ×
+candidate_factor``) plus the agent's most recent and most important memories. Writes are batched. Client calls run in a
 worker thread under ``handle.lock``, so the async API never blocks the loop and
 many conversations can share one memory.
 """
@@ -79,7 +78,7 @@ class AgentMemory:
             rated by this model (prompt ``memory_importance``); otherwise by
             :func:`heuristic_importance`.
         prompts: prompt set overriding the packaged templates.
-        exhaustive_limit: in local mode, an agent with at most this many (matching)
+        exhaustive_limit: in an embedded store, an agent with at most this many (matching)
             memories has all of them scored; above it, candidates are searched.
         candidate_factor: the vector search fetches ``k × candidate_factor`` candidates.
         recent_candidates: this many of the agent's latest memories are always candidates.
@@ -157,7 +156,7 @@ class AgentMemory:
         state = self._states.get(agent_id)
         if state is not None:
             return state
-        if self.handle.is_local:
+        if self.handle.backend == "local":
             # one pass over the whole collection beats one pure-Python filtered scan per agent
             if not self._all_loaded:
                 self._states.update(self._rebuild(self._store.scroll(None, payload=_STATE_FIELDS)))

@@ -356,6 +356,13 @@ class _Run:
 
     # ---- the loop -----------------------------------------------------------------------
     async def run(self) -> PopulationReport:
+        try:
+            return await self._generate()
+        finally:
+            if self.index is not None:
+                self.index.close()  # the engine's scratch shard
+
+    async def _generate(self) -> PopulationReport:
         size = self.spec.size
         done = self._resume()
         if self.on_progress is not None:

