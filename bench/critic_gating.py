@@ -57,7 +57,7 @@ from personae.nodes.termination import TerminationConfig
 from personae.testing.defect_replay import DRAFT_DEFECTS, run_arm
 
 _BOOTSTRAP = 2000
-_CONFIG_KEYS = {"judge", "audit_rate", "risk_copy_share", "risk_repeat_share", "risk_drop", "risk_length_ratio", "risk_min_history", "risk_novelty",
+_CONFIG_KEYS = {"judge", "judge_end_turns", "audit_rate", "risk_copy_share", "risk_repeat_share", "risk_drop", "risk_length_ratio", "risk_min_history", "risk_novelty",
                 "risk_surprise", "risk_unrelated"}
 
 

