@@ -295,6 +295,9 @@ def _gating_fold(g: dict[str, Any] | None, off: dict[str, Any] | None, design: d
         "conversation first) and one model serves both roles, the critic asks both in one call (prompt `critic_judge_end`: the two "
         "prompts, unchanged, in one; output `CriticJudgementWithEnd`); the committed turn carries the end verdict "
         "(`metadata.critic.end`) and the termination node uses it instead of calling. A rejected draft's end answer is dropped with it. "
+        "With a real model the folded answer may differ from a separate call's (a longer prompt, the critic's seed); the replay's "
+        "scripted judge and detector cannot show that, `tests/test_end_fold.py` shows that the same answers give the same "
+        "conversation and stop. "
         "And since that call is paid for anyway, `judge=at_risk` also judges a low-risk draft whose end question is due "
         "(`CriticConfig.judge_end_turns`, on): the detector's calls become judged turns at no extra call. A graph built without the "
         "termination config (or with another model for `termination`) calls as before. Same replay, fold off "
@@ -378,7 +381,10 @@ def _over_budget(g: dict[str, Any]) -> str:
     clean = g["arms"]["held_out"]["at_risk"]["kinds"]["clean"]
     over = clean["model_calls"] - int(1.3 * clean["utterances"])
     if over <= 0:
-        return ""
+        interval = g["halves"]["held_out"]["summary"]["bootstrap"]["calls_per_utterance_clean_at_risk"]
+        return (f": {clean['model_calls']} model calls for {clean['utterances']} utterances, {-over} under the budget of "
+                f"{int(1.3 * clean['utterances'])}" + (f"; a narrow margin, the interval [{interval[0]:.2f}, {interval[1]:.2f}] spans 1.3"
+                                                      if interval[1] > 1.3 else ""))
     tuning = g["halves"]["tuning"]["summary"]["calls_per_utterance_clean"]["at_risk"] if "tuning" in g["halves"] else None
     return (
         f": {clean['model_calls']} model calls for {clean['utterances']} utterances, {over} over the budget of {int(1.3 * clean['utterances'])}; "
