@@ -7,9 +7,10 @@ risk signal says the draft may be out of character, or the draft falls in a seed
 audit sample (:mod:`personae.nodes.critic_risk`); the verdict records why it ran or
 was skipped. Given the graph's :class:`~personae.nodes.termination.TerminationConfig`,
 a judgement of a draft after which the end detector is due also asks the detector's
-question in the same call (``fold_into_critic``), so a turn pays one call for both. A rejected draft goes back to the persona node with
-feedback, at most ``max_attempts`` generations per turn; then the best attempt is
-committed. Every verdict is recorded in ``utterance.metadata["critic"]``.
+question in the same call (``fold_into_critic``), so a turn pays one call for both; and
+such a draft is judged even at low risk (``judge_end_turns``), as the call is paid anyway.
+A rejected draft goes back to the persona node with feedback, at most ``max_attempts``
+generations per turn; then the best attempt is committed. Every verdict is recorded in ``utterance.metadata["critic"]``.
 """
 
 from __future__ import annotations
