@@ -17,7 +17,10 @@ halves) and reported on its own. Thresholds may be tuned on the tuning half only
 (``--halves tuning --set risk_novelty=0.8``); the held-out half is the estimate.
 
 * calls per utterance: every model call (persona drafts and revisions, critic
-  judgements, end detector) over committed utterances;
+  judgements, end detector) over committed utterances; the calls per gateway role
+  (persona, critic, termination) per batch and arm, and the turns whose end question
+  the critic asked in its judge call (``fold_into_critic``, on by default; ``--no-fold``
+  turns it off, so the detector always calls on its own);
 * catch rate: defects the gated critic caught / defects judging every draft caught
   (the oracle makes the latter all of them), per kind, pooled, and for the kinds only
   the judge can catch (those the blocking rules let through);
@@ -50,10 +53,11 @@ from _common import log, machine, write_result
 
 from personae.evaluation.validation import reference_dialogues
 from personae.nodes.critic import CriticConfig
+from personae.nodes.termination import TerminationConfig
 from personae.testing.defect_replay import DRAFT_DEFECTS, run_arm
 
 _BOOTSTRAP = 2000
-_CONFIG_KEYS = {"judge", "audit_rate", "risk_copy_share", "risk_repeat_share", "risk_drop", "risk_length_ratio", "risk_min_history", "risk_novelty",
+_CONFIG_KEYS = {"judge", "judge_end_turns", "audit_rate", "risk_copy_share", "risk_repeat_share", "risk_drop", "risk_length_ratio", "risk_min_history", "risk_novelty",
                 "risk_surprise", "risk_unrelated"}
 
 
@@ -100,6 +104,10 @@ def summarise(arms: dict[str, Any], *, seed: int) -> dict[str, Any]:
             "catch_rate": len(r["caught"]) / len(a["caught"]) if a["caught"] else None,
             "calls_per_utterance_always": a["calls_per_utterance"],
             "calls_per_utterance_at_risk": r["calls_per_utterance"],
+            "calls_by_role_always": a["calls_by_role"],
+            "calls_by_role_at_risk": r["calls_by_role"],
+            "end_asked_by_critic_always": a["end_asked_by_critic"],
+            "end_asked_by_critic_at_risk": r["end_asked_by_critic"],
         }
 
     def pooled(arm: str, kinds_: list[str]) -> float:
@@ -109,6 +117,10 @@ def summarise(arms: dict[str, Any], *, seed: int) -> dict[str, Any]:
     judge_kinds = [k for k in defect_kinds if kinds[k]["caught_always"] > kinds[k]["by_rules"]]
     summary = {
         "calls_per_utterance_clean": {arm: arms[arm]["kinds"]["clean"]["calls_per_utterance"] for arm in arms},
+        "calls_clean": {arm: arms[arm]["kinds"]["clean"]["model_calls"] for arm in arms},
+        "utterances_clean": {arm: arms[arm]["kinds"]["clean"]["utterances"] for arm in arms},
+        "calls_by_role_clean": {arm: arms[arm]["kinds"]["clean"]["calls_by_role"] for arm in arms},
+        "end_asked_by_critic_clean": {arm: arms[arm]["kinds"]["clean"]["end_asked_by_critic"] for arm in arms},
         "calls_per_utterance_with_defects": {arm: pooled(arm, defect_kinds) for arm in arms},
         "calls_per_utterance_all_batches": {arm: pooled(arm, ["clean", *defect_kinds]) for arm in arms},
         "catch_rate": sum(kinds[k]["caught_at_risk"] for k in defect_kinds) / sum(kinds[k]["caught_always"] for k in defect_kinds),
@@ -164,14 +176,21 @@ def _override(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _termination(args: argparse.Namespace) -> TerminationConfig:
+    """The replay's termination settings: the defaults, the fold off with ``--no-fold``."""
+    return TerminationConfig(fold_into_critic=not args.no_fold)
+
+
 async def _sweep(args: argparse.Namespace, embedder: Any) -> int:
     """Each ``--sweep`` setting replayed on the tuning half only (the held-out half is not touched)."""
     halves = split(reference_dialogues(), args.split_seed)
-    always = await run_arm(halves["tuning"], critic=CriticConfig(judge="always"), dose=args.dose, embedder=embedder)
+    termination = _termination(args)
+    always = await run_arm(halves["tuning"], critic=CriticConfig(judge="always"), dose=args.dose, embedder=embedder, termination=termination)
     rows = []
     for setting in args.sweep:
         overrides = _override(setting.split(","))
-        gated = await run_arm(halves["tuning"], critic=CriticConfig(judge="at_risk", **overrides), dose=args.dose, embedder=embedder)
+        gated = await run_arm(halves["tuning"], critic=CriticConfig(judge="at_risk", **overrides), dose=args.dose, embedder=embedder,
+                              termination=termination)
         summary = summarise({"always": always, "at_risk": gated}, seed=args.split_seed)
         rows.append({"overrides": overrides, "summary": summary["summary"], "kinds": summary["kinds"]})
         log(f"critic gating sweep {setting}: calls/utt {summary['summary']['calls_per_utterance_clean']['at_risk']:.3f} "
@@ -180,6 +199,7 @@ async def _sweep(args: argparse.Namespace, embedder: Any) -> int:
         "machine": machine(), "method": _sweep.__doc__, "embedder": args.embedder, "dose": args.dose, "half": "tuning",
         "split": {"seed": args.split_seed, "tuning": [r.id for r in halves["tuning"]]},
         "defaults": CriticConfig().model_dump(include=_CONFIG_KEYS), "rows": rows,
+        "fold_into_critic": not args.no_fold,
     })
     return 0
 
@@ -193,6 +213,7 @@ async def _main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE override of the at-risk arm's CriticConfig")
     parser.add_argument("--sweep", nargs="+", metavar="KEY=VALUE[,KEY=VALUE]",
                         help="settings of the at-risk arm to compare on the tuning half only (one table row each)")
+    parser.add_argument("--no-fold", action="store_true", help="the end detector always calls on its own (fold_into_critic off)")
     parser.add_argument("--out", help="result file name (default critic_gating, or critic_gating_<embedder> for a non-default embedder)")
     args = parser.parse_args()
     embedder = _embedder(args.embedder)
@@ -207,7 +228,7 @@ async def _main() -> int:
         arms = {}
         for judge, critic in (("always", CriticConfig(judge="always")), ("at_risk", gated)):
             started = time.perf_counter()
-            arms[judge] = await run_arm(halves[half], critic=critic, dose=args.dose, embedder=embedder)
+            arms[judge] = await run_arm(halves[half], critic=critic, dose=args.dose, embedder=embedder, termination=_termination(args))
             arms[judge]["wall_s"] = time.perf_counter() - started
             for kind, row in arms[judge]["kinds"].items():
                 log(f"critic gating {half:<8} {judge:<7} {kind:<16} calls/utt {row['calls_per_utterance']:.2f}  caught {len(row['caught'])}/{row['defects']}")
@@ -218,7 +239,7 @@ async def _main() -> int:
     write_result(name, {
         "machine": machine(), "method": __doc__, "embedder": args.embedder, "dose": args.dose,
         "split": {"seed": args.split_seed, "stratified_by": "scenario", **{h: [r.id for r in refs] for h, refs in halves.items()}},
-        "config": gated.model_dump(include=_CONFIG_KEYS), "overrides": overrides,
+        "config": gated.model_dump(include=_CONFIG_KEYS), "overrides": overrides, "fold_into_critic": not args.no_fold,
         "halves": results, "arms": raw,
     })
     return 0

@@ -382,16 +382,74 @@ def _cache(c: dict[str, Any] | None) -> str:
 
 
 def _gating_half(h: dict[str, Any]) -> str:
-    """One half's per-kind table."""
+    """One half's per-kind table (with the calls per gateway role, when the result has them)."""
+    roles = all("calls_by_role_at_risk" in k for k in h["kinds"].values())
     rows = []
     for kind, k in h["kinds"].items():
         rows.append([
             kind, k["defects"], k["caught_always"], k["caught_at_risk"], k["by_rules"],
             "–" if k["catch_rate"] is None else f"{k['catch_rate']:.2f}",
             f"{k['calls_per_utterance_always']:.2f}", f"{k['calls_per_utterance_at_risk']:.2f}",
+            *([_roles(k["calls_by_role_at_risk"]) + f" ({k['end_asked_by_critic_at_risk']})"] if roles else []),
         ])
     return _table(["batch (defect kind)", "defects reached", "caught, judge always", "caught, judge at risk", "of which by the blocking rules",
-                   "catch rate", "calls/utterance, always", "calls/utterance, at risk"], rows)
+                   "catch rate", "calls/utterance, always", "calls/utterance, at risk",
+                   *(["calls at risk: persona / critic / end detector (end questions in the critic's call)"] if roles else [])], rows)
+
+
+def _roles(calls: dict[str, int]) -> str:
+    return f"{calls['persona']} / {calls['critic']} / {calls['termination']}"
+
+
+def _gating_fold(g: dict[str, Any] | None, off: dict[str, Any] | None, design: dict[str, Any] | None) -> str:
+    """The end detector's question folded into the critic's judge call: the same replay with the fold off, both halves, and the tuning-half design."""
+    if not g or not off or "halves" not in off or not g.get("fold_into_critic"):
+        return ""
+    rows = []
+    for name, label in (("tuning", "tuning half"), ("held_out", "**held-out half**")):
+        if name not in g["halves"] or name not in off["halves"]:
+            continue
+        a, b = off["halves"][name]["summary"], g["halves"][name]["summary"]
+        rows.append([
+            label,
+            f"{a['calls_per_utterance_clean']['at_risk']:.3f} ({a['calls_clean']['at_risk']}: {_roles(a['calls_by_role_clean']['at_risk'])})",
+            f"**{b['calls_per_utterance_clean']['at_risk']:.3f}** ({b['calls_clean']['at_risk']}: {_roles(b['calls_by_role_clean']['at_risk'])}; "
+            f"{b['end_asked_by_critic_clean']['at_risk']} in the critic's call)",
+            f"{a['calls_per_utterance_clean']['always']:.2f} → {b['calls_per_utterance_clean']['always']:.2f}",
+            f"{a['catch_rate']:.3f} → {b['catch_rate']:.3f}", f"{a['catch_rate_judge_only']:.2f} → {b['catch_rate_judge_only']:.2f}",
+        ])
+    out = (
+        "\n\n**One call for the judge's and the end detector's question** (`TerminationConfig.fold_into_critic`, on by default). When the "
+        "critic's judge runs on a draft after which the end detector is due (its cue/backstop schedule, and no termination rule ends the "
+        "conversation first) and one model serves both roles, the critic asks both in one call (prompt `critic_judge_end`: the two "
+        "prompts, unchanged, in one; output `CriticJudgementWithEnd`); the committed turn carries the end verdict "
+        "(`metadata.critic.end`) and the termination node uses it instead of calling. A rejected draft's end answer is dropped with it. "
+        "With a real model the folded answer may differ from a separate call's (a longer prompt, the critic's seed); the replay's "
+        "scripted judge and detector cannot show that, `tests/test_end_fold.py` shows that the same answers give the same "
+        "conversation and stop. "
+        "And since that call is paid for anyway, `judge=at_risk` also judges a low-risk draft whose end question is due "
+        "(`CriticConfig.judge_end_turns`, on): the detector's calls become judged turns at no extra call. A graph built without the "
+        "termination config (or with another model for `termination`) calls as before. Same replay, fold off "
+        f"(`python bench/critic_gating.py --no-fold --out {off.get('benchmark', 'critic_gating_nofold')}`) against the defaults, clean batch, at risk:\n\n"
+        + _table(["half", "fold off: calls/utt (calls: persona / critic / end detector)", "fold on (defaults): calls/utt",
+                  "calls/utt, judge always: off → on", "catch pooled: off → on", "catch judge-only: off → on"], rows)
+    )
+    if design and design.get("rows"):
+        base = off["halves"]["tuning"]["summary"]
+        drows = [["fold off", f"{base['calls_per_utterance_clean']['at_risk']:.3f}", _roles(base["calls_by_role_clean"]["at_risk"]),
+                  f"{base['catch_rate']:.3f}", f"{base['catch_rate_judge_only']:.2f}"]]
+        for r in design["rows"]:
+            t = r["summary"]
+            label = "fold on, `judge_end_turns=" + json.dumps(r["overrides"].get("judge_end_turns", True)) + "`"
+            drows.append([label, f"{t['calls_per_utterance_clean']['at_risk']:.3f}", _roles(t["calls_by_role_clean"]["at_risk"]),
+                          f"{t['catch_rate']:.3f}", f"{t['catch_rate_judge_only']:.2f}"])
+        out += (
+            "\n\nDesigned on the tuning half before the held-out half was run "
+            f"(`python bench/critic_gating.py --sweep judge_end_turns=false judge_end_turns=true --out {design.get('benchmark', 'critic_gating_fold_tuning')}`; "
+            "the replay's detector never ends a conversation, so the fold changes no transcript here, only who pays the call):\n\n"
+            + _table(["tuning half, clean", "calls/utt", "persona / critic / end detector", "catch pooled", "catch judge-only"], drows)
+        )
+    return out
 
 
 def _ci(value: float, interval: list[float]) -> str:
@@ -452,7 +510,10 @@ def _over_budget(g: dict[str, Any]) -> str:
     clean = g["arms"]["held_out"]["at_risk"]["kinds"]["clean"]
     over = clean["model_calls"] - int(1.3 * clean["utterances"])
     if over <= 0:
-        return ""
+        interval = g["halves"]["held_out"]["summary"]["bootstrap"]["calls_per_utterance_clean_at_risk"]
+        return (f": {clean['model_calls']} model calls for {clean['utterances']} utterances, {-over} under the budget of "
+                f"{int(1.3 * clean['utterances'])}" + (f"; a narrow margin, the interval [{interval[0]:.2f}, {interval[1]:.2f}] spans 1.3"
+                                                      if interval[1] > 1.3 else ""))
     tuning = g["halves"]["tuning"]["summary"]["calls_per_utterance_clean"]["at_risk"] if "tuning" in g["halves"] else None
     return (
         f": {clean['model_calls']} model calls for {clean['utterances']} utterances, {over} over the budget of {int(1.3 * clean['utterances'])}; "
@@ -506,7 +567,9 @@ def _gating_sweep(g: dict[str, Any] | None, signals: dict[str, Any] | None = Non
         "run lower (tested with the hashing embedder configured) instead of judging every draft. Each setting below was replayed on the "
         f"tuning half only (`python bench/critic_gating.py --sweep ... --out critic_gating_tuning`, {g['embedder']}); the rule fixed "
         "beforehand was the highest pooled catch rate within 1.3 calls per utterance, ties to the higher audit rate. That is "
-        "`risk_unrelated=0.84` with `audit_rate=0.04` (0.05 before), now the defaults; the held-out half above was run once, after.\n\n"
+        "`risk_unrelated=0.84` with `audit_rate=0.04` (0.05 before), now the defaults; the held-out half above was run once, after"
+        + ("" if g.get("fold_into_critic") else " (this sweep predates the fold above: each row's calls include the end detector's own calls)")
+        + ".\n\n"
         + _signals_table(signals) + _table(["setting (other fields: defaults)", "calls/utt clean, at risk", "catch pooled", "catch judge-only",
                                             "persona_drift caught", "off_scenario caught"], rows)
     )
@@ -574,9 +637,8 @@ def _gating_try(g: dict[str, Any] | None, base: dict[str, Any] | None) -> str:
         + _table(["half", "calls/utt clean, at risk (defaults → with it)", "catch pooled", "catch judge-only"], rows)
         + f"\n\nOn the held-out half the new signal flags {_fired(g, 'held_out')} clean drafts against {_fired(g, 'tuning')} clean tuning drafts, "
         f"so the held-out half costs {held:.2f} calls per utterance ({'over' if held > 1.3 else 'within'} the 1.3 target). The defaults are left as "
-        "they were: `risk_surprise` is an opt-in setting (off). The termination detector makes 0.07–0.10 calls per utterance in this "
-        "replay; giving those up would pay for it, but the replay's detector never ends a conversation, so what fewer detector calls "
-        "would cost (conversations running past their end) is not measured here and the detector's defaults are unchanged."
+        "they were: `risk_surprise` is an opt-in setting (off)."
+        + (" Both runs ask the end detector's question in the judge's call where both are due (the fold above)." if g.get("fold_into_critic") else "")
     )
 
 
@@ -925,7 +987,7 @@ the defaults were tuned on, and no other dialogue source ships with the package.
 later tuning honest: tune on the tuning half only
 (`python bench/critic_gating.py --halves tuning --set KEY=VALUE --out critic_gating_try`), report the held-out half.
 
-{_gating(gating)}{_gating_sweep(_load("critic_gating_tuning"), _load("critic_signals"))}{_gating_embedder(_load("critic_gating_hashing"))}{_gating_try(_load("critic_gating_surprise"), _load("critic_gating_hashing"))}
+{_gating(gating)}{_gating_fold(gating, _load("critic_gating_nofold"), _load("critic_gating_fold_tuning"))}{_gating_sweep(_load("critic_gating_tuning"), _load("critic_signals"))}{_gating_embedder(_load("critic_gating_hashing"))}{_gating_try(_load("critic_gating_surprise"), _load("critic_gating_hashing"))}
 
 **A second source of dialogues** (the issue's held-out check) is not there yet: no installed or registry package found here
 ships a dialogue corpus (hub downloads are not allowed), and the embedded SmolLM2-135M takes 20–30 s per call on this machine

@@ -143,7 +143,7 @@ def _add_turn(
         builder.add_node(speaker, fuse_nodes(persona, *end_of_turn, name=speaker))
         return end_of_turn, [speaker]
     builder.add_node(speaker, persona)
-    builder.add_node("critic", make_critic_node(config.critic, gateway=gateway, embedder=embedder, prompts=prompts))
+    builder.add_node("critic", make_critic_node(config.critic, gateway=gateway, embedder=embedder, prompts=prompts, termination=termination))
     builder.add_node("end_of_turn", fuse_nodes(*end_of_turn, name="end_of_turn"))
     builder.add_edge(speaker, "critic")
     builder.add_conditional_edges("critic", _inline(route_after_critic), {"revise": speaker, "accept": "end_of_turn"})

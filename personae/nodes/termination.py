@@ -4,7 +4,10 @@ Cheap rules run first: max turns, a closing/farewell exchange between two differ
 speakers, a repetition loop, empty replies, and (interviews) all questions answered.
 Then an LLM detector reads a sliding window of the conversation: when the latest turn
 has a closing cue (a goodbye, thanks, "that's all"; see ``detector_schedule``) and, as
-a backstop, every ``detector_every`` turns. The stop reason (:class:`~personae.models.StopReason`) and a detail are
+a backstop, every ``detector_every`` turns. When the critic already asked the detector's
+question together with its judgement of the turn (``fold_into_critic``; the verdict is
+in ``utterance.metadata["critic"]["end"]``), that answer is used instead of a second
+model call. The stop reason (:class:`~personae.models.StopReason`) and a detail are
 written to the state; route with :func:`route_after_termination`.
 """
 
@@ -44,6 +47,9 @@ __all__ = [
     "TerminationConfig",
     "EndDetection",
     "check_rules",
+    "detector_due",
+    "detector_lines",
+    "folded_end",
     "make_termination_node",
     "route_after_termination",
 ]
@@ -97,6 +103,10 @@ class TerminationConfig(BaseModel):
                                      description="regexes that, besides closing_patterns, make a turn a closing cue")
     detector_window: int = Field(6, ge=2, description="turns the detector reads")
     role: str = Field("termination", description="gateway role of the detector model")
+    fold_into_critic: bool = Field(
+        True, description="when the critic's LLM judge runs on a draft after which the detector is due, and the same model serves "
+        "both roles, ask the detector's question in the judge's call (one call, two verdicts) instead of a call of its own",
+    )
 
     @field_validator("closing_patterns", "detector_cues")
     @classmethod
@@ -162,6 +172,54 @@ async def check_rules(
     return None
 
 
+def _cued(text: str, config: TerminationConfig) -> bool:
+    return _is_closing(text, config.closing_patterns) or _is_closing(text, config.detector_cues)
+
+
+def detector_due(transcript: Sequence[Utterance], config: TerminationConfig, *, min_turns: int, max_turns: int) -> bool:
+    """Whether the LLM detector asks about ``transcript`` (spoken turns only) under ``config``'s schedule.
+
+    Not before ``min_turns`` (and two turns), never once ``max_turns`` is reached (the
+    rule ends the conversation then); every ``detector_every`` turns, and with
+    ``detector_schedule="cues"`` when the latest turn starts a run of closing cues.
+    """
+    n = len(transcript)
+    if not config.detector or n < max(min_turns, 2) or n >= max_turns:
+        return False
+    if n % config.detector_every == 0:
+        return True
+    if config.detector_schedule == "every":
+        return False
+    # a closing cue in the latest turn: ask once when the cues start (not on every polite turn after)
+    return _cued(transcript[-1].text, config) and not _cued(transcript[-2].text, config)
+
+
+def detector_lines(state: DialogueState, transcript: Sequence[Utterance], config: TerminationConfig) -> list[dict[str, str]]:
+    """The detector's window of ``transcript`` as prompt lines (label, role, text)."""
+    participants = participants_of(state)
+    labels = speaker_labels(participants)
+    roles = {p.id: p.role for p in participants}
+    return [
+        {"label": labels.get(u.speaker, u.speaker), "role": roles.get(u.speaker, ""), "text": u.text}
+        for u in transcript[-config.detector_window :]
+    ]
+
+
+def folded_end(transcript: Sequence[Utterance]) -> EndDetection | None:
+    """The end verdict the critic asked with its judgement of the latest turn, if it did (else ``None``).
+
+    The critic records it (``metadata["critic"]["end"]``, with the number of turns it
+    was asked about) only when the judged draft is the one committed, so it answers the
+    detector's question about exactly this transcript.
+    """
+    if not transcript:
+        return None
+    end = (transcript[-1].metadata.get("critic") or {}).get("end")
+    if not isinstance(end, dict) or end.get("turns") != len(transcript):
+        return None
+    return EndDetection(ended=bool(end["ended"]), reason=str(end.get("reason", "")))
+
+
 def route_after_termination(state: DialogueState) -> Literal["stop", "continue"]:
     """``"stop"`` once a stop reason is set, else ``"continue"``."""
     return "stop" if state.get("stop_reason") else "continue"
@@ -192,43 +250,20 @@ def make_termination_node(
             questions=len(state.get("questions") or []),
             interviewer=state.get("interviewer"),
         )
-        if found is None and _detector_due(transcript, scenario.min_turns):
-            found = await _detect(ctx, state, transcript)
+        if found is None and gateway is not None and detector_due(transcript, config, min_turns=scenario.min_turns, max_turns=max_turns):
+            folded = folded_end(transcript)
+            if folded is not None:  # the critic asked this question with its judgement of the latest turn
+                found = (StopReason.DETECTOR, folded.reason or "the detector judged the conversation finished") if folded.ended else None
+            else:
+                found = await _detect(ctx, state, transcript)
         if found is None:
             return {}
         reason, detail = found
         log.debug("%s ends after %d turns: %s (%s)", ctx.conversation_id, len(transcript), reason.value, detail)
         return {"stop_reason": reason.value, "stop_detail": detail}
 
-    def _detector_due(transcript: list[Utterance], min_turns: int) -> bool:
-        n = len(transcript)
-        if not (config.detector and gateway is not None and n >= max(min_turns, 2)):
-            return False
-        if n % config.detector_every == 0:
-            return True
-        if config.detector_schedule == "every":
-            return False
-        # a closing cue in the latest turn: ask once when the cues start (not on every polite turn after)
-        return _cued(transcript[-1].text) and not _cued(transcript[-2].text)
-
-    def _cued(text: str) -> bool:
-        return _is_closing(text, config.closing_patterns) or _is_closing(text, config.detector_cues)
-
     async def _detect(ctx: RunContext, state: DialogueState, transcript: list[Utterance]) -> tuple[StopReason, str] | None:
-        participants = participants_of(state)
-        labels = speaker_labels(participants)
-        roles = {p.id: p.role for p in participants}
-        content = render_with(
-            prompts,
-            "termination_detector",
-            {
-                "scenario": state["scenario"],
-                "lines": [
-                    {"label": labels.get(u.speaker, u.speaker), "role": roles.get(u.speaker, ""), "text": u.text}
-                    for u in transcript[-config.detector_window :]
-                ],
-            },
-        )
+        content = render_with(prompts, "termination_detector", {"scenario": state["scenario"], "lines": detector_lines(state, transcript, config)})
         seed = derive_seed(ctx.seed, ctx.conversation_id, len(transcript), "termination")
         try:
             verdict = await gateway.structured([Message(role="user", content=content)], EndDetection, role=config.role, seed=seed)

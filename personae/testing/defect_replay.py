@@ -8,7 +8,8 @@ persona → critic → termination, against :class:`DefectReplayLLM`, a fake tha
   :func:`personae.evaluation.validation.inject` (the metric-validation harness) put a
   defect: there the first draft is the defective text and any revision the original;
 * as the critic's judge, is an oracle: it rejects exactly the defective drafts;
-* as the end detector, never ends the conversation (the rules still may).
+* as the end detector, never ends the conversation (the rules still may), whether asked
+  on its own or together with the judge's question (``fold_into_critic``).
 
 So judging every draft catches every defect, and the share of them a gated critic
 still catches is its recall against judging every turn. Which defects the cheap risk
@@ -106,6 +107,8 @@ class DefectReplayLLM(_RecordingLLM):
             self.judged.append((job, turn, attempt))
             verdict = {"in_character": not defective, "role_consistent": True, "follows_constraints": True,
                        "issues": ["out of character"] if defective else [], "feedback": "Say it as yourself." if defective else ""}
+            if "ended" in ((request.json_schema or {}).get("properties") or {}):  # the end question folded into the judge's call
+                verdict |= {"ended": False, "end_reason": "still going"}
             return self._response(request, json.dumps(verdict))
         return self._response(request, json.dumps({"ended": False, "reason": "still going"}))
 
@@ -152,6 +155,7 @@ async def run_arm(
             "utterances": utterances,
             "model_calls": snap["total.model_calls"],
             "calls_by_role": {r: snap.get(f"{r}.model_calls", 0) for r in ("persona", "critic", "termination")},
+            "end_asked_by_critic": sum(1 for u in committed.values() if "end" in (u.metadata.get("critic") or {})),
             "calls_per_utterance": snap["total.model_calls"] / utterances if utterances else None,
             "defects": len(reached),
             "caught": sorted(f"{j}@{t}" for j, t in caught),
