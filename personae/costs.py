@@ -1,7 +1,8 @@
 """Prices, cost and the hard budget of a run: plain data and arithmetic, no model calls.
 
 A price is per model, split into input (prompt) and output (completion) tokens, per
-1M tokens as providers quote them. ``price_per_1k_tokens`` on a model is the older
+1M tokens as providers quote them (an embeddings model has only an input price; its
+requests are charged under the name ``embeddings``: tokens and cost, not model calls). ``price_per_1k_tokens`` on a model is the older
 shorthand: one price for both kinds, per 1,000 tokens. Only calls that reached a
 model cost anything; replies served from the cache are free.
 
@@ -31,7 +32,7 @@ class ModelPrice(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     input_per_1m: float = Field(ge=0.0, description="price of 1M prompt tokens")
-    output_per_1m: float = Field(ge=0.0, description="price of 1M completion tokens")
+    output_per_1m: float = Field(0.0, ge=0.0, description="price of 1M completion tokens (0 for an embeddings model, which has none)")
 
     @classmethod
     def per_1k(cls, price: float) -> ModelPrice:
@@ -180,10 +181,11 @@ class BudgetMeter:
                     self.exceeded = self.exceeded or error
                 raise error
 
-    def charge(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Count one call that reached ``model``."""
+    def charge(self, model: str, prompt_tokens: int, completion_tokens: int, *, calls: int = 1) -> None:
+        """Count one call that reached ``model`` (``calls=0``: tokens and cost only, as for an
+        embeddings request, which is not a model call)."""
         self._add(BudgetSpend(
-            model_calls=1, tokens=prompt_tokens + completion_tokens,
+            model_calls=calls, tokens=prompt_tokens + completion_tokens,
             cost=call_cost(self.prices.get(model), prompt_tokens, completion_tokens),
         ))
 

@@ -3,18 +3,31 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from personae.embeddings.base import Embedder, HashingEmbedder
 from personae.errors import ConfigError
 from personae.settings import Settings
+
+if TYPE_CHECKING:
+    from personae.costs import BudgetMeter
+    from personae.llm import Gateway
+    from personae.llm.embedding_gate import EmbeddingGates
 
 __all__ = ["build_embedder", "EMBEDDING_PROVIDERS"]
 
 EMBEDDING_PROVIDERS = ("local", "openai", "hashing", "langchain")
 
 
-def build_embedder(settings: Settings) -> Embedder:
+def build_embedder(settings: Settings, *, gateway: Gateway | EmbeddingGates | None = None, meter: BudgetMeter | None = None) -> Embedder:
     """The embedder ``settings`` select.
+
+    With a ``gateway``, an embedder that calls an endpoint (``openai``) sends its requests
+    through it (:meth:`~personae.llm.Gateway.embedding_gate`): under the endpoint's limits
+    shared with the chat calls to the same URL and key, with the gateway's retries, counted
+    in its usage (role ``embeddings``) and charged to ``meter`` (a run's budget), if given.
+    :class:`~personae.llm.embedding_gate.EmbeddingGates` does the same without a gateway
+    (a limits registry and a usage tracker). Without either, requests go straight to the endpoint.
 
     ``embeddings_provider`` wins when set; otherwise an ``embeddings_base_url``
     selects an OpenAI-compatible endpoint, and with neither the bundled local
@@ -50,6 +63,12 @@ def build_embedder(settings: Settings) -> Embedder:
                 field="embeddings_model",
                 expected="PERSONAE_EMBEDDINGS_MODEL or embeddings_model in the settings file",
             )
+        gate = None
+        if gateway is not None:
+            from personae.llm.limits import endpoint_identity, key_fingerprint
+
+            url = settings.embeddings_base_url or "https://api.openai.com/v1"
+            gate = gateway.embedding_gate(endpoint_identity(url, key_fingerprint(settings.llm_api_key)), meter=meter)
         embedder = OpenAIEmbedder(
             settings.embeddings_model,
             base_url=settings.embeddings_base_url,
@@ -57,6 +76,7 @@ def build_embedder(settings: Settings) -> Embedder:
             timeout_s=settings.llm_timeout_s,
             encoding_format=settings.embeddings_encoding_format,
             batch_size=settings.embeddings_max_batch or 128,
+            gate=gate,
         )
         if not settings.embeddings_max_batch:
             return embedder
