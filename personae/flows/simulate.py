@@ -22,7 +22,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from personae.costs import BudgetMeter
 from personae.errors import BudgetExceeded, ConfigError, MissingExtra
 from personae.experiment import Experiment, SimulationConfig, build_gateway_for
-from personae.flows.context import RunPaths, StageResult, embedder_for, open_context, open_memory, settings_in_task
+from personae.flows.context import RunPaths, StageResult, embedder_for, embedding_gates, open_context, open_memory, settings_in_task
 from personae.flows.limits import limits_for
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
 from personae.graphs.runner import BatchResult, ConversationJob, done_ids, latest_conversations, make_jobs, simulate_batch
@@ -97,7 +97,7 @@ async def _simulate_shard(
     if limits is None:
         limits = limits_for(experiment, settings, other_processes=True, create=False)
     gateway = build_gateway_for(experiment, settings, meter=meter, limits=limits)
-    embedder = embedder_for(settings)  # semantic echo/repetition checks, and memory
+    embedder = embedder_for(settings, gateway=gateway, meter=meter)  # semantic echo/repetition checks, and memory
     opened = None
     if memory is None and experiment.memory_enabled:
         memory, opened = open_memory(experiment, settings, embedder)
@@ -188,12 +188,13 @@ def simulate_flow(
         # one budget per endpoint: thread shards share this process's limits; Dask shards
         # share Prefect's global limits (created here, before they start) when a server is set
         limits = limits_for(exp, ctx.settings, other_processes=bool(exp.simulation.dask))
+        meter = ctx.meter(budget_spent)
+        gates = embedding_gates(exp, ctx.settings, limits)  # the shared memory's embeddings: the shards' limits and budget
         if exp.memory_enabled and not exp.simulation.dask:
             # thread shards share one in-process memory (local Qdrant allows one client per path)
-            memory, opened = open_memory(exp, ctx.settings, embedder_for(ctx.settings))
+            memory, opened = open_memory(exp, ctx.settings, embedder_for(ctx.settings, gateway=gates, meter=meter))
         # callbacks and in-process memory cannot travel to Dask workers
         local_progress = None if exp.simulation.dask else progress
-        meter = ctx.meter(budget_spent)
         try:
             futures = [
                 shard_task.submit(exp, ctx.overrides, part, index, len(shards), local_progress, memory,
@@ -208,7 +209,7 @@ def simulate_flow(
         finally:
             if opened is not None:
                 opened.close()
-        merged = StageResult.merge(results)
+        merged = StageResult.merge(results).with_usage(gates.usage)
         merged.metrics.update(_output_counts(paths, {job.id for job in jobs}))
         merged.metrics["wall_s"] = time.perf_counter() - started
         metrics = ctx.log_stage(run, merged, [paths.conversations])
