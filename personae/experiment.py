@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from personae.costs import BudgetMeter, BudgetSpend, ModelPrice, RunBudget, resolve_price
+from personae.costs import BudgetMeter, BudgetSpend, EmbeddingPrice, ModelPrice, RunBudget, resolve_price
 from personae.errors import ConfigError
 from personae.evaluation.config import EvaluationConfig
 from personae.graphs.config import GraphConfig
@@ -181,7 +181,7 @@ class EmbeddingsSpec(_Strict):
     class_path: str | None = Field(None, alias="class", description="langchain: the Embeddings class, e.g. langchain_ollama:OllamaEmbeddings")
     kwargs: dict[str, Any] | None = Field(None, description="langchain: the class's keyword arguments (no keys: use api_key_env)")
     api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="langchain: NAME of the env var passed as api_key")
-    price: ModelPrice | None = Field(
+    price: EmbeddingPrice | None = Field(
         None, description="input_per_1m: price per 1M embedded tokens (else the settings' prices entry for its model)"
     )
 
@@ -590,8 +590,9 @@ def embeddings_price(experiment: Experiment, settings: Settings) -> ModelPrice |
     spec = experiment.embeddings
     kind = spec.provider or settings.embeddings_provider or ("openai" if (spec.base_url or settings.embeddings_base_url) else "local")
     if kind in ("local", "hashing"):
-        return ModelPrice(input_per_1m=0)
-    return resolve_price(price=spec.price, price_per_1k_tokens=0.0, model=spec.model or settings.embeddings_model, table=settings.prices)
+        return ModelPrice(input_per_1m=0, output_per_1m=0)
+    own = spec.price.as_model_price() if spec.price is not None else None
+    return resolve_price(price=own, price_per_1k_tokens=0.0, model=spec.model or settings.embeddings_model, table=settings.prices)
 
 
 def budget_meter(experiment: Experiment, settings: Settings, spent: BudgetSpend | None = None) -> BudgetMeter | None:

@@ -162,12 +162,12 @@ def _sum_rows(stage: str, rows: Sequence[tuple[ForecastRow, dict[str, float]]], 
 
 
 def _total(usage: Mapping[str, UnitUsage], price_for_role: Callable[[str], ModelPrice | None]) -> dict[str, float]:
-    """One unit's figures summed over roles; embeddings requests add their tokens and cost, not
-    calls (as in the run's ``usage.*`` metrics, where calls are chat calls)."""
+    """One unit's figures summed over roles as the run's ``usage.*`` metrics sum them: calls and
+    tokens of the chat roles, cost of every role (embeddings requests have their own row)."""
     out = dict.fromkeys(FIELDS, 0.0)
     for role, one in usage.items():
         for name, value in _values(one, price_for_role(role)).items():
-            if not (role == EMBEDDINGS_ROLE and name in ("calls", "model_calls")):
+            if role != EMBEDDINGS_ROLE or name == "cost":
                 out[name] += value
     return out
 

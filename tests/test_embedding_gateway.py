@@ -13,10 +13,11 @@ import asyncio
 
 import pytest
 
+from _flows_support import PERSONAS, SCENARIO, prefect_api_session  # noqa: F401
 from personae.costs import BudgetMeter, ModelPrice, RunBudget
 from personae.embeddings import build_embedder
-from personae.errors import BudgetExceeded
-from personae.experiment import Experiment, price_table
+from personae.errors import BudgetExceeded, ConfigError
+from personae.experiment import EmbeddingsSpec, Experiment, price_table
 from personae.llm import build_gateway
 from personae.llm.gateway import EMBEDDINGS_ROLE
 from personae.settings import Settings
@@ -118,7 +119,7 @@ async def test_embeddings_429s_are_retried_by_the_gateway_and_feed_the_limiter(t
 
 async def test_embedding_tokens_appear_in_usage_and_cost_not_in_chat_calls(tmp_path):
     with OpenAITestServer() as server:
-        settings = settings_for_server(server, tmp_path, prices={EMBEDDING_MODEL: ModelPrice(input_per_1m=20_000.0)})
+        settings = settings_for_server(server, tmp_path, prices={EMBEDDING_MODEL: ModelPrice(input_per_1m=20_000.0, output_per_1m=0)})
         gateway = build_gateway(settings)
         embedder = build_embedder(settings, gateway=gateway)
         texts = ["a first text to embed", "a second, somewhat longer text to embed"]
@@ -139,7 +140,9 @@ async def test_embedding_tokens_appear_in_usage_and_cost_not_in_chat_calls(tmp_p
         "scenarios": [{"name": "cafe", "setting": "a cafe", "roles": [{"name": "a"}, {"name": "b"}]}],
     })
     prices = price_table(experiment, settings)
-    assert prices[EMBEDDINGS_ROLE] == ModelPrice(input_per_1m=20_000.0)  # from the settings' table, by model name
+    assert prices[EMBEDDINGS_ROLE] == ModelPrice(input_per_1m=20_000.0, output_per_1m=0)  # the settings' table, by model name
+    own = experiment.model_copy(update={"embeddings": EmbeddingsSpec(price={"input_per_1m": 5.0})})
+    assert price_table(own, settings)[EMBEDDINGS_ROLE] == ModelPrice(input_per_1m=5.0, output_per_1m=0)  # the experiment's wins
     metrics = usage_metrics(usage, model_for_role=experiment.model_for_role, prices_per_1k=prices)
     assert metrics["usage.embeddings.calls"] == 2 and metrics["usage.embeddings.inputs"] == 3
     assert metrics["usage.embeddings.tokens"] == expected
@@ -152,7 +155,7 @@ async def test_a_token_budget_counts_embeddings_and_stops_them_before_they_are_s
     with OpenAITestServer() as server:
         settings = settings_for_server(server, tmp_path)
         gateway = build_gateway(settings)
-        meter = BudgetMeter.start(RunBudget(max_tokens=30), {EMBEDDINGS_ROLE: ModelPrice(input_per_1m=1_000_000.0)})
+        meter = BudgetMeter.start(RunBudget(max_tokens=30), {EMBEDDINGS_ROLE: ModelPrice(input_per_1m=1_000_000.0, output_per_1m=0)})
         embedder = build_embedder(settings, gateway=gateway, meter=meter)
         text = "twenty characters..." * 4  # 80 characters: 20 tokens
         try:
@@ -182,3 +185,75 @@ def test_a_sync_embed_goes_through_the_gateway_too(tmp_path):
     assert gateway.usage.roles[EMBEDDINGS_ROLE].calls == 1
     (limiter,) = gateway.endpoint_limiters().values()
     assert limiter.calls == 1
+
+
+async def test_langchain_openai_embeddings_share_the_endpoint_and_are_counted(tmp_path):
+    # langchain-openai's OpenAIEmbeddings at the test server, with the chat model's key: one endpoint
+    # (tiktoken is never touched: check_embedding_ctx_length=False sends the strings as they are)
+    limit = 2
+    config = TestServerConfig(latency_s=0.05, hold_until_in_flight=limit, hold_s=10.0)
+    with OpenAITestServer(config) as server:
+        settings = settings_for_server(server, tmp_path, llm_max_concurrency=limit, llm_max_retries=0).model_copy(update={
+            "embeddings_provider": "langchain", "embeddings_class": "langchain_openai:OpenAIEmbeddings",
+            "embeddings_kwargs": {"base_url": server.base_url, "api_key": "test-key", "check_embedding_ctx_length": False},
+        })
+        gateway = build_gateway(settings)
+        embedder = build_embedder(settings, gateway=gateway)
+        texts = [f"text number {i}" for i in range(8)]
+        try:
+            await asyncio.gather(*(gateway.text(USER, seed=i) for i in range(6)), *(embedder.aembed([t]) for t in texts))
+        finally:
+            await gateway.aclose()
+    assert list(gateway.limits.endpoints()) == [gateway.endpoint_limiters().popitem()[0]]  # one endpoint for both
+    assert server.endpoint_counts["embeddings"] == 8 and server.peak_in_flight == limit
+    usage = gateway.usage.roles[EMBEDDINGS_ROLE]
+    assert (usage.calls, usage.inputs) == (8, 8)
+    assert usage.prompt_tokens == sum((len(t) + 3) // 4 for t in texts)  # LangChain reports none: estimated
+
+
+def test_a_money_budget_needs_a_price_for_remote_embeddings(tmp_path):
+    from personae.experiment import budget_meter
+
+    experiment = Experiment.model_validate({
+        "name": "emb", "graph": {"kind": "dyad"}, "personas_file": str(tmp_path / "personas.jsonl"),
+        "scenarios": [{"name": "cafe", "setting": "a cafe", "roles": [{"name": "a"}, {"name": "b"}]}],
+        "models": {"default": {"provider": "fake"}}, "budget": {"max_cost": 1.0},
+        "embeddings": {"provider": "openai", "model": "emb", "base_url": "http://127.0.0.1:9/v1"},
+    })
+    settings = Settings(data_dir=tmp_path)
+    with pytest.raises(ConfigError) as info:
+        budget_meter(experiment, settings)
+    assert info.value.field == "embeddings.price"
+    priced = experiment.model_copy(update={"embeddings": EmbeddingsSpec(**{**experiment.embeddings.model_dump(), "price": {"input_per_1m": 0.02}})})
+    assert budget_meter(priced, settings).prices[EMBEDDINGS_ROLE] == ModelPrice(input_per_1m=0.02, output_per_1m=0)
+    hashing = experiment.model_copy(update={"embeddings": EmbeddingsSpec(provider="hashing")})
+    assert budget_meter(hashing, settings) is not None  # an in-process embedder costs nothing
+
+
+@pytest.mark.slow
+def test_a_simulation_with_memory_counts_its_embeddings_in_the_stage_metrics(tmp_path, openai_server, prefect_api_session):
+    import json
+
+    import yaml
+
+    from personae.flows.pipeline import pipeline_flow
+
+    (tmp_path / "personas.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PERSONAS))
+    url = openai_server.base_url
+    data = {
+        "name": "emb-flow", "seed": 3, "personas_file": "personas.jsonl", "scenarios": [SCENARIO],
+        "models": {"default": {"provider": "openai", "model": "chat-a", "base_url": url, "max_concurrency": 2}},
+        "embeddings": {"provider": "openai", "model": EMBEDDING_MODEL, "base_url": url, "price": {"input_per_1m": 1000.0}},
+        "graph": {"kind": "dyad", "memory": {"enabled": True}},
+        "simulation": {"n_conversations": 2, "concurrency": 2, "shards": 2},
+    }
+    path = tmp_path / "emb-flow.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = pipeline_flow(experiment=str(path), stages=["generate", "simulate"], track=False, data_dir=str(tmp_path / "data"))
+    m = result.metrics
+    sent = openai_server.endpoint_counts["embeddings"]
+    assert sent > 0 and m["simulate.usage.embeddings.calls"] == sent  # every request, the memory's and the shards' own
+    assert m["simulate.usage.embeddings.tokens"] > 0
+    assert m["simulate.usage.embeddings.cost"] == pytest.approx(m["simulate.usage.embeddings.tokens"] * 1000.0 / 1e6, abs=1e-6)
+    assert m["simulate.usage.calls"] == openai_server.endpoint_counts["chat.completions"]  # chat calls only
+    assert openai_server.peak_in_flight <= 2  # the model's limit, embeddings included

@@ -25,7 +25,8 @@ def build_embedder(settings: Settings, *, gateway: Gateway | EmbeddingGates | No
     With a ``gateway``, an embedder that calls an endpoint (``openai``) sends its requests
     through it (:meth:`~personae.llm.Gateway.embedding_gate`): under the endpoint's limits
     shared with the chat calls to the same URL and key, with the gateway's retries, counted
-    in its usage (role ``embeddings``) and charged to ``meter`` (a run's budget), if given.
+    in its usage (role ``embeddings``) and charged to ``meter`` (a run's budget), if given;
+    a ``langchain`` one too (its endpoint read from the model's ``base_url``/``openai_api_base``).
     :class:`~personae.llm.embedding_gate.EmbeddingGates` does the same without a gateway
     (a limits registry and a usage tracker). Without either, requests go straight to the endpoint.
 
@@ -86,12 +87,12 @@ def build_embedder(settings: Settings, *, gateway: Gateway | EmbeddingGates | No
     if kind == "hashing":
         return HashingEmbedder(_hashing_dim(settings.embeddings_model))
     if kind == "langchain":
-        return _langchain_embedder(settings)
+        return _langchain_embedder(settings, gateway, meter)
     raise ConfigError("unknown embeddings provider", field="embeddings_provider", expected=" | ".join(EMBEDDING_PROVIDERS), got=kind)
 
 
-def _langchain_embedder(settings: Settings) -> Embedder:
-    from personae.embeddings.langchain import LangChainEmbedder, load_embeddings
+def _langchain_embedder(settings: Settings, gateway: Gateway | EmbeddingGates | None, meter: BudgetMeter | None) -> Embedder:
+    from personae.embeddings.langchain import LangChainEmbedder, endpoint_of, load_embeddings
 
     if not settings.embeddings_class:
         raise ConfigError("the langchain embeddings provider needs a class", field="embeddings_class", expected="the import path of a LangChain Embeddings class, e.g. langchain_ollama:OllamaEmbeddings")
@@ -105,7 +106,8 @@ def _langchain_embedder(settings: Settings) -> Embedder:
             raise ConfigError(f"environment variable {settings.embeddings_api_key_env} is not set", field="embeddings_api_key_env", expected="the variable to hold the API key")
         kwargs["api_key"], secrets = key, (key,)
     embeddings = load_embeddings(settings.embeddings_class, kwargs, field_prefix="embeddings", secrets=secrets)
-    return LangChainEmbedder(embeddings)
+    gate = gateway.embedding_gate(endpoint_of(embeddings), meter=meter) if gateway is not None else None
+    return LangChainEmbedder(embeddings, gate=gate)
 
 
 def _hashing_dim(model: str | None) -> int:

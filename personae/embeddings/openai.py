@@ -11,6 +11,11 @@ with numpy: a float reply makes the SDK build every number as a Python float and
 validate it, which cost about twice the client CPU per request (bench/embeddings.py). An endpoint that rejects
 base64 (HTTP 400/422) or answers with floats anyway is asked for floats from then on
 (once per embedder, logged).
+
+Given a ``gate`` (:meth:`personae.llm.Gateway.embedding_gate`, as ``build_embedder`` wires it
+in flows and the CLI), every request goes through the gateway: the endpoint's limits shared
+with its chat calls, the gateway's retries on 429/5xx (honouring ``Retry-After``, the
+``x-ratelimit-*`` headers read), usage and budget.
 """
 
 from __future__ import annotations
@@ -19,10 +24,9 @@ import asyncio
 import base64
 import logging
 import threading
-from collections.abc import Callable, Coroutine, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 import numpy as np
 import openai
@@ -41,7 +45,6 @@ log = logging.getLogger(__name__)
 EncodingFormat = Literal["auto", "float", "base64"]
 _PROBE_TEXT = "dimension probe"
 _FORMAT_REJECTED = (400, 422)  # how an endpoint that does not know base64 answers it
-T = TypeVar("T")
 
 
 @dataclass
@@ -201,9 +204,8 @@ class OpenAIEmbedder:
         for batch in self._batches(texts):
             if self.gate is None:
                 reply, wire = self._attempt(client, batch).value
-            else:  # the gate's limiter waits on an event loop: run the request on one of its own
-                gate = self.gate
-                reply, wire = _blocking(lambda: gate.call(lambda: asyncio.to_thread(self._attempt, client, batch), batch))
+            else:
+                reply, wire = self.gate.call_blocking(lambda: self._attempt(client, batch), batch)
             parts.append(self._decode(reply, len(batch), wire))
         return self._join(parts)
 
@@ -305,13 +307,6 @@ def _answered(raw: Any, wire: str) -> EmbeddingReply[tuple[Any, str]]:
     reply = raw.parse()
     tokens = getattr(getattr(reply, "usage", None), "prompt_tokens", None)
     return EmbeddingReply((reply, wire), tokens if isinstance(tokens, int) else None, parse_rate_limit_headers(raw.headers))
-
-
-def _blocking(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run the coroutine ``make()`` to its end on an event loop of its own, in a worker thread
-    (so a sync call works inside a running loop as well)."""
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="personae-embed") as pool:
-        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 def _call_error(exc: openai.OpenAIError, model: str, url: object = None) -> ModelCallError:

@@ -14,8 +14,10 @@ its tokens and their cost at the ``embeddings`` price, not as a model call.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -95,6 +97,12 @@ class EmbeddingGate:
             self.usage.record_failure(EMBEDDINGS_ROLE)
             raise
         return reply.value
+
+    def call_blocking(self, send: Callable[[], EmbeddingReply[T]], texts: Sequence[str]) -> T:
+        """:meth:`call` for sync code: ``send`` (blocking) runs in a worker thread, the limits on an
+        event loop of their own in another, so it works inside a running event loop as well."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="personae-embed") as pool:
+            return pool.submit(asyncio.run, self.call(lambda: asyncio.to_thread(send), texts)).result()
 
 
 @dataclass
