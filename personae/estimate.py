@@ -35,7 +35,7 @@ from personae.experiment import Experiment, ModelSpec, build_gateway_for, price_
 from personae.forecast import Forecast, StageSample, UnitUsage, forecast
 from personae.llm.embedding_gate import EmbeddingGates
 from personae.llm.gateway import EMBEDDINGS_ROLE, UsageTracker
-from personae.llm.limits import LimitConfig, Limits
+from personae.llm.limits import Limits
 from personae.models import Persona
 from personae.settings import Settings
 
@@ -171,10 +171,7 @@ async def sample_stages(experiment: Experiment, settings: Settings, *, sample: i
 
     Embeddings requests (of an embedder that calls an endpoint) are measured per stage and
     spread evenly over its sampled units: units share the embedder, whose batches mix them."""
-    gates = EmbeddingGates(
-        Limits(), UsageTracker(), default=LimitConfig(max_concurrency=settings.llm_max_concurrency, rpm=settings.llm_rpm, tpm=settings.llm_tpm),
-        max_retries=settings.llm_max_retries,
-    )
+    gates = EmbeddingGates(Limits(), UsageTracker(), max_retries=settings.llm_max_retries)  # the settings' limits (build_embedder)
     embedder = build_embedder(settings, gateway=gates)
     seen = _usage(gates.usage)
     generated, personas = await _sample_generate(experiment, settings, embedder, sample, work)

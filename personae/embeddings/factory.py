@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from personae.costs import BudgetMeter
     from personae.llm import Gateway
     from personae.llm.embedding_gate import EmbeddingGates
+    from personae.llm.limits import LimitConfig
 
 __all__ = ["build_embedder", "EMBEDDING_PROVIDERS"]
 
@@ -69,7 +70,7 @@ def build_embedder(settings: Settings, *, gateway: Gateway | EmbeddingGates | No
             from personae.llm.limits import endpoint_identity, key_fingerprint
 
             url = settings.embeddings_base_url or "https://api.openai.com/v1"
-            gate = gateway.embedding_gate(endpoint_identity(url, key_fingerprint(settings.llm_api_key)), meter=meter)
+            gate = gateway.embedding_gate(endpoint_identity(url, key_fingerprint(settings.llm_api_key)), meter=meter, default=_limits(settings))
         embedder = OpenAIEmbedder(
             settings.embeddings_model,
             base_url=settings.embeddings_base_url,
@@ -106,8 +107,15 @@ def _langchain_embedder(settings: Settings, gateway: Gateway | EmbeddingGates | 
             raise ConfigError(f"environment variable {settings.embeddings_api_key_env} is not set", field="embeddings_api_key_env", expected="the variable to hold the API key")
         kwargs["api_key"], secrets = key, (key,)
     embeddings = load_embeddings(settings.embeddings_class, kwargs, field_prefix="embeddings", secrets=secrets)
-    gate = gateway.embedding_gate(endpoint_of(embeddings), meter=meter) if gateway is not None else None
+    gate = gateway.embedding_gate(endpoint_of(embeddings), meter=meter, default=_limits(settings)) if gateway is not None else None
     return LangChainEmbedder(embeddings, gate=gate)
+
+
+def _limits(settings: Settings) -> LimitConfig:
+    """The limits of an embeddings endpoint no chat model shares: the settings' per-endpoint ones."""
+    from personae.llm.limits import LimitConfig
+
+    return LimitConfig(max_concurrency=settings.llm_max_concurrency, rpm=settings.llm_rpm, tpm=settings.llm_tpm)
 
 
 def _hashing_dim(model: str | None) -> int:

@@ -16,7 +16,7 @@ from personae.costs import BudgetMeter, BudgetSpend
 from personae.errors import BudgetExceeded
 from personae.experiment import Experiment, budget_meter, describe_models, load_experiment, price_table, settings_for
 from personae.flows.schedule import check_schedule
-from personae.llm import Gateway, LimitConfig, Limits, UsageTracker
+from personae.llm import Gateway, Limits, UsageTracker
 from personae.llm.embedding_gate import EmbeddingGates
 from personae.llm.limits import LimiterStats
 from personae.memory import AgentMemory, QdrantHandle, open_qdrant
@@ -381,12 +381,12 @@ def embedding_gates(experiment: Experiment, settings: Settings, limits: Limits |
     """Where an embedder used without a gateway (a memory shared by thread shards, an evaluation
     without judges) sends its requests: ``limits`` (the flow's), a usage tracker of its own
     (add it to the stage's result with :meth:`StageResult.with_usage`), the retry policy of the
-    settings, and the limits the experiment's models set on their endpoints."""
+    settings, and the limits the experiment's models set on their endpoints (else the settings'
+    per-endpoint limits, which :func:`build_embedder` gives)."""
     from personae.flows.limits import endpoint_limit_configs
 
     return EmbeddingGates(
         limits if limits is not None else Limits(), UsageTracker(),
-        default=LimitConfig(max_concurrency=settings.llm_max_concurrency, rpm=settings.llm_rpm, tpm=settings.llm_tpm),
         configs=endpoint_limit_configs(experiment, settings), max_retries=settings.llm_max_retries,
     )
 

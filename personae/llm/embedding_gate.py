@@ -75,17 +75,26 @@ class EmbeddingGate:
         """
         estimate = sum(estimate_tokens(t) for t in texts)
 
+        took = 0.0
+
+        async def timed() -> EmbeddingReply[T]:
+            nonlocal took
+            started = time.perf_counter()
+            try:
+                return await send()
+            finally:
+                took = time.perf_counter() - started
+
         async def attempt() -> EmbeddingReply[T]:
             if self.meter is not None:
                 self.meter.check()
-            started = time.perf_counter()
             reply = await limited_call(
-                self.limiter, estimate if self.limiter.counts_tokens else 0, send,
+                self.limiter, estimate if self.limiter.counts_tokens else 0, timed,
                 settle=lambda r: (r.prompt_tokens if r.prompt_tokens is not None else estimate, r.rate_limit),
                 latency=False,
             )
             tokens = reply.prompt_tokens if reply.prompt_tokens is not None else estimate
-            self.usage.record_embedding(inputs=len(texts), prompt_tokens=tokens, latency_s=time.perf_counter() - started)
+            self.usage.record_embedding(inputs=len(texts), prompt_tokens=tokens, latency_s=took)
             if self.meter is not None:
                 self.meter.charge(EMBEDDINGS_ROLE, tokens, 0, calls=0)
             return reply
@@ -120,8 +129,9 @@ class EmbeddingGates:
     max_retries: int = 5
     retry_base_delay_s: float = 0.25
 
-    def embedding_gate(self, endpoint: str, *, meter: BudgetMeter | None = None) -> EmbeddingGate:
-        """The gate of ``endpoint``'s requests (its limiter as it is, if the endpoint has one)."""
-        config = self.configs.get(endpoint, self.default).model_copy(update={"latency_spike_factor": None})
+    def embedding_gate(self, endpoint: str, *, meter: BudgetMeter | None = None, default: LimitConfig | None = None) -> EmbeddingGate:
+        """The gate of ``endpoint``'s requests: its limiter as it is, if the endpoint has one, else a
+        new one with its ``configs`` entry, else ``default`` (else :attr:`default`)."""
+        config = self.configs.get(endpoint, default or self.default).model_copy(update={"latency_spike_factor": None})
         limiter = self.limits.joined(endpoint, config)
         return EmbeddingGate(limiter, self.usage, meter=meter, max_retries=self.max_retries, retry_base_delay_s=self.retry_base_delay_s)

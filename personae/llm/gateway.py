@@ -371,15 +371,16 @@ class Gateway:
         raise ModelOutputError(f"{key} supports none of the structured output modes {[f.value for f in STRUCTURED_CHAIN]}", model=key)
 
     # ---- embeddings ----------------------------------------------------------
-    def embedding_gate(self, endpoint: str, *, meter: BudgetMeter | None = None) -> EmbeddingGate:
+    def embedding_gate(self, endpoint: str, *, meter: BudgetMeter | None = None, default: LimitConfig | None = None) -> EmbeddingGate:
         """The way an embedder's requests to ``endpoint`` (an endpoint key, see
         :func:`~personae.llm.limits.endpoint_identity`) go through this gateway: the endpoint's
-        shared limiter (the chat models' on the same URL and key, else one with this gateway's
-        limits), the gateway's retries, its usage (role :data:`EMBEDDINGS_ROLE`) and ``meter``."""
+        shared limiter (the chat models' on the same URL and key, else a new one with ``default``,
+        else this gateway's limits), the gateway's retries, its usage (role :data:`EMBEDDINGS_ROLE`)
+        and ``meter``."""
         from personae.llm.embedding_gate import EmbeddingGates
 
         gates = EmbeddingGates(self.limits, self.usage, self._default_limits, max_retries=self.max_retries, retry_base_delay_s=self.retry_base_delay_s)
-        return gates.embedding_gate(endpoint, meter=meter)
+        return gates.embedding_gate(endpoint, meter=meter, default=default)
 
     # ---- lifecycle ---------------------------------------------------------
     def _check_budget(self) -> None:
