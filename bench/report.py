@@ -457,8 +457,10 @@ def _embeddings(e: dict[str, Any] | None) -> str:
     if gated is not None:
         verdict += (
             f" Through the gateway (issue 16: the chat endpoint's limiter, retries, usage; what the flows and CLI wire): "
-            f"{gated['cpu_ms_per_utterance']:.1f} vs {best['cpu_ms_per_utterance']:.1f} ms CPU per utterance, "
-            f"{gated['gateway_embedding_requests']} of {gated['embedding_requests']} requests counted in the gateway's usage."
+            f"{gated['cpu_ms_per_utterance']:.1f} vs {best['cpu_ms_per_utterance']:.1f} ms CPU per utterance; run by run (each "
+            f"right after its ungated twin, so under the same load) "
+            + ", ".join(f"{g - b:+.1f}" for g, b in zip(gated["cpu_ms_per_utterance_all_runs"], best["cpu_ms_per_utterance_all_runs"]))
+            + f" ms; {gated['gateway_embedding_requests']} of {gated['embedding_requests']} requests counted in the gateway's usage."
         )
     return intro + _table(
         ["variant", "embedder", "client CPU ms / utterance", "all runs", "embedding CPU ms / utterance", "share of CPU",
