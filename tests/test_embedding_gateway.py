@@ -257,3 +257,24 @@ def test_a_simulation_with_memory_counts_its_embeddings_in_the_stage_metrics(tmp
     assert m["simulate.usage.embeddings.cost"] == pytest.approx(m["simulate.usage.embeddings.tokens"] * 1000.0 / 1e6, abs=1e-6)
     assert m["simulate.usage.calls"] == openai_server.endpoint_counts["chat.completions"]  # chat calls only
     assert openai_server.peak_in_flight <= 2  # the model's limit, embeddings included
+
+
+def test_the_estimate_spreads_a_stages_embeddings_over_its_units():
+    from personae.estimate import _spread_embeddings, _usage
+    from personae.forecast import StageSample, UnitUsage, forecast
+    from personae.llm.gateway import UsageTracker
+
+    tracker = UsageTracker()
+    before = _usage(tracker)
+    for _ in range(4):  # the stage's units shared the embedder: 4 requests of 2 texts, 10 tokens each
+        tracker.record_embedding(inputs=2, prompt_tokens=10, latency_s=0.01)
+    units = [{"persona": UnitUsage(calls=3, prompt_tokens=30, completion_tokens=6)} for _ in range(2)]
+    stage = StageSample(stage="simulate", unit="conversation", units_total=10, units=units)
+    _spread_embeddings(stage, tracker, before)
+    assert [u[EMBEDDINGS_ROLE].calls for u in stage.units] == [2, 2] and stage.units[0][EMBEDDINGS_ROLE].prompt_tokens == 20
+    price = {EMBEDDINGS_ROLE: ModelPrice(input_per_1m=1e6, output_per_1m=0), "persona": None}
+    result = forecast([stage], price_for_role=price.get)
+    assert result.row("simulate", EMBEDDINGS_ROLE).calls.value == pytest.approx(20)  # requests, on their own row
+    total = result.row("simulate")
+    assert total.calls.value == pytest.approx(30) and total.prompt_tokens.value == pytest.approx(300)  # chat, as usage.* counts
+    assert total.cost.value == pytest.approx(200)  # but the embeddings' cost is in it
