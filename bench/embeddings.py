@@ -10,7 +10,11 @@ variant runs the same batch in this one process with a fresh local memory store:
 * float / base64 — ``OpenAIEmbedder`` asking for ``encoding_format`` float or base64,
   one request per embed call (unbatched);
 * … batched — the same behind ``BatchingEmbedder`` (what ``build_embedder`` gives for an
-  OpenAI-compatible endpoint: base64 + batched).
+  OpenAI-compatible endpoint: base64 + batched);
+* base64 batched via gateway — the same with its requests through the gateway
+  (``Gateway.embedding_gate``, as the flows and the CLI wire it): the chat endpoint's
+  shared limiter, the gateway's retries and usage. Its difference to ``base64 batched``
+  is the gateway's CPU cost.
 
 Client CPU is ``time.process_time()`` of the whole batch (all threads) per utterance;
 embedding CPU per utterance is a variant's minus the hashing baseline's. Requests are
@@ -38,25 +42,27 @@ from personae.embeddings.openai import OpenAIEmbedder
 from personae.graphs import make_jobs, simulate_batch
 from personae.graphs.runner import latest_conversations
 from personae.llm import Gateway
+from personae.llm.limits import LimitConfig, endpoint_key
 from personae.llm.openai_provider import OpenAICompatibleLLM
 from personae.memory import AgentMemory, open_qdrant
 
 DIM = 384
-VARIANTS = ("hashing", "float", "base64", "float batched", "base64 batched")
+VARIANTS = ("hashing", "float", "base64", "float batched", "base64 batched", "base64 batched via gateway")
 
 
-def _embedder(variant: str, base_url: str, window_s: float) -> tuple[Any, OpenAIEmbedder | None]:
+def _embedder(variant: str, base_url: str, window_s: float, gateway: Gateway) -> tuple[Any, OpenAIEmbedder | None]:
     """The embedder a variant uses, and the HTTP embedder inside it (None for hashing)."""
     if variant == "hashing":
         return HashingEmbedder(DIM), None
-    remote = OpenAIEmbedder("personae-test-embed", base_url=base_url, api_key="bench", encoding_format=variant.split()[0], dim=DIM)  # type: ignore[arg-type]
-    return (BatchingEmbedder(remote, max_batch=remote.batch_size, window_s=window_s) if variant.endswith("batched") else remote), remote
+    gate = gateway.embedding_gate(endpoint_key(gateway.model_for()), default=LimitConfig(max_concurrency=64)) if variant.endswith("gateway") else None
+    remote = OpenAIEmbedder("personae-test-embed", base_url=base_url, api_key="bench", encoding_format=variant.split()[0], dim=DIM, gate=gate)  # type: ignore[arg-type]
+    return (BatchingEmbedder(remote, max_batch=remote.batch_size, window_s=window_s) if "batched" in variant else remote), remote
 
 
 async def _run(variant: str, base_url: str, *, n: int, turns: int, window_s: float, tmp: Path) -> dict[str, Any]:
     jobs = make_jobs(make_personas(max(2, n)), [make_scenario(turns)], graph_config("dyad", max_turns=turns, memory=True), n_conversations=n, seed=7)
     gateway = Gateway(OpenAICompatibleLLM("test", base_url=base_url, api_key="bench", max_connections=n), cache=None, max_concurrency=n)
-    embedder, remote = _embedder(variant, base_url, window_s)
+    embedder, remote = _embedder(variant, base_url, window_s, gateway)
     out = tmp / f"{variant.replace(' ', '_')}.jsonl"
     with open_qdrant(path=tmp / f"qdrant-{variant.replace(' ', '_')}") as handle:
         memory = AgentMemory(handle, embedder)
@@ -81,6 +87,7 @@ async def _run(variant: str, base_url: str, *, n: int, turns: int, window_s: flo
         "requests_per_utterance": requests / utterances,
         "wire_format": remote.wire_format if remote else None,
         "model_calls": gateway.usage.total().calls,
+        "gateway_embedding_requests": gateway.usage.roles["embeddings"].calls if "embeddings" in gateway.usage.roles else 0,
     }
     if isinstance(embedder, BatchingEmbedder):
         row["embed_calls"] = embedder.stats.calls
@@ -118,6 +125,7 @@ def main() -> None:
         "cpu_ratio_float_to_base64_batched": by["float"]["cpu_ms_per_utterance"] / by["base64 batched"]["cpu_ms_per_utterance"],
         "embedding_cpu_ratio_float_to_base64": by["float"]["embedding_cpu_ms_per_utterance"] / max(by["base64"]["embedding_cpu_ms_per_utterance"], 1e-9),
         "requests_ratio_unbatched_to_batched": by["base64"]["requests_per_utterance"] / max(by["base64 batched"]["requests_per_utterance"], 1e-9),
+        "gateway_cpu_ms_per_utterance_overhead": by["base64 batched via gateway"]["cpu_ms_per_utterance"] - by["base64 batched"]["cpu_ms_per_utterance"],
     }
     path = write_result(args.name, {
         "method": __doc__, "conversations": args.conversations, "turns": args.turns, "latency_s": args.latency,

@@ -691,7 +691,7 @@ def _embeddings(e: dict[str, Any] | None) -> str:
         "same batch in one process: hashing is the in-process hashing embedder (no embedding requests, the baseline); "
         "float / base64 is `OpenAIEmbedder` with that `encoding_format`, one request per embed call; batched puts "
         f"`BatchingEmbedder` (window {e['window_s'] * 1000:g} ms) in front — what `build_embedder` gives an OpenAI-compatible "
-        "endpoint: base64 and batched. Client CPU is `time.process_time` of the whole batch per utterance, the least of the "
+        "endpoint: base64 and batched; via gateway sends those requests through the gateway's limiter of the chat endpoint. Client CPU is `time.process_time` of the whole batch per utterance, the least of the "
         "runs; embedding CPU is a variant's minus the hashing row's. Rerun: `python bench/embeddings.py`.\n\n"
     )
     rows = [
@@ -717,6 +717,15 @@ def _embeddings(e: dict[str, Any] | None) -> str:
         f"{float_['embedding_cpu_ms_per_utterance'] / max(by['base64']['embedding_cpu_ms_per_utterance'], 1e-9):.1f}× less embedding CPU; "
         f"batching: {float_['requests_per_utterance'] / best['requests_per_utterance']:.0f}× fewer embedding requests."
     )
+    gated = by.get("base64 batched via gateway")
+    if gated is not None:
+        verdict += (
+            f" Through the gateway (issue 16: the chat endpoint's limiter, retries, usage; what the flows and CLI wire): "
+            f"{gated['cpu_ms_per_utterance']:.1f} vs {best['cpu_ms_per_utterance']:.1f} ms CPU per utterance; run by run (each "
+            f"right after its ungated twin, so under the same load) "
+            + ", ".join(f"{g - b:+.1f}" for g, b in zip(gated["cpu_ms_per_utterance_all_runs"], best["cpu_ms_per_utterance_all_runs"]))
+            + f" ms; {gated['gateway_embedding_requests']} of {gated['embedding_requests']} requests counted in the gateway's usage."
+        )
     return intro + _table(
         ["variant", "embedder", "client CPU ms / utterance", "all runs", "embedding CPU ms / utterance", "share of CPU",
          "embedding requests / utterance", "largest batch"],

@@ -89,6 +89,23 @@ def model_name_of(obj: Any) -> str | None:
     return None
 
 
+def api_key_of(model: Any) -> Any:
+    """A LangChain model's API key (``openai_api_key``, ``anthropic_api_key``, ``api_key``...: the first
+    field named so that is set), or None; only ever passed to :func:`~personae.llm.limits.key_fingerprint`."""
+    for name in getattr(type(model), "model_fields", {}):
+        if name == "api_key" or name.endswith("_api_key"):
+            value = getattr(model, name, None)
+            if value:
+                return value
+    return None
+
+
+def base_url_of(model: Any) -> str | None:
+    """The endpoint URL a LangChain model reads from its arguments (``openai_api_base``, ``base_url``), if any."""
+    url = getattr(model, "openai_api_base", None) or getattr(model, "base_url", None)
+    return url if isinstance(url, str) and url else None
+
+
 def _status_of(exc: BaseException) -> int | None:
     for holder in (exc, getattr(exc, "response", None)):
         status = getattr(holder, "status_code", None)

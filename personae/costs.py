@@ -1,7 +1,9 @@
 """Prices, cost and the hard budget of a run: plain data and arithmetic, no model calls.
 
 A price is per model, split into input (prompt) and output (completion) tokens, per
-1M tokens as providers quote them. ``price_per_1k_tokens`` on a model is the older
+1M tokens as providers quote them (an embeddings model has only an input price,
+:class:`EmbeddingPrice`; its requests are charged under the name ``embeddings``: tokens and
+cost, not model calls). ``price_per_1k_tokens`` on a model is the older
 shorthand: one price for both kinds, per 1,000 tokens. Only calls that reached a
 model cost anything; replies served from the cache are free.
 
@@ -22,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from personae.errors import BudgetExceeded
 
-__all__ = ["ModelPrice", "RunBudget", "BudgetSpend", "BudgetMeter", "call_cost", "resolve_price"]
+__all__ = ["ModelPrice", "EmbeddingPrice", "RunBudget", "BudgetSpend", "BudgetMeter", "call_cost", "resolve_price"]
 
 
 class ModelPrice(BaseModel):
@@ -41,6 +43,18 @@ class ModelPrice(BaseModel):
     def cost(self, prompt_tokens: float, completion_tokens: float) -> float:
         """The cost of ``prompt_tokens`` in and ``completion_tokens`` out."""
         return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1_000_000.0
+
+
+class EmbeddingPrice(BaseModel):
+    """What an embeddings model costs: per 1M input tokens (it has no output)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_1m: float = Field(ge=0.0, description="price of 1M embedded tokens")
+
+    def as_model_price(self) -> ModelPrice:
+        """As a :class:`ModelPrice` with no output price."""
+        return ModelPrice(input_per_1m=self.input_per_1m, output_per_1m=0.0)
 
 
 def call_cost(price: ModelPrice | float | None, prompt_tokens: float, completion_tokens: float) -> float:
@@ -180,10 +194,11 @@ class BudgetMeter:
                     self.exceeded = self.exceeded or error
                 raise error
 
-    def charge(self, model: str, prompt_tokens: int, completion_tokens: int) -> None:
-        """Count one call that reached ``model``."""
+    def charge(self, model: str, prompt_tokens: int, completion_tokens: int, *, calls: int = 1) -> None:
+        """Count one call that reached ``model`` (``calls=0``: tokens and cost only, as for an
+        embeddings request, which is not a model call)."""
         self._add(BudgetSpend(
-            model_calls=1, tokens=prompt_tokens + completion_tokens,
+            model_calls=calls, tokens=prompt_tokens + completion_tokens,
             cost=call_cost(self.prices.get(model), prompt_tokens, completion_tokens),
         ))
 

@@ -33,7 +33,9 @@ from typing import Literal
 from personae.embeddings import build_embedder
 from personae.experiment import Experiment, ModelSpec, build_gateway_for, price_table
 from personae.forecast import Forecast, StageSample, UnitUsage, forecast
-from personae.llm.gateway import UsageTracker
+from personae.llm.embedding_gate import EmbeddingGates
+from personae.llm.gateway import EMBEDDINGS_ROLE, UsageTracker
+from personae.llm.limits import Limits
 from personae.models import Persona
 from personae.settings import Settings
 
@@ -165,20 +167,40 @@ async def _sample_evaluate(experiment: Experiment, settings: Settings, embedder,
 
 
 async def sample_stages(experiment: Experiment, settings: Settings, *, sample: int, work: Path) -> list[StageSample]:
-    """Measure ``sample`` units of each stage of ``experiment`` with ``settings``' models and cache."""
-    embedder = build_embedder(settings)
+    """Measure ``sample`` units of each stage of ``experiment`` with ``settings``' models and cache.
+
+    Embeddings requests (of an embedder that calls an endpoint) are measured per stage and
+    spread evenly over its sampled units: units share the embedder, whose batches mix them."""
+    gates = EmbeddingGates(Limits(), UsageTracker(), max_retries=settings.llm_max_retries)  # the settings' limits (build_embedder)
+    embedder = build_embedder(settings, gateway=gates)
+    seen = _usage(gates.usage)
     generated, personas = await _sample_generate(experiment, settings, embedder, sample, work)
+    seen = _spread_embeddings(generated, gates.usage, seen)
     if len(personas) < _seats(experiment):
         from personae.errors import ConfigError
 
         raise ConfigError(f"a {experiment.graph.kind} needs {_seats(experiment)} personas", field="population.size", got=len(personas))
     samples = [s for s in (generated,) if s is not None]
     samples.append(await _sample_simulate(experiment, settings, embedder, personas, sample, work))
+    seen = _spread_embeddings(samples[-1], gates.usage, seen)
     n_personas = experiment.population.size if experiment.population is not None else len(personas)
     evaluated = await _sample_evaluate(experiment, settings, embedder, personas, n_personas, sample)
+    _spread_embeddings(evaluated, gates.usage, seen)
     if evaluated is not None:
         samples.append(evaluated)
     return samples
+
+
+def _spread_embeddings(stage: StageSample | None, tracker: UsageTracker, before: dict[str, UnitUsage]) -> dict[str, UnitUsage]:
+    """Add the embeddings requests made since ``before`` to ``stage``'s units, an equal share each;
+    the usage now (the next stage's ``before``)."""
+    now = _usage(tracker)
+    spent = _delta(now, before).get(EMBEDDINGS_ROLE)
+    if stage is not None and spent is not None and stage.units:
+        share = UnitUsage(**{k: v / len(stage.units) for k, v in spent.model_dump().items()})
+        for unit in stage.units:
+            unit[EMBEDDINGS_ROLE] = unit.get(EMBEDDINGS_ROLE, UnitUsage()).plus(share)
+    return now
 
 
 @contextmanager
@@ -223,4 +245,7 @@ def estimate_experiment(
         target = rerouted(experiment, base_url) if base_url else experiment
         samples = asyncio.run(sample_stages(target, sample_settings, sample=sample, work=work))
     label = {"test-server": "the test server", "endpoint": f"the endpoint {endpoint}", "experiment": "the experiment's models (cache replays)"}[source]
-    return forecast(samples, price_for_role=lambda role: prices.get(experiment.model_for_role(role)), source=label, prices=prices)
+    return forecast(
+        samples, price_for_role=lambda role: prices.get(role if role == EMBEDDINGS_ROLE else experiment.model_for_role(role)),
+        source=label, prices=prices,
+    )

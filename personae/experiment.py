@@ -17,14 +17,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from personae.costs import BudgetMeter, BudgetSpend, ModelPrice, RunBudget, resolve_price
+from personae.costs import BudgetMeter, BudgetSpend, EmbeddingPrice, ModelPrice, RunBudget, resolve_price
 from personae.errors import ConfigError
 from personae.evaluation.config import EvaluationConfig
 from personae.graphs.config import GraphConfig
 from personae.graphs.sessions import Sessions
 from personae.jsonl import read_jsonl_dicts
 from personae.llm import LLM, Gateway, Limits, build_gateway
-from personae.llm.gateway import default_limit_config
+from personae.llm.gateway import EMBEDDINGS_ROLE, default_limit_config
 from personae.models import Intervention, Scenario
 from personae.population.spec import PopulationSpec, load_population_spec
 from personae.settings import Settings
@@ -45,6 +45,7 @@ __all__ = [
     "build_gateway_for",
     "model_prices",
     "price_table",
+    "embeddings_price",
     "budget_meter",
     "describe_models",
 ]
@@ -180,6 +181,9 @@ class EmbeddingsSpec(_Strict):
     class_path: str | None = Field(None, alias="class", description="langchain: the Embeddings class, e.g. langchain_ollama:OllamaEmbeddings")
     kwargs: dict[str, Any] | None = Field(None, description="langchain: the class's keyword arguments (no keys: use api_key_env)")
     api_key_env: str | None = Field(None, pattern=_ENV_NAME, description="langchain: NAME of the env var passed as api_key")
+    price: EmbeddingPrice | None = Field(
+        None, description="input_per_1m: price per 1M embedded tokens (else the settings' prices entry for its model)"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -614,7 +618,19 @@ def price_table(experiment: Experiment, settings: Settings) -> dict[str, ModelPr
         if found is None and spec.provider in ("fake", "local"):  # nothing to pay for; LangChain models may cost
             found = ModelPrice(input_per_1m=0, output_per_1m=0)
         table[name] = found
+    table[EMBEDDINGS_ROLE] = embeddings_price(experiment, settings)
     return table
+
+
+def embeddings_price(experiment: Experiment, settings: Settings) -> ModelPrice | None:
+    """The price of the experiment's embeddings requests (``None``: unknown): its ``embeddings.price``,
+    else the settings' ``prices`` entry for the embeddings model; 0 for the in-process embedders."""
+    spec = experiment.embeddings
+    kind = spec.provider or settings.embeddings_provider or ("openai" if (spec.base_url or settings.embeddings_base_url) else "local")
+    if kind in ("local", "hashing"):
+        return ModelPrice(input_per_1m=0, output_per_1m=0)
+    own = spec.price.as_model_price() if spec.price is not None else None
+    return resolve_price(price=own, price_per_1k_tokens=0.0, model=spec.model or settings.embeddings_model, table=settings.prices)
 
 
 def budget_meter(experiment: Experiment, settings: Settings, spent: BudgetSpend | None = None) -> BudgetMeter | None:
@@ -631,7 +647,8 @@ def budget_meter(experiment: Experiment, settings: Settings, spent: BudgetSpend 
         if unpriced:
             raise ConfigError(
                 f"budget.max_cost needs a price for every model; {', '.join(unpriced)} has none",
-                file=str(experiment.source) if experiment.source else None, field=f"models.{unpriced[0]}.price",
+                file=str(experiment.source) if experiment.source else None,
+                field="embeddings.price" if unpriced == [EMBEDDINGS_ROLE] else f"models.{unpriced[0]}.price",
                 expected="price: {input_per_1m: ..., output_per_1m: ...} (or price_per_1k_tokens) on the model, "
                 "or an entry for its model name in the settings' prices",
             )

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pydantic import BaseModel, Field
 
 from personae.costs import ModelPrice, call_cost
+from personae.llm.gateway import EMBEDDINGS_ROLE
 
 __all__ = ["UnitUsage", "StageSample", "Estimate", "ForecastRow", "Forecast", "forecast", "t_quantile"]
 
@@ -160,6 +161,17 @@ def _sum_rows(stage: str, rows: Sequence[tuple[ForecastRow, dict[str, float]]], 
     return ForecastRow(stage=stage, role="*", units_total=units_total, units_sampled=units_sampled, **estimates), halves
 
 
+def _total(usage: Mapping[str, UnitUsage], price_for_role: Callable[[str], ModelPrice | None]) -> dict[str, float]:
+    """One unit's figures summed over roles as the run's ``usage.*`` metrics sum them: calls and
+    tokens of the chat roles, cost of every role (embeddings requests have their own row)."""
+    out = dict.fromkeys(FIELDS, 0.0)
+    for role, one in usage.items():
+        for name, value in _values(one, price_for_role(role)).items():
+            if role != EMBEDDINGS_ROLE or name == "cost":
+                out[name] += value
+    return out
+
+
 def forecast(
     samples: Sequence[StageSample],
     *,
@@ -182,10 +194,8 @@ def forecast(
             per_unit = [_values(unit.get(role, UnitUsage()), price) for unit in sample.units]
             overhead = _values(sample.overhead.get(role, UnitUsage()), price)
             rows.append(_row(sample.stage, role, sample.units_total, per_unit, overhead)[0])
-        per_unit_total = [
-            {name: sum(_values(u, price_for_role(r))[name] for r, u in unit.items()) for name in FIELDS} for unit in sample.units
-        ]
-        overhead_total = {name: sum(_values(u, price_for_role(r))[name] for r, u in sample.overhead.items()) for name in FIELDS}
+        per_unit_total = [_total(unit, price_for_role) for unit in sample.units]
+        overhead_total = _total(sample.overhead, price_for_role)
         total, halves = _row(sample.stage, "*", sample.units_total, per_unit_total, overhead_total)
         rows.append(total)
         stage_totals.append((total, halves))

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from personae.costs import call_cost
-from personae.llm.gateway import RoleUsage, UsageTracker
+from personae.llm.gateway import EMBEDDINGS_ROLE, RoleUsage, UsageTracker
 from personae.llm.limits import LimiterStats, endpoint_label, merge_limiter_stats
 from personae.processes import ProcessOwner
 from personae.settings import Settings
@@ -161,6 +161,11 @@ def usage_metrics(
     model name to its price: a :class:`~personae.costs.ModelPrice` (input/output per 1M
     tokens) or a number per 1,000 tokens (missing models cost 0); the cost
     counts only calls that reached a model, not cache hits.
+
+    Embeddings requests (role ``embeddings``, priced by the ``embeddings`` entry) have
+    their own ``usage.embeddings.*`` lines (requests as ``calls``, texts as ``inputs``,
+    ``tokens``, ``cost``); ``usage.calls``, ``usage.tokens`` and the like count chat calls
+    only, while ``usage.cost`` is the cost of both.
     """
     prices = dict(prices_per_1k or {})
     route = model_for_role or (lambda role: "default")
@@ -170,12 +175,15 @@ def usage_metrics(
     for role, counts in sorted(usage.roles.items()):
         tokens = counts.prompt_tokens + counts.completion_tokens
         model_share = counts.model_calls / counts.calls if counts.calls else 0.0
-        role_cost = model_share * call_cost(prices.get(route(role)), counts.prompt_tokens, counts.completion_tokens)
+        price = prices.get(EMBEDDINGS_ROLE if role == EMBEDDINGS_ROLE else route(role))
+        role_cost = model_share * call_cost(price, counts.prompt_tokens, counts.completion_tokens)
         cost += role_cost
         out[f"{prefix}.{role}.cost"] = round(role_cost, 6)
         out[f"{prefix}.{role}.calls"] = counts.calls
         out[f"{prefix}.{role}.model_calls"] = counts.model_calls
         out[f"{prefix}.{role}.tokens"] = tokens
+        if role == EMBEDDINGS_ROLE:
+            out[f"{prefix}.{role}.inputs"] = counts.inputs
     out.update(
         {
             f"{prefix}.calls": total.calls,

@@ -325,7 +325,7 @@ async def test_experiment_models_on_one_endpoint_get_one_limiter_with_the_tighte
 
 
 def test_a_429_without_retry_after_waits_for_the_spent_quota_to_reset():
-    from personae.llm.openai_provider import _retry_after
+    from personae.llm.rate_headers import retry_after_of as _retry_after
 
     assert _retry_after({"retry-after": "2"}) == 2.0
     assert _retry_after({"x-ratelimit-remaining-requests": "0", "x-ratelimit-reset-requests": "1.5s",

@@ -150,7 +150,7 @@ def _chat(
                 from personae.memory import AgentMemory, open_qdrant
 
                 handle = open_qdrant(settings)  # local Qdrant: one client per path and process, closed below
-                memory = AgentMemory(handle, build_embedder(settings), collection=experiment.memory.collection)
+                memory = AgentMemory(handle, build_embedder(settings, gateway=gateway), collection=experiment.memory.collection)
             session = ChatSession(
                 seat, user, scenario, experiment.graph, gateway=gateway, memory=memory, conversation_id=cid,
                 seed=session_seed(experiment.seed, cid), metadata={"session": sessions + 1, "run": experiment.name},

@@ -139,13 +139,13 @@ async def _evaluate(
     settings.check_data_dir()
     require_writable(out, kind="dir", field="--out")
 
-    embedder = build_embedder(settings)
-    comparison = None
-    if other is not None:
-        comparison = await acompare_arms(conversations, other, embedder=embedder, personas=personas, config=config,
-                                         label_a=_label(conversations_path), label_b=_label(compare_path))
     gateway = _judged_gateway(settings, config.judged.judges, judged_inputs.judge_models, build_gateway) if config.judged.enabled else None
+    embedder = build_embedder(settings, gateway=gateway)
+    comparison = None
     try:
+        if other is not None:
+            comparison = await acompare_arms(conversations, other, embedder=embedder, personas=personas, config=config,
+                                             label_a=_label(conversations_path), label_b=_label(compare_path))
         with Progress(TextColumn("judged evaluation"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, disable=not config.judged.enabled, transient=True) as progress:
             task = progress.add_task("personas", total=None)

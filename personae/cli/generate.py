@@ -43,8 +43,8 @@ async def _generate(spec_path: Path, out: Path, size: int | None, seed: int | No
     plan_population(spec)  # a bad taxonomy, rule or quota fails here, before any store is opened
     settings.check_data_dir()
     require_writable(out, kind="dir", field="--out")
-    embedder = build_embedder(settings) if spec.dedup else None
     gateway = None if no_llm or not (spec.llm_validate or spec.craft) else build_gateway(settings)
+    embedder = build_embedder(settings, gateway=gateway) if spec.dedup else None
     if gateway is not None:
         described = ", ".join(f"{k}={v}" for k, v in gateway.describe().items())
         console.print(f"[cyan]model:[/] {described}")

@@ -125,8 +125,8 @@ async def _simulate(
     if checkpoint_path is not None:
         require_writable(checkpoint_path, kind="file", field="--checkpoint")
 
-    embedder = build_embedder(settings)
     gateway = build_gateway(settings)
+    embedder = build_embedder(settings, gateway=gateway)  # an endpoint's embeddings share its limits and usage
     handle = memory = None
     if graph.memory.enabled:
         from personae.memory import AgentMemory, open_qdrant

@@ -11,6 +11,11 @@ with numpy: a float reply makes the SDK build every number as a Python float and
 validate it, which cost about twice the client CPU per request (bench/embeddings.py). An endpoint that rejects
 base64 (HTTP 400/422) or answers with floats anyway is asked for floats from then on
 (once per embedder, logged).
+
+Given a ``gate`` (:meth:`personae.llm.Gateway.embedding_gate`, as ``build_embedder`` wires it
+in flows and the CLI), every request goes through the gateway: the endpoint's limits shared
+with its chat calls, the gateway's retries on 429/5xx (honouring ``Retry-After``, the
+``x-ratelimit-*`` headers read), usage and budget.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from pydantic import SecretStr
 from personae.embeddings.base import normalize
 from personae.endpoint import public_url, unreachable_reason
 from personae.errors import ModelCallError, ModelOutputError
+from personae.llm.embedding_gate import EmbeddingGate, EmbeddingReply
+from personae.llm.rate_headers import parse_rate_limit_headers, retry_after_of
 
 __all__ = ["OpenAIEmbedder", "EmbeddingRequestStats", "decode_embedding"]
 
@@ -87,8 +94,12 @@ class OpenAIEmbedder:
         dim: the vector dimension if known; otherwise learned from the first reply
             (reading :attr:`dim` before any call sends one probe request).
         timeout_s: per-request timeout.
-        max_retries: the client's own retries (there is no gateway for embeddings).
-        max_concurrency: requests in flight at once in :meth:`aembed`.
+        max_retries: the client's own retries, without a ``gate`` (with one, the gateway retries
+            and the client's own are off).
+        max_concurrency: requests in flight at once in :meth:`aembed` (a ``gate`` limits them
+            further, with the endpoint's chat calls).
+        gate: the gateway's way to the endpoint (:meth:`~personae.llm.Gateway.embedding_gate`):
+            its shared limits, retries, usage and budget. Without one, requests go out directly.
     """
 
     def __init__(
@@ -103,6 +114,7 @@ class OpenAIEmbedder:
         timeout_s: float = 60.0,
         max_retries: int = 3,
         max_concurrency: int = 4,
+        gate: EmbeddingGate | None = None,
     ) -> None:
         if encoding_format not in ("auto", "float", "base64"):
             raise ValueError(f"encoding_format must be 'auto', 'float' or 'base64', got {encoding_format!r}")
@@ -122,8 +134,9 @@ class OpenAIEmbedder:
             "base_url": base_url,
             "api_key": key or "not-needed",
             "timeout": timeout_s,
-            "max_retries": max_retries,
+            "max_retries": 0 if gate is not None else max_retries,
         }
+        self.gate = gate
         self._sync: openai.OpenAI | None = None
         # one async client per event loop: httpx pools are bound to the loop that made them
         self._async: tuple[asyncio.AbstractEventLoop, openai.AsyncOpenAI] | None = None
@@ -189,17 +202,10 @@ class OpenAIEmbedder:
         client = self._sync_client()
         parts = []
         for batch in self._batches(texts):
-            wire = self._wire
-            try:
-                try:
-                    reply = self._send(client, batch, wire)
-                except openai.APIStatusError as exc:
-                    if not self._format_rejected(exc, wire):
-                        raise
-                    reply, wire = self._send(client, batch, "float"), "float"
-                    self._use_float(f"answered encoding_format=base64 with HTTP {exc.status_code}")
-            except openai.OpenAIError as exc:
-                raise _call_error(exc, self._model, client.base_url) from None
+            if self.gate is None:
+                reply, wire = self._attempt(client, batch).value
+            else:
+                reply, wire = self.gate.call_blocking(lambda: self._attempt(client, batch), batch)
             parts.append(self._decode(reply, len(batch), wire))
         return self._join(parts)
 
@@ -209,30 +215,55 @@ class OpenAIEmbedder:
         limit = asyncio.Semaphore(self.max_concurrency)
 
         async def one(batch: list[str]) -> np.ndarray:
-            wire = self._wire
             async with limit:
-                try:
-                    try:
-                        reply = await self._asend(client, batch, wire)
-                    except openai.APIStatusError as exc:
-                        if not self._format_rejected(exc, wire):
-                            raise
-                        reply, wire = await self._asend(client, batch, "float"), "float"
-                        self._use_float(f"answered encoding_format=base64 with HTTP {exc.status_code}")
-                except openai.OpenAIError as exc:
-                    raise _call_error(exc, self._model, client.base_url) from None
+                if self.gate is None:
+                    reply, wire = (await self._aattempt(client, batch)).value
+                else:
+                    reply, wire = await self.gate.call(lambda: self._aattempt(client, batch), batch)
             return self._decode(reply, len(batch), wire)
 
         parts = await asyncio.gather(*(one(b) for b in self._batches(texts)))
         return self._join(list(parts))
 
+    def _attempt(self, client: openai.OpenAI, batch: list[str]) -> EmbeddingReply[tuple[Any, str]]:
+        """One request for ``batch`` (asked again for floats if the endpoint refuses base64);
+        a failure as :class:`ModelCallError`."""
+        wire = self._wire
+        try:
+            try:
+                raw = self._send(client, batch, wire)
+            except openai.APIStatusError as exc:
+                if not self._format_rejected(exc, wire):
+                    raise
+                raw, wire = self._send(client, batch, "float"), "float"
+                self._use_float(f"answered encoding_format=base64 with HTTP {exc.status_code}")
+        except openai.OpenAIError as exc:
+            raise _call_error(exc, self._model, client.base_url) from None
+        return _answered(raw, wire)
+
+    async def _aattempt(self, client: openai.AsyncOpenAI, batch: list[str]) -> EmbeddingReply[tuple[Any, str]]:
+        """:meth:`_attempt` over the async client."""
+        wire = self._wire
+        try:
+            try:
+                raw = await self._asend(client, batch, wire)
+            except openai.APIStatusError as exc:
+                if not self._format_rejected(exc, wire):
+                    raise
+                raw, wire = await self._asend(client, batch, "float"), "float"
+                self._use_float(f"answered encoding_format=base64 with HTTP {exc.status_code}")
+        except openai.OpenAIError as exc:
+            raise _call_error(exc, self._model, client.base_url) from None
+        return _answered(raw, wire)
+
     def _send(self, client: openai.OpenAI, batch: list[str], wire: Literal["float", "base64"]) -> Any:
         self.stats.add(len(batch))
-        return client.embeddings.create(model=self._model, input=batch, encoding_format=wire)
+        # the raw response (the SDK's documented `with_raw_response`) carries the rate-limit headers
+        return client.embeddings.with_raw_response.create(model=self._model, input=batch, encoding_format=wire)
 
     async def _asend(self, client: openai.AsyncOpenAI, batch: list[str], wire: Literal["float", "base64"]) -> Any:
         self.stats.add(len(batch))
-        return await client.embeddings.create(model=self._model, input=batch, encoding_format=wire)
+        return await client.embeddings.with_raw_response.create(model=self._model, input=batch, encoding_format=wire)
 
     def _format_rejected(self, exc: openai.APIStatusError, wire: str) -> bool:
         """Whether ``exc`` may be the endpoint refusing base64 (then the batch is retried as float)."""
@@ -270,6 +301,14 @@ class OpenAIEmbedder:
         return normalize(np.concatenate(parts, axis=0))
 
 
+def _answered(raw: Any, wire: str) -> EmbeddingReply[tuple[Any, str]]:
+    """A raw SDK response as the gate reads it: the parsed body and its wire format, the tokens
+    the endpoint reported and its rate-limit headers."""
+    reply = raw.parse()
+    tokens = getattr(getattr(reply, "usage", None), "prompt_tokens", None)
+    return EmbeddingReply((reply, wire), tokens if isinstance(tokens, int) else None, parse_rate_limit_headers(raw.headers))
+
+
 def _call_error(exc: openai.OpenAIError, model: str, url: object = None) -> ModelCallError:
     if isinstance(exc, openai.APIStatusError):
         status = exc.status_code
@@ -277,7 +316,8 @@ def _call_error(exc: openai.OpenAIError, model: str, url: object = None) -> Mode
             f"embeddings endpoint returned HTTP {status}",
             status=status,
             model=model,
-            retryable=status == 429 or status >= 500,
+            retryable=status in (408, 409, 425, 429) or status >= 500,
+            retry_after=retry_after_of(exc.response.headers) if exc.response is not None else None,
         )
     if isinstance(exc, openai.APIConnectionError):
         where = "" if url is None else f" at {public_url(url)}"

@@ -16,7 +16,8 @@ from personae.costs import BudgetMeter, BudgetSpend
 from personae.errors import BudgetExceeded
 from personae.experiment import Experiment, budget_meter, describe_models, load_experiment, price_table, settings_for
 from personae.flows.schedule import check_schedule
-from personae.llm import Gateway
+from personae.llm import Gateway, Limits, UsageTracker
+from personae.llm.embedding_gate import EmbeddingGates
 from personae.llm.limits import LimiterStats
 from personae.memory import AgentMemory, QdrantHandle, open_qdrant
 from personae.prompts import default_prompts
@@ -38,6 +39,7 @@ __all__ = [
     "run_tags",
     "open_memory",
     "embedder_for",
+    "embedding_gates",
     "budget_stop_metrics",
     "budget_stop_of",
 ]
@@ -129,6 +131,10 @@ class StageResult(BaseModel):
             peak_in_flight=gateway.peak_in_flight, limits=gateway.limiter_stats(), budget_stop=budget_stop,
         )
 
+    def with_usage(self, usage: UsageTracker) -> StageResult:
+        """This result with the counters of ``usage`` added (e.g. embeddings requests made outside the gateway)."""
+        return self.model_copy(update={"usage": usage_to_dict(merge_usage([self.usage, usage_to_dict(usage)]))})
+
     @classmethod
     def merge(cls, results: list[StageResult]) -> StageResult:
         """Shard results summed (metrics and usage add up; the peak is the largest)."""
@@ -180,7 +186,7 @@ class StageContext:
         metrics.update(
             usage_metrics(
                 merge_usage([result.usage]),
-                model_for_role=self.experiment.model_for_role,
+                model_for_role=self.experiment.model_for_role,  # embeddings are priced by their own entry
                 prices_per_1k=price_table(self.experiment, self.settings),
                 peak_in_flight=result.peak_in_flight,
             )
@@ -377,9 +383,24 @@ def open_memory(
     return memory, opened
 
 
-def embedder_for(settings: Settings) -> Embedder:
-    """The embedder the settings select (the experiment's ``embeddings`` applied)."""
-    return build_embedder(settings)
+def embedder_for(settings: Settings, *, gateway: Gateway | EmbeddingGates | None = None, meter: BudgetMeter | None = None) -> Embedder:
+    """The embedder the settings select (the experiment's ``embeddings`` applied); one that calls an
+    endpoint sends its requests through ``gateway`` (limits, retries, usage) and charges ``meter``."""
+    return build_embedder(settings, gateway=gateway, meter=meter)
+
+
+def embedding_gates(experiment: Experiment, settings: Settings, limits: Limits | None = None) -> EmbeddingGates:
+    """Where an embedder used without a gateway (a memory shared by thread shards, an evaluation
+    without judges) sends its requests: ``limits`` (the flow's), a usage tracker of its own
+    (add it to the stage's result with :meth:`StageResult.with_usage`), the retry policy of the
+    settings, and the limits the experiment's models set on their endpoints (else the settings'
+    per-endpoint limits, which :func:`build_embedder` gives)."""
+    from personae.flows.limits import endpoint_limit_configs
+
+    return EmbeddingGates(
+        limits if limits is not None else Limits(), UsageTracker(),
+        configs=endpoint_limit_configs(experiment, settings), max_retries=settings.llm_max_retries,
+    )
 
 
 # ---- budget -------------------------------------------------------------------

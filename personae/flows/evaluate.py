@@ -12,7 +12,7 @@ from prefect.cache_policies import NONE
 from personae.costs import BudgetMeter
 from personae.errors import BudgetExceeded, ConfigError
 from personae.experiment import Experiment, build_gateway_for
-from personae.flows.context import StageResult, embedder_for, open_memory, run_stage, settings_in_task
+from personae.flows.context import StageResult, embedder_for, embedding_gates, open_memory, run_stage, settings_in_task
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
 from personae.jsonl import read_jsonl
 from personae.graphs.runner import latest_conversations
@@ -59,8 +59,9 @@ async def evaluate_task(
         ))
 
     emit(progress, ProgressEvent(stage="evaluate", done=0, total=len(conversations)))
+    gates = embedding_gates(experiment, settings)  # the embedder's way when no gateway is needed
     try:
-        embedder = embedder_for(settings)
+        embedder = embedder_for(settings, gateway=gateway if gateway is not None else gates, meter=meter)
         probes = await _probe(experiment, settings, embedder, conversations, gateway) if probing else None
         scorecard = await evaluate_run(
             conversations, personas, config=experiment.evaluation, gateway=gateway, embedder=embedder,
@@ -69,13 +70,13 @@ async def evaluate_task(
         )
     except BudgetExceeded as exc:
         log.warning("evaluate: %s; no scorecard written", exc)
-        return StageResult.of({}, gateway, meter=meter, stop=exc)
+        return StageResult.of({}, gateway, meter=meter, stop=exc).with_usage(gates.usage)
     finally:
         if gateway is not None:
             await gateway.aclose()
     emit(progress, ProgressEvent(stage="evaluate", done=len(conversations), total=len(conversations), finished=True))
     metrics = {f"eval.{k}": v for k, v in scorecard.metrics().items()}
-    return StageResult.of(metrics, gateway, meter=meter)
+    return StageResult.of(metrics, gateway, meter=meter).with_usage(gates.usage)
 
 
 async def _probe(experiment: Experiment, settings: Any, embedder: Any, conversations: list, gateway: Any) -> Any:

@@ -62,7 +62,7 @@ async def generate_population_task(
     stop: BudgetExceeded | None = None
     try:
         report = await generate_population(
-            experiment.population, gateway=gateway, embedder=embedder_for(settings), qdrant=qdrant,
+            experiment.population, gateway=gateway, embedder=embedder_for(settings, gateway=gateway, meter=meter), qdrant=qdrant,
             out_dir=paths.root, on_progress=on_progress,
         )
     except BudgetExceeded as exc:  # the batches written so far stay; a rerun resumes after them

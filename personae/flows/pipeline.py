@@ -27,7 +27,10 @@ __all__ = ["pipeline_flow", "check_stages", "PipelineResult"]
 log = logging.getLogger(__name__)
 
 # usage counters that add up across stages
-_ADDITIVE = ("calls", "model_calls", "cached_calls", "prompt_tokens", "completion_tokens", "tokens", "failures", "cost")
+_ADDITIVE = (
+    "calls", "model_calls", "cached_calls", "prompt_tokens", "completion_tokens", "tokens", "failures", "cost",
+    "embeddings.calls", "embeddings.inputs", "embeddings.tokens", "embeddings.cost",
+)
 _LIMIT_TOTALS = frozenset(f"limits.{name}" for name in LIMIT_TOTALS)
 
 

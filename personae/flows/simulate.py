@@ -27,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from personae.costs import BudgetMeter
 from personae.errors import BudgetExceeded, ConfigError, MissingExtra
 from personae.experiment import Experiment, SimulationConfig, build_gateway_for
-from personae.flows.context import RunPaths, ShardProcess, StageResult, embedder_for, open_context, open_memory, settings_in_task
+from personae.flows.context import RunPaths, ShardProcess, StageResult, embedder_for, embedding_gates, open_context, open_memory, settings_in_task
 from personae.flows.limits import endpoint_limit_configs, limits_for
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
 from personae.graphs.pool import run_in_process, shard_jobs
@@ -100,7 +100,7 @@ async def _simulate_shard(
     if limits is None:
         limits = limits_for(experiment, settings, other_processes=True, create=False)
     gateway = build_gateway_for(experiment, settings, meter=meter, limits=limits)
-    embedder = embedder_for(settings)  # semantic echo/repetition checks, and memory
+    embedder = embedder_for(settings, gateway=gateway, meter=meter)  # semantic echo/repetition checks, and memory
     opened = None
     if memory is None and experiment.memory_enabled:
         memory, opened = open_memory(experiment, settings, embedder)
@@ -221,12 +221,13 @@ def simulate_flow(
         # one budget per endpoint: thread shards share this process's limits; Dask shards
         # share Prefect's global limits (created here, before they start) when a server is set
         limits = limits_for(exp, ctx.settings, other_processes=bool(exp.simulation.dask))
+        meter = ctx.meter(budget_spent)
+        gates = embedding_gates(exp, ctx.settings, limits)  # the shared memory's embeddings: the shards' limits and budget
         if exp.memory_enabled and not elsewhere:
             # thread shards share one in-process memory (local Qdrant allows one client per path)
-            memory, opened = open_memory(exp, ctx.settings, embedder_for(ctx.settings))
+            memory, opened = open_memory(exp, ctx.settings, embedder_for(ctx.settings, gateway=gates, meter=meter))
         # callbacks and in-process memory cannot travel to Dask workers
         local_progress = None if elsewhere else progress
-        meter = ctx.meter(budget_spent)
         # Dask workers and worker processes rebuild the settings from their own environment and cwd:
         # give them this run's data dir, resolved, so every shard writes to the same run folder
         overrides = {**ctx.overrides, "data_dir": str(ctx.settings.root)} if elsewhere else ctx.overrides
@@ -244,7 +245,7 @@ def simulate_flow(
         finally:
             if opened is not None:
                 opened.close()
-        merged = StageResult.merge(results)
+        merged = StageResult.merge(results).with_usage(gates.usage)
         merged.metrics.update(_output_counts(paths, {job.id for job in jobs}))
         merged.metrics.update(_process_counts(merged.processes, len(shards)))
         merged.metrics["wall_s"] = time.perf_counter() - started

@@ -36,7 +36,8 @@ def _dependencies() -> dict[str, Any]:
     from personae.settings import Settings
 
     settings = Settings.load()
-    return {"gateway": build_gateway(settings), "embedder": build_embedder(settings)}
+    gateway = build_gateway(settings)
+    return {"gateway": gateway, "embedder": build_embedder(settings, gateway=gateway)}
 
 
 def dyad(config: RunnableConfig | None = None):

@@ -19,10 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel
 
+from personae.costs import BudgetMeter
 from personae.errors import BudgetExceeded, ConfigError, ModelOutputError, UnsupportedFeature
 from personae.llm.base import LLM, LLMRequest, LLMResponse, Message, ResponseFormat
 from personae.llm.cache import ResponseCache, cache_key
@@ -30,7 +31,10 @@ from personae.llm.structured import parse_structured, schema_for
 from personae.llm.limits import EndpointLimiter, LimitConfig, LimiterStats, Limits, endpoint_key
 from personae.llm.wrappers import LimitedLLM, RetryingLLM
 
-__all__ = ["Gateway", "RoleUsage", "UsageTracker", "Budget", "default_limit_config"]
+if TYPE_CHECKING:
+    from personae.llm.embedding_gate import EmbeddingGate
+
+__all__ = ["Gateway", "RoleUsage", "UsageTracker", "Budget", "default_limit_config", "EMBEDDINGS_ROLE"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
@@ -42,6 +46,9 @@ STRUCTURED_CHAIN: tuple[ResponseFormat, ...] = (
 )
 
 MessagesLike = Sequence[Message | Mapping[str, Any]]
+
+EMBEDDINGS_ROLE = "embeddings"
+"""The usage role of embeddings requests: counted apart from the chat roles (see :meth:`UsageTracker.total`)."""
 
 
 @dataclass
@@ -55,6 +62,8 @@ class RoleUsage:
     cached_tokens: int = 0
     latency_s: float = 0.0
     failures: int = 0
+    inputs: int = 0
+    """Texts embedded (the :data:`EMBEDDINGS_ROLE` only; a request carries many)."""
 
     @property
     def model_calls(self) -> int:
@@ -64,7 +73,11 @@ class RoleUsage:
 
 @dataclass
 class UsageTracker:
-    """Calls and tokens per role; thread-safe."""
+    """Calls and tokens per role; thread-safe.
+
+    Embeddings requests are the role :data:`EMBEDDINGS_ROLE` (calls = requests, ``inputs`` =
+    texts, ``prompt_tokens`` = their tokens); :meth:`total` is over the chat roles only, so
+    calls per utterance and the like count chat calls."""
 
     roles: dict[str, RoleUsage] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -80,6 +93,15 @@ class UsageTracker:
                 usage.cached_tokens += response.usage.cached_tokens
             usage.latency_s += response.latency_s
 
+    def record_embedding(self, *, inputs: int, prompt_tokens: int, latency_s: float) -> None:
+        """Count one embeddings request that reached its endpoint, carrying ``inputs`` texts."""
+        with self._lock:
+            usage = self.roles.setdefault(EMBEDDINGS_ROLE, RoleUsage())
+            usage.calls += 1
+            usage.inputs += inputs
+            usage.prompt_tokens += prompt_tokens
+            usage.latency_s += latency_s
+
     def record_failure(self, role: str) -> None:
         with self._lock:
             self.roles.setdefault(role, RoleUsage()).failures += 1
@@ -93,10 +115,12 @@ class UsageTracker:
                     setattr(into, f.name, getattr(into, f.name) + getattr(counts, f.name))
 
     def total(self) -> RoleUsage:
-        """Counters summed over roles."""
+        """Counters summed over the chat roles (embeddings requests are not chat calls)."""
         with self._lock:
             out = RoleUsage()
-            for u in self.roles.values():
+            for role, u in self.roles.items():
+                if role == EMBEDDINGS_ROLE:
+                    continue
                 out.calls += u.calls
                 out.cached_calls += u.cached_calls
                 out.prompt_tokens += u.prompt_tokens
@@ -120,6 +144,8 @@ class UsageTracker:
             out[f"{name}.completion_tokens"] = u.completion_tokens
             out[f"{name}.cached_tokens"] = u.cached_tokens
             out[f"{name}.failures"] = u.failures
+            if name == EMBEDDINGS_ROLE:
+                out[f"{name}.inputs"] = u.inputs
         return out
 
 
@@ -176,6 +202,9 @@ class Gateway:
                 raise ConfigError(f"role {role!r} is routed to an unknown model", field=f"roles.{role}", expected=f"one of {sorted(raw)}", got=name)
         self.cache = cache
         self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.retry_base_delay_s = retry_base_delay_s
+        self._default_limits = LimitConfig(max_concurrency=max_concurrency, rpm=rpm, tpm=tpm)
         self.budget = budget or Budget()
         self.usage = UsageTracker()
         self._unsupported: dict[str, set[ResponseFormat]] = {}
@@ -349,6 +378,18 @@ class Gateway:
         if last_error is not None:
             raise last_error
         raise ModelOutputError(f"{key} supports none of the structured output modes {[f.value for f in STRUCTURED_CHAIN]}", model=key)
+
+    # ---- embeddings ----------------------------------------------------------
+    def embedding_gate(self, endpoint: str, *, meter: BudgetMeter | None = None, default: LimitConfig | None = None) -> EmbeddingGate:
+        """The way an embedder's requests to ``endpoint`` (an endpoint key, see
+        :func:`~personae.llm.limits.endpoint_identity`) go through this gateway: the endpoint's
+        shared limiter (the chat models' on the same URL and key, else a new one with ``default``,
+        else this gateway's limits), the gateway's retries, its usage (role :data:`EMBEDDINGS_ROLE`)
+        and ``meter``."""
+        from personae.llm.embedding_gate import EmbeddingGates
+
+        gates = EmbeddingGates(self.limits, self.usage, self._default_limits, max_retries=self.max_retries, retry_base_delay_s=self.retry_base_delay_s)
+        return gates.embedding_gate(endpoint, meter=meter, default=default)
 
     # ---- lifecycle ---------------------------------------------------------
     def _check_budget(self) -> None:

@@ -39,7 +39,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Literal
 
-from personae._langchain import build_from_path, call_error, model_name_of
+from personae._langchain import api_key_of, base_url_of, build_from_path, call_error, model_name_of
 from personae.errors import ConfigError, UnsupportedFeature
 from personae.llm.base import LLMRequest, LLMResponse, Message, ResponseFormat, Usage, estimate_tokens
 from personae.llm.limits import key_fingerprint
@@ -83,9 +83,8 @@ class LangChainLLM:
         self.chat_model = chat_model
         self.sampling = sampling
         self._model = name or _default_name(chat_model)
-        base_url = getattr(chat_model, "openai_api_base", None) or getattr(chat_model, "base_url", None)
-        self.base_url = base_url if isinstance(base_url, str) else None
-        self.key_fingerprint = key_fingerprint(_api_key(chat_model))
+        self.base_url = base_url_of(chat_model)
+        self.key_fingerprint = key_fingerprint(api_key_of(chat_model))
         """Tells the chat model's API key apart (for its endpoint's limits) without holding it."""
         fields = type(chat_model).model_fields
         self._fields = {param: next((f for f in names if f in fields), None) for param, names in _SAMPLING_FIELDS.items()}
@@ -159,17 +158,6 @@ def load_chat_model(path: str, kwargs: Mapping[str, Any] | None = None, *, field
     from langchain_core.language_models import BaseChatModel
 
     return build_from_path(path, kwargs, base=BaseChatModel, what="LangChain chat model (BaseChatModel)", prefix=field_prefix, secrets=secrets)
-
-
-def _api_key(chat_model: Any) -> Any:
-    """The chat model's API key (``openai_api_key``, ``anthropic_api_key``, ``api_key``...: the first
-    field named so that is set), or None; only ever passed to :func:`key_fingerprint`."""
-    for name in type(chat_model).model_fields:
-        if name == "api_key" or name.endswith("_api_key"):
-            value = getattr(chat_model, name, None)
-            if value:
-                return value
-    return None
 
 
 def _default_name(chat_model: Any) -> str:

@@ -462,9 +462,12 @@ class EndpointLimiter:
         tokens_used: int | None = None,
         rate_limit: RateLimitInfo | None = None,
         retry_after_s: float | None = None,
+        latency: bool = True,
     ) -> None:
         """Give back ``permit`` and learn from the call: success, a 429 (``throttled``), its
-        real token count, the provider's rate-limit headers and ``Retry-After``."""
+        real token count, the provider's rate-limit headers and ``Retry-After``; its latency
+        too, unless ``latency`` is False (a call of another kind, e.g. an embeddings request,
+        whose duration says nothing about the chat calls' usual one)."""
         if permit.released:
             return
         permit.released = True
@@ -472,13 +475,14 @@ class EndpointLimiter:
             if permit.shared is not None:
                 await permit.shared.__aexit__(None, None, None)
         finally:
-            self._learn(permit, ok=ok, throttled=throttled, tokens_used=tokens_used, rate_limit=rate_limit, retry_after_s=retry_after_s)
+            self._learn(permit, ok=ok, throttled=throttled, tokens_used=tokens_used, rate_limit=rate_limit,
+                        retry_after_s=retry_after_s, latency=latency)
 
     def _learn(self, permit: Permit, *, ok: bool, throttled: bool, tokens_used: int | None,
-               rate_limit: RateLimitInfo | None, retry_after_s: float | None) -> None:
+               rate_limit: RateLimitInfo | None, retry_after_s: float | None, latency: bool = True) -> None:
         with self._lock:
             now = self.clock()
-            latency = now - permit.started
+            took = now - permit.started
             self.in_flight -= 1
             if self._tokens is not None and tokens_used is not None:
                 self._tokens.give_back(permit.tokens - tokens_used, now)
@@ -495,8 +499,8 @@ class EndpointLimiter:
                     self._paused_until = max(self._paused_until, until)
                 self._decrease_locked(permit, "429")
             elif ok:
-                if self._is_spike_locked(latency):
-                    self._decrease_locked(permit, f"latency spike ({latency:.2f}s)")
+                if latency and self._is_spike_locked(took):
+                    self._decrease_locked(permit, f"latency spike ({took:.2f}s)")
                 elif self.config.adaptive and self.window < self.config.max_concurrency:
                     self.window = min(float(self.config.max_concurrency), self.window + 1.0 / self.limit)
                     self.window_max = max(self.window_max, self.limit)
@@ -602,6 +606,15 @@ class Limits:
                 return found
         found.tighten(config)
         return found
+
+    def joined(self, endpoint: str, default: LimitConfig) -> EndpointLimiter:
+        """The limiter of ``endpoint`` as it is, or a new one with ``default`` limits when the
+        endpoint has none yet (for calls that bring no limits of their own, e.g. embeddings)."""
+        with self._lock:
+            found = self._limiters.get(endpoint)
+            if found is None:
+                found = self._limiters[endpoint] = EndpointLimiter(endpoint, default, shared=self.shared, clock=self._clock)
+            return found
 
     def endpoints(self) -> dict[str, EndpointLimiter]:
         """Endpoint key → its limiter."""

@@ -18,7 +18,7 @@ from personae.endpoint import public_url, unreachable_reason
 from personae.errors import ModelCallError, UnsupportedFeature
 from personae.llm.base import LLMRequest, LLMResponse, ResponseFormat, Usage, estimate_tokens
 from personae.llm.limits import key_fingerprint
-from personae.llm.rate_headers import parse_rate_limit_headers
+from personae.llm.rate_headers import parse_rate_limit_headers, retry_after_of
 
 __all__ = ["OpenAICompatibleLLM"]
 
@@ -178,23 +178,8 @@ def _status_error(exc: openai.APIStatusError, request: LLMRequest, model: str) -
     if status in (400, 422) and request.response_format is not ResponseFormat.TEXT:
         return UnsupportedFeature(f"endpoint rejected response format {request.response_format.value}: {detail}", status=status, model=model)
     retryable = status in (408, 409, 425, 429) or status >= 500
-    retry_after = _retry_after(exc.response.headers) if exc.response is not None else None
+    retry_after = retry_after_of(exc.response.headers) if exc.response is not None else None
     return ModelCallError(f"endpoint returned HTTP {status}: {detail}", status=status, model=model, retryable=retryable, retry_after=retry_after)
-
-
-def _retry_after(headers: Any) -> float | None:
-    """Seconds to wait before a retry: ``Retry-After`` (or ``retry-after-ms``), else, when a quota
-    is spent (``x-ratelimit-remaining-*`` is 0), the time until it resets."""
-    info = parse_rate_limit_headers(headers)
-    if info is None:
-        return None
-    if info.retry_after_s is not None:
-        return info.retry_after_s
-    waits = [
-        reset for remaining, reset in ((info.remaining_requests, info.reset_requests_s), (info.remaining_tokens, info.reset_tokens_s))
-        if remaining == 0 and reset is not None
-    ]
-    return max(waits) if waits else None
 
 
 def _error_detail(exc: openai.APIStatusError) -> str:

@@ -36,7 +36,7 @@ from email.utils import parsedate_to_datetime
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["RateLimitInfo", "parse_duration", "parse_rate_limit_headers", "derive_window"]
+__all__ = ["RateLimitInfo", "parse_duration", "parse_rate_limit_headers", "derive_window", "retry_after_of"]
 
 log = logging.getLogger(__name__)
 
@@ -292,3 +292,18 @@ def _structured(value: str) -> tuple[int | None, float | None] | None:
     remaining = _int(params["r"]) if "r" in params else None
     reset = _duration(params["t"])[0] if "t" in params and _duration(params["t"]) else None
     return None if remaining is None and reset is None else (remaining, reset)
+
+
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """Seconds to wait before a retry: ``Retry-After`` (or ``retry-after-ms``), else, when a quota
+    is spent (``x-ratelimit-remaining-*`` is 0), the time until it resets."""
+    info = parse_rate_limit_headers(headers)
+    if info is None:
+        return None
+    if info.retry_after_s is not None:
+        return info.retry_after_s
+    waits = [
+        reset for remaining, reset in ((info.remaining_requests, info.reset_requests_s), (info.remaining_tokens, info.reset_tokens_s))
+        if remaining == 0 and reset is not None
+    ]
+    return max(waits) if waits else None

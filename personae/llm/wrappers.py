@@ -5,16 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from personae.errors import ModelCallError
 from personae.llm.base import LLM, LLMRequest, LLMResponse, estimate_tokens
 from personae.llm.cache import ResponseCache, cache_key
 from personae.llm.limits import EndpointLimiter, LimitConfig, endpoint_key, reservation
+from personae.llm.rate_headers import RateLimitInfo
 
-__all__ = ["WrapperLLM", "CachedLLM", "RetryingLLM", "LimitedLLM"]
+__all__ = ["WrapperLLM", "CachedLLM", "RetryingLLM", "LimitedLLM", "retry_call", "limited_call"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class WrapperLLM:
@@ -98,23 +101,46 @@ class RetryingLLM(WrapperLLM):
         self.retries = 0
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        attempt = 0
-        while True:
-            try:
-                return await self.inner.complete(request)
-            except ModelCallError as exc:
-                if not exc.retryable or attempt >= self.max_retries:
-                    raise
-                delay = min(self.max_delay_s, self.base_delay_s * (2**attempt))
-                delay = delay * (0.5 + self._rng.random() / 2)
-                if exc.retry_after is not None:
-                    delay = max(delay, min(exc.retry_after, self.max_delay_s * 3))
-                attempt += 1
-                self.retries += 1
-                log.info("model call failed (%s); retry %d/%d in %.2fs", exc, attempt, self.max_retries, delay)
-                if self.on_retry is not None:
-                    self.on_retry(delay)
-                await asyncio.sleep(delay)
+        return await retry_call(
+            lambda: self.inner.complete(request), max_retries=self.max_retries, base_delay_s=self.base_delay_s,
+            max_delay_s=self.max_delay_s, rng=self._rng, on_retry=self._count_retry,
+        )
+
+    def _count_retry(self, delay: float) -> None:
+        self.retries += 1
+        if self.on_retry is not None:
+            self.on_retry(delay)
+
+
+async def retry_call(
+    call: Callable[[], Awaitable[T]],
+    *,
+    max_retries: int,
+    base_delay_s: float,
+    max_delay_s: float = 20.0,
+    rng: random.Random | None = None,
+    on_retry: Callable[[float], None] | None = None,
+) -> T:
+    """``call()``, retried on a retryable :class:`ModelCallError` (429, 5xx, timeouts) with jittered
+    exponential backoff, a ``Retry-After`` as the minimum wait; the last error after ``max_retries``.
+    ``on_retry`` is told each retry's wait. The retry policy of every model call (chat and embeddings)."""
+    rng = rng or random.Random()
+    attempt = 0
+    while True:
+        try:
+            return await call()
+        except ModelCallError as exc:
+            if not exc.retryable or attempt >= max_retries:
+                raise
+            delay = min(max_delay_s, base_delay_s * (2**attempt))
+            delay = delay * (0.5 + rng.random() / 2)
+            if exc.retry_after is not None:
+                delay = max(delay, min(exc.retry_after, max_delay_s * 3))
+            attempt += 1
+            log.info("model call failed (%s); retry %d/%d in %.2fs", exc, attempt, max_retries, delay)
+            if on_retry is not None:
+                on_retry(delay)
+            await asyncio.sleep(delay)
 
 
 class LimitedLLM(WrapperLLM):
@@ -155,21 +181,37 @@ class LimitedLLM(WrapperLLM):
         return self.limiter.peak_in_flight
 
     async def complete(self, request: LLMRequest) -> LLMResponse:
-        limiter = self.limiter
         tokens = 0
-        if limiter.counts_tokens:
+        if self.limiter.counts_tokens:
             prompt = sum(estimate_tokens(m.content) for m in request.messages)
             tokens = reservation(prompt, request.max_tokens)
-        permit = await limiter.acquire(tokens)
-        try:
-            response = await self.inner.complete(request)
-        except ModelCallError as exc:
-            await limiter.release(
-                permit, ok=False, throttled=exc.status == 429, retry_after_s=exc.retry_after, tokens_used=None
-            )
-            raise
-        except BaseException:
-            await limiter.release(permit, ok=False)
-            raise
-        await limiter.release(permit, tokens_used=response.usage.total_tokens, rate_limit=response.rate_limit)
-        return response
+        return await limited_call(
+            self.limiter, tokens, lambda: self.inner.complete(request),
+            settle=lambda response: (response.usage.total_tokens, response.rate_limit),
+        )
+
+
+async def limited_call(
+    limiter: EndpointLimiter,
+    tokens: int,
+    call: Callable[[], Awaitable[T]],
+    *,
+    settle: Callable[[T], tuple[int | None, RateLimitInfo | None]],
+    latency: bool = True,
+) -> T:
+    """``call()`` admitted by ``limiter`` with ``tokens`` reserved, its permit given back after it:
+    a 429 (with its ``Retry-After``) narrows the window and pauses the endpoint, a success tells
+    the limiter what ``settle`` reads from the reply (tokens used, rate-limit headers) and, if
+    ``latency``, how long it took (for the latency spikes of :class:`EndpointLimiter`)."""
+    permit = await limiter.acquire(tokens)
+    try:
+        reply = await call()
+    except ModelCallError as exc:
+        await limiter.release(permit, ok=False, throttled=exc.status == 429, retry_after_s=exc.retry_after, tokens_used=None)
+        raise
+    except BaseException:
+        await limiter.release(permit, ok=False)
+        raise
+    used, rate_limit = settle(reply)
+    await limiter.release(permit, tokens_used=used, rate_limit=rate_limit, latency=latency)
+    return reply

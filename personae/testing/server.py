@@ -13,7 +13,7 @@ body is broken JSON), truncated (JSON content cut short) and schema_invalid
 (valid JSON that violates the schema).
 
 ``quota_rpm``/``quota_tpm`` turn on the quota mode (:mod:`personae.testing.quota`): chat
-requests past the quota get a 429 with ``Retry-After`` and ``x-ratelimit-*`` headers, and
+and embeddings requests (one quota for both) past the quota get a 429 with ``Retry-After`` and ``x-ratelimit-*`` headers, and
 admitted ones carry the ``x-ratelimit-*`` headers too (:attr:`~OpenAITestServer.quota`
 counts both).
 
@@ -88,7 +88,7 @@ class TestServerConfig(BaseModel):
         "the gate opens once and stays open",
     )
     hold_s: float = Field(60.0, gt=0.0, description="longest a reply waits for the hold_until_in_flight gate before it is answered anyway")
-    quota_rpm: int | None = Field(None, ge=1, description="quota mode: chat requests per minute, past which it answers 429")
+    quota_rpm: int | None = Field(None, ge=1, description="quota mode: chat and embeddings requests per minute, past which it answers 429")
     quota_tpm: int | None = Field(None, ge=1, description="quota mode: tokens per minute (prompt + max_tokens, settled to the real usage)")
     quota_window_s: float = Field(
         60.0, gt=0.0, le=3600.0,
@@ -386,7 +386,10 @@ class OpenAITestServer:
         with self._lock:
             self._requests.append(body)
         if endpoint == "embeddings":
-            return await self._serve(endpoint, body, self._embeddings)
+            raw = body.get("input")
+            texts = [raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []
+            prompt = sum(estimate_tokens(t) for t in texts if isinstance(t, str))
+            return await self._within_quota(endpoint, body, prompt, 0, self._embeddings)
         return await self._chat(body)
 
     def _draw_fault(self, applicable: set[str]) -> str | None:
@@ -458,26 +461,37 @@ class OpenAITestServer:
             applicable.add("truncated")
             if plan.schema is not None:
                 applicable.add("schema_invalid")
+        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+        return await self._within_quota(
+            "chat.completions", body, replies.prompt_tokens(body["messages"]), max_tokens if isinstance(max_tokens, int) else None,
+            lambda b, fault, rng: self._chat_reply(b, plan, fault, rng), applicable,
+        )
+
+    async def _within_quota(
+        self, endpoint: str, body: dict[str, Any], prompt: int, max_tokens: int | None, build: Callable[..., _Reply],
+        applicable: set[str] = _TRANSPORT_FAULTS,
+    ) -> _Reply | _Hang:
+        """Serve a chat or embeddings request under the quota, if the quota mode is on: one quota
+        for both kinds (as providers count them per key), a 429 with headers past it."""
         quota = self.quota
         if quota is None:
-            return await self._serve("chat.completions", body, lambda b, fault, rng: self._chat_reply(b, plan, fault, rng), applicable)
-        max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
-        prompt = replies.prompt_tokens(body["messages"])
-        reserved, headers = quota.admit(prompt, max_tokens if isinstance(max_tokens, int) else None)
+            return await self._serve(endpoint, body, build, applicable)
+        reserved, headers = quota.admit(prompt, max_tokens)
         if reserved is None:
             reply = _error(429, "rate limit reached: quota of the personae test server", kind="requests", code="rate_limit_exceeded")
             reply.headers.update(headers)
             return reply
         used = 0
 
-        def build(b: dict[str, Any], fault: str | None, rng: random.Random) -> _Reply:
+        def counted(b: dict[str, Any], fault: str | None, rng: random.Random) -> _Reply:
             nonlocal used
-            out = self._chat_reply(b, plan, fault, rng)
-            used = json.loads(out.body)["usage"]["total_tokens"]
+            out = build(b, fault, rng)
+            if out.status == 200:
+                used = json.loads(out.body)["usage"]["total_tokens"]
             return out
 
         try:
-            reply = await self._serve("chat.completions", body, build, applicable)
+            reply = await self._serve(endpoint, body, counted, applicable)
         finally:
             quota.settle(reserved, used)
         if isinstance(reply, _Reply):
