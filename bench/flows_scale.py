@@ -9,8 +9,8 @@ in a fresh data dir (nothing is served from the cache):
 * ``dask``     — the shards on a local Dask cluster of ``--workers`` processes, each process
   with its own limits (``llm_global_limits: false``);
 * ``dask+gcl`` — the same, with one limit shared through Prefect's global concurrency limits
-  (what a Dask run does by default): every model call takes and gives back a slot on the
-  Prefect server.
+  (what a Dask run does by default): each shard leases its share of the limit's slots on the
+  Prefect server when it starts and keeps its calls within it in process.
 
 Figures per run:
 

@@ -1023,8 +1023,8 @@ the test server in its own process answering after L = 200 ms, once per runner, 
 dir with its own Prefect server: `threads` runs the shards on threads of the flow's process (one
 in-process limit); `dask` on a local Dask cluster of worker processes, each process with its own
 limits; `dask+gcl` the same with one limit shared through Prefect's global concurrency limits,
-which is what a Dask run does by default (each model call takes and returns a slot on the Prefect
-server). Simulate wall time includes the workers importing personae and opening the gateway for their
+which is what a Dask run does by default (each shard leases its share of the limit's slots when it
+starts, and its own limiter keeps its calls within the share: no round trip per call). Simulate wall time includes the workers importing personae and opening the gateway for their
 first shard; the shard batch time is the mean of the shards' own `simulate_batch` times, without that. Efficiency =
 max(Σ latency / concurrency, one conversation's calls × L) ÷ wall. Rerun: the `flows_scale` line of `bench/run_all`.
 
