@@ -188,3 +188,36 @@ def test_leases_keep_calls_across_processes_within_the_limit_and_come_back(prefe
     assert min(b for b, _ in second_spans) >= max(e for _, e in first_spans), "the second waited for a free slot"
     assert _most_at_once(first_spans + second_spans) <= 3  # never more than the endpoint's limit
     assert active() == 0, "both leases came back, the failed shard's too"
+
+
+def _flow_lease_in_another_process(experiment, results) -> None:
+    """The flow's process with thread shards and ``llm_global_limits: true``: it creates the
+    limit and leases what is free for its shards; reports its limiter's limit and the slots the
+    server counts while the lease is held."""
+    from prefect.client.orchestration import get_client
+
+    from personae.flows.limits import flow_limits, global_limit_name
+
+    with flow_limits(experiment, Settings(llm_global_limits=True), other_processes=False) as limits:
+        limit = limits.limiter(URL + "/flow", LimitConfig(max_concurrency=64)).limit
+        with get_client(sync_client=True) as client:
+            held = client.read_global_concurrency_limit_by_name(global_limit_name(URL + "/flow")).active_slots
+    results.put((limit, held))
+
+
+def test_thread_shards_share_one_lease_of_the_flows_process(prefect_api_session):
+    import multiprocessing
+
+    from prefect.client.orchestration import get_client
+
+    exp = _experiment(default={"model": "a", "base_url": URL + "/flow", "max_concurrency": 5})
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_flow_lease_in_another_process, args=(exp, results))
+    proc.start()
+    limit, held = results.get(timeout=600)
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert (limit, held) == (5, 5)  # alone on the endpoint: the whole limit, in one lease
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(global_limit_name(URL + "/flow")).active_slots == 0
