@@ -156,6 +156,9 @@ def run_once(args: argparse.Namespace, runner: str) -> dict:
         "calls_per_conversation": round(per_conversation, 2),
         "concurrency_cap": cap,
         "server_peak_in_flight": server["peak_in_flight"],
+        # the most calls in flight a process's limiter allowed: the endpoint's limit, or a shard's lease of it
+        "process_limit": max((int(v) for k, v in m.items() if k.startswith("simulate.limits.") and k.endswith(".window_max")), default=0),
+        "endpoint_limit": int(os.environ["PERSONAE_LLM_MAX_CONCURRENCY"]),
         "simulate_wall_s": round(wall, 2),
         "pipeline_wall_s": round(total_wall, 1),
         "achieved_overlap": round(served_latency / wall, 2),

@@ -48,6 +48,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, ExitStack, a
 from dataclasses import dataclass
 from typing import Any
 
+from personae.errors import ConfigError
 from personae.experiment import Experiment, ModelSpec, SimulationConfig
 from personae.ids import content_hash
 from personae.llm.limits import EndpointLimiter, LimitConfig, Limits, endpoint_identity, endpoint_url, key_fingerprint
@@ -174,9 +175,9 @@ class LeasedShares:
     endpoint's own limiter, capped at its share (:func:`leased_limits`), enforces the lease, so its
     calls need no shared slot; and the rates are split into the shares, so nothing to wait for."""
 
-    def __init__(self, leases: list[Lease]) -> None:
-        self.leases = {lease.endpoint: lease for lease in leases}
+    def __init__(self) -> None:
         self.limiters: dict[str, EndpointLimiter] = {}
+        """Leased endpoint → its limiter (set by :func:`leased_limits`)."""
 
     def _lease_of(self, endpoint: str) -> str | None:
         """The leased endpoint of ``endpoint``'s URL, if another key than the leased one (a
@@ -206,7 +207,7 @@ async def _permit(limiter: EndpointLimiter) -> AsyncIterator[None]:
 
 def leased_limits(leases: list[Lease]) -> Limits:
     """The limits of a process holding ``leases``: each leased endpoint's limiter capped at its share."""
-    shared = LeasedShares(leases)
+    shared = LeasedShares()
     limits = Limits(shared=shared)
     shared.limiters = {lease.endpoint: limits.limiter(lease.endpoint, lease.share) for lease in leases}
     log.info("leased %s", ", ".join(f"{lease.slots} slot(s) of {lease.name}" for lease in leases))
@@ -230,12 +231,21 @@ def _plan(configs: dict[str, LimitConfig], at_once: int) -> list[Lease]:
     """What to lease of each endpoint's global limit, in a fixed order (leases taken in one order
     cannot wait on each other in a circle), sized by the slots free on the server now."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     plan = []
     with get_client(sync_client=True) as client:
         for endpoint in sorted(configs):
             name = global_limit_name(endpoint)
-            limit = client.read_global_concurrency_limit_by_name(name)
+            try:
+                limit = client.read_global_concurrency_limit_by_name(name)
+            except ObjectNotFound:
+                raise ConfigError(
+                    f"no Prefect global limit {name} for endpoint {endpoint} on this process's Prefect server",
+                    field="llm_global_limits", got=os.environ.get("PREFECT_API_URL"),
+                    expected="the flow creates it before the shards start: give the workers the flow's "
+                    "PREFECT_API_URL and the same endpoint settings",
+                ) from None
             slots = slots_to_take(limit.limit, limit.active_slots, at_once)
             plan.append(Lease(endpoint, name, slots, share_of(configs[endpoint], slots)))
     return plan
