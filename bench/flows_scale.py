@@ -9,8 +9,8 @@ in a fresh data dir (nothing is served from the cache):
 * ``dask``     — the shards on a local Dask cluster of ``--workers`` processes, each process
   with its own limits (``llm_global_limits: false``);
 * ``dask+gcl`` — the same, with one limit shared through Prefect's global concurrency limits
-  (what a Dask run does by default): every model call takes and gives back a slot on the
-  Prefect server.
+  (what a Dask run does by default): each shard leases its share of the limit's slots on the
+  Prefect server when it starts and keeps its calls within it in process.
 
 Figures per run:
 
@@ -156,6 +156,9 @@ def run_once(args: argparse.Namespace, runner: str) -> dict:
         "calls_per_conversation": round(per_conversation, 2),
         "concurrency_cap": cap,
         "server_peak_in_flight": server["peak_in_flight"],
+        # the most calls in flight a process's limiter allowed: the endpoint's limit, or a shard's lease of it
+        "process_limit": max((int(v) for k, v in m.items() if k.startswith("simulate.limits.") and k.endswith(".window_max")), default=0),
+        "endpoint_limit": int(os.environ["PERSONAE_LLM_MAX_CONCURRENCY"]),
         "simulate_wall_s": round(wall, 2),
         "pipeline_wall_s": round(total_wall, 1),
         "achieved_overlap": round(served_latency / wall, 2),

@@ -49,8 +49,8 @@ class Settings(BaseSettings):
     llm_tpm: float | None = Field(None, gt=0, description="tokens per minute per endpoint (prompt + max_tokens, settled to the usage)")
     llm_global_limits: bool | None = Field(
         None,
-        description="share the endpoint limits across processes through Prefect's global concurrency and rate limits "
-        "(needs a Prefect server); unset: on for simulation shards on Dask",
+        description="share the endpoint limits across processes through Prefect's global concurrency limits, each "
+        "process leasing a share of them (needs a Prefect server); unset: on for simulation shards on Dask",
     )
     llm_max_retries: int = Field(5, ge=0, le=100)
     llm_provider: str | None = Field(None, description="force a provider: openai | local | fake")

@@ -134,3 +134,18 @@ def test_shards_run_in_the_worker_processes_of_the_local_cluster_the_flow_starts
     _complete_conversations(tmp_path / "data", n)
     limit = _calls_limit("personae-llm-fake-")
     assert limit.limit == Settings().llm_max_concurrency and limit.active_slots == 0
+
+
+def test_a_shard_that_raises_gives_its_lease_back(tmp_path, prefect_api):
+    """Shard 1 of 2 cannot open its checkpoint database (a directory stands at its path): it raises
+    while it holds its lease on the endpoint's global limit; the run fails, and no slot stays taken."""
+    exp = fake_experiment(tmp_path, generate=False, extra={
+        "simulation": {"n_conversations": 4, "shards": 2, "concurrency": 2, "dask": True, "dask_workers": 2, "max_retries": 0},
+    })
+    blocker = Settings(data_dir=tmp_path / "data").run_dir("flows-test") / "checkpoints" / "shard-0000-of-0002.sqlite"
+    blocker.mkdir(parents=True)
+    with pytest.raises(Exception) as failed:
+        _run(exp, tmp_path / "data")
+    assert "unable to open database" in str(failed.value) or "directory" in str(failed.value), failed.value
+    limit = _calls_limit("personae-llm-fake-")
+    assert limit.limit == Settings().llm_max_concurrency and limit.active_slots == 0

@@ -28,7 +28,7 @@ from personae.costs import BudgetMeter
 from personae.errors import BudgetExceeded, ConfigError, MissingExtra
 from personae.experiment import Experiment, SimulationConfig, build_gateway_for
 from personae.flows.context import RunPaths, ShardProcess, StageResult, embedder_for, embedding_gates, open_context, open_memory, settings_in_task
-from personae.flows.limits import endpoint_limit_configs, limits_for
+from personae.flows.limits import endpoint_limit_configs, flow_limits, shard_limits
 from personae.flows.progress import ProgressCallback, ProgressEvent, emit
 from personae.graphs.pool import run_in_process, shard_jobs
 from personae.graphs.runner import BATCH_GC_THRESHOLD, BatchResult, ConversationJob, done_ids, latest_conversations, make_jobs, simulate_batch
@@ -81,9 +81,9 @@ async def _simulate_shard(
     ``memory`` is a shared in-process memory (thread shards on a local Qdrant);
     without it the shard opens the experiment's memory itself (a Qdrant server
     on Dask). ``limits`` are the endpoint limits shared by the shards of this process;
-    without them (Dask) the shard builds its own, joined to the other processes'
-    through Prefect's global limits (:mod:`personae.flows.limits`). Jobs already in the
-    output are skipped.
+    without them (Dask) the shard builds its own, holding a lease on its share of Prefect's
+    global limits while it runs (:func:`personae.flows.limits.shard_limits`). Jobs already
+    in the output are skipped.
 
     With a budget ``meter`` (shared by the thread shards of a run), reaching a limit
     stops the shard cleanly: finished conversations are written, the ones in flight
@@ -92,13 +92,14 @@ async def _simulate_shard(
     """
     if slots is not None:
         return await run_in_process(_shard_in_process, experiment, overrides, jobs, shard, shards, meter, slots, name=f"shard-{shard}")
+    if limits is None:  # a process of its own (Dask): hold a lease on the shard's share of the global limits while it runs
+        async with shard_limits(experiment, settings_in_task(experiment, overrides)[0], shards=shards) as leased:
+            return await _simulate_shard(experiment, overrides, jobs, shard, shards, progress, memory, meter, leased)
     settings, paths = settings_in_task(experiment, overrides)
     retry_failed = experiment.simulation.retry_failed
     already = done_ids(paths.conversations, retry_failed=retry_failed)
     skipped = sum(1 for job in jobs if job.id in already)
     meter = meter.child() if meter is not None else None
-    if limits is None:
-        limits = limits_for(experiment, settings, other_processes=True, create=False)
     gateway = build_gateway_for(experiment, settings, meter=meter, limits=limits)
     embedder = embedder_for(settings, gateway=gateway, meter=meter)  # semantic echo/repetition checks, and memory
     opened = None
@@ -216,11 +217,11 @@ def simulate_flow(
     slots = ProcessSlots.create(endpoint_limit_configs(exp, ctx.settings), processes=workers) if workers > 1 else None
     elsewhere = bool(exp.simulation.dask) or slots is not None  # shards in other processes
     shard_task = simulate_shard.with_options(retries=exp.simulation.max_retries, retry_delay_seconds=exp.simulation.retry_delay_s)
-    with ctx.stage_run("simulate", parent_run_id) as run:
+    # one budget per endpoint: thread shards share this process's limits; Dask shards lease
+    # shares of Prefect's global limits (created here, before they start) when a server is set
+    limits_scope = flow_limits(exp, ctx.settings, other_processes=bool(exp.simulation.dask))
+    with ctx.stage_run("simulate", parent_run_id) as run, limits_scope as limits:
         memory, opened = None, None
-        # one budget per endpoint: thread shards share this process's limits; Dask shards
-        # share Prefect's global limits (created here, before they start) when a server is set
-        limits = limits_for(exp, ctx.settings, other_processes=bool(exp.simulation.dask))
         meter = ctx.meter(budget_spent)
         gates = embedding_gates(exp, ctx.settings, limits)  # the shared memory's embeddings: the shards' limits and budget
         if exp.memory_enabled and not elsewhere:
