@@ -263,3 +263,19 @@ def test_simulation_processes_in_the_experiment_file(tmp_path):
         assert "exp.yaml" in str(info.value)
     with pytest.raises(ConfigError, match="Qdrant server"):
         load({"n_conversations": 10, "processes": 2}, memory={"enabled": True})
+
+
+def test_worker_processes_get_no_more_than_the_lease_of_their_flow():
+    """With Prefect's global limits the flow's process leases a share of an endpoint; the slots
+    its worker processes share are sized to that share, not to the endpoint's whole limit."""
+    from personae.flows.simulate import _within
+    from personae.llm import Limits
+    from personae.llm.limits import LimitConfig
+
+    limits = Limits()
+    limits.limiter("http://a/v1", LimitConfig(max_concurrency=3, rpm=60))
+    configs = {"http://a/v1": LimitConfig(max_concurrency=8, rpm=600), "http://b/v1": LimitConfig(max_concurrency=8)}
+    sized = _within(configs, limits)
+    assert (sized["http://a/v1"].max_concurrency, sized["http://a/v1"].rpm) == (3, 60)
+    assert sized["http://b/v1"] == configs["http://b/v1"]  # not leased: unchanged
+    assert _within(configs, Limits()) == configs  # no lease (no Prefect server): the configs as they are

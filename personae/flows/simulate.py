@@ -34,6 +34,7 @@ from personae.graphs.pool import run_in_process, shard_jobs
 from personae.graphs.runner import BATCH_GC_THRESHOLD, BatchResult, ConversationJob, done_ids, latest_conversations, make_jobs, simulate_batch
 from personae.jsonl import read_jsonl
 from personae.llm import Limits
+from personae.llm.limits import LimitConfig
 from personae.llm.process_limits import ProcessSlots
 from personae.memory import AgentMemory
 from personae.models import ConversationStatus, Persona
@@ -214,14 +215,15 @@ def simulate_flow(
     )
     workers = exp.simulation_processes()
     shards = shard_jobs(jobs, max(exp.simulation.shards, workers))
-    slots = ProcessSlots.create(endpoint_limit_configs(exp, ctx.settings), processes=workers) if workers > 1 else None
-    elsewhere = bool(exp.simulation.dask) or slots is not None  # shards in other processes
+    elsewhere = bool(exp.simulation.dask) or workers > 1  # shards in other processes
     shard_task = simulate_shard.with_options(retries=exp.simulation.max_retries, retry_delay_seconds=exp.simulation.retry_delay_s)
     # one budget per endpoint: thread shards share this process's limits; Dask shards lease
     # shares of Prefect's global limits (created here, before they start) when a server is set
     limits_scope = flow_limits(exp, ctx.settings, other_processes=bool(exp.simulation.dask))
     with ctx.stage_run("simulate", parent_run_id) as run, limits_scope as limits:
         memory, opened = None, None
+        # worker processes share one set of slots per endpoint, no larger than what this process leased
+        slots = ProcessSlots.create(_within(endpoint_limit_configs(exp, ctx.settings), limits), processes=workers) if workers > 1 else None
         meter = ctx.meter(budget_spent)
         gates = embedding_gates(exp, ctx.settings, limits)  # the shared memory's embeddings: the shards' limits and budget
         if exp.memory_enabled and not elsewhere:
@@ -253,6 +255,17 @@ def simulate_flow(
         metrics = ctx.log_stage(run, merged, [paths.conversations])
     log.info("simulate: %s", {k: v for k, v in metrics.items() if k.startswith("conversations.")})
     return metrics
+
+
+def _within(configs: dict[str, LimitConfig], limits: Limits) -> dict[str, LimitConfig]:
+    """``configs`` tightened to the limiters ``limits`` already holds (a lease of Prefect's global
+    limit gives this process a share of an endpoint: its worker processes get no more)."""
+    held = limits.endpoints()
+    return {
+        endpoint: config.tighter(LimitConfig(max_concurrency=held[endpoint].limit, rpm=held[endpoint].rpm, tpm=held[endpoint].tpm))
+        if endpoint in held else config
+        for endpoint, config in configs.items()
+    }
 
 
 def _process_counts(processes: list[ShardProcess], shards: int) -> dict[str, float]:
