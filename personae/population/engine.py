@@ -39,7 +39,7 @@ from personae.population.conditions import Rule
 from personae.population.coverage import CoveragePlan, plan_coverage
 from personae.population.craft import craft_persona
 from personae.population.dedup import DedupIndex, persona_text
-from personae.population.mapping import META_KEY, persona_meta, to_persona
+from personae.population.mapping import META_KEY, persona_meta, to_persona, to_personas
 from personae.population.quotas import QuotaPlan, plan_quotas
 from personae.population.report import PopulationReport, ReportBuilder, plot_marginals
 from personae.population.sampling import PersonaSampler, SamplingError
@@ -170,7 +170,7 @@ class _Pipeline:
         )
         return outcome, cell_index, dropped
 
-    async def _persona(self, index: int, attempt: int, outcome: ReviseOutcome, cell_index: int, *, unresolved: bool, fallback: int = 0) -> Persona:
+    def _meta(self, index: int, attempt: int, outcome: ReviseOutcome, cell_index: int, *, unresolved: bool, fallback: int = 0) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "population": self.spec.name,
             "index": index,
@@ -186,6 +186,24 @@ class _Pipeline:
             meta["llm_failed"] = True
         if fallback:
             meta["coverage_fallback"] = fallback
+        return meta
+
+    def first_attempts(self, indices: Sequence[int]) -> list[_Built | None]:
+        """First attempts of ``indices`` straight from their vectorised chunks, mapped to personas in
+        one batch (``None`` where the scalar path must build: no chunk row, validators, or a model)."""
+        if self.columns is None or self.validators:
+            return [None] * len(indices)
+        hits = [(index, self._from_columns(index)) for index in indices]
+        rows = [(index, hit[0]) for index, hit in hits if hit is not None]
+        metas = []
+        for index, attrs in rows:
+            cell_index = self.plan.cell_of(index)
+            metas.append(self._meta(index, 0, ReviseOutcome(attrs=attrs, accepted=True, history=[[]]), cell_index, unresolved=False))
+        personas = iter(to_personas([a for _, a in rows], self.plan.taxonomy, seed=self.spec.seed, indices=[i for i, _ in rows], metas=metas, prompts=self.prompts))
+        return [_Built(next(personas), 0, []) if hit is not None else None for _, hit in hits]
+
+    async def _persona(self, index: int, attempt: int, outcome: ReviseOutcome, cell_index: int, *, unresolved: bool, fallback: int = 0) -> Persona:
+        meta = self._meta(index, attempt, outcome, cell_index, unresolved=unresolved, fallback=fallback)
         persona = to_persona(outcome.attrs, self.plan.taxonomy, seed=self.spec.seed, index=index, meta=meta, prompts=self.prompts)
         if self.gateway is not None:
             try:
@@ -366,7 +384,8 @@ class _Run:
             if self.llm_used:
                 built = list(await asyncio.gather(*(self.pipeline.build(i) for i in indices)))
             else:
-                built = [await self.pipeline.build(i) for i in indices]
+                first = self.pipeline.first_attempts(indices)
+                built = [b if b is not None else await self.pipeline.build(i) for i, b in zip(indices, first)]
             personas, rejects, vectors, scan, replaced = await self._dedup(list(indices), built)
             self._write(personas, rejects)
             if self.index is not None:
