@@ -30,7 +30,7 @@ import numpy as np
 
 from personae.embeddings.base import Embedder
 from personae.errors import ConfigError, ModelCallError, ModelOutputError, PersonaeError
-from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts, write_json, write_jsonl
+from personae.jsonl import append_jsonl, append_lines, iter_jsonl, read_jsonl_dicts, write_json, write_jsonl
 from personae.llm.gateway import Gateway
 from personae.memory.qdrant import QdrantHandle
 from personae.models import Persona
@@ -39,7 +39,7 @@ from personae.population.conditions import Rule
 from personae.population.coverage import CoveragePlan, plan_coverage
 from personae.population.craft import craft_persona
 from personae.population.dedup import DedupIndex, persona_text
-from personae.population.mapping import META_KEY, persona_meta, to_persona, to_personas
+from personae.population.mapping import META_KEY, persona_json, persona_meta, to_persona, to_personas
 from personae.population.quotas import QuotaPlan, plan_quotas
 from personae.population.report import PopulationReport, ReportBuilder, plot_marginals
 from personae.population.sampling import PersonaSampler, SamplingError
@@ -323,8 +323,8 @@ class _Run:
             rejects = [r for r in every if isinstance(r.get("index"), int) and r["index"] < len(done)]
             if len(rejects) != len(every):  # proposals of personas that were never written
                 write_jsonl(rejects_path, rejects)
+        self.report.add_many(done)
         for persona in done:
-            self.report.add(persona)
             self._keep(persona)
         self.report.add_rejects(rejects)
         self._load_work()
@@ -354,7 +354,7 @@ class _Run:
             return
         # rejects first: a crash in between leaves rejects of unwritten personas, which resume drops
         append_jsonl(self.out_dir / REJECTS_FILE, rejects)
-        append_jsonl(self.out_dir / PERSONAS_FILE, personas)
+        append_lines(self.out_dir / PERSONAS_FILE, [persona_json(p) for p in personas])
 
     def _usage(self) -> dict[str, float]:
         """The gateway's counters so far (empty when this run makes no model call)."""
@@ -390,8 +390,8 @@ class _Run:
             self._write(personas, rejects)
             if self.index is not None:
                 self.index.add(vectors, [p.id for p in personas], scan=None if replaced else scan, payloads=[{"index": persona_meta(p)["index"], "name": p.name} for p in personas])
+            self.report.add_many(personas)
             for persona in personas:
-                self.report.add(persona)
                 self._keep(persona)
             self.report.add_rejects(rejects)
             self._record_work(start, len(personas), started, usage_before)

@@ -22,7 +22,7 @@ from personae.models import BigFive, Persona
 from personae.population.taxonomy import LAYERS, Taxonomy
 from personae.prompts import PromptSet, render_many_with, render_with
 
-__all__ = ["to_persona", "to_personas", "format_value", "layer_summary", "META_KEY", "persona_meta"]
+__all__ = ["to_persona", "to_personas", "persona_json", "format_value", "layer_summary", "META_KEY", "persona_meta"]
 
 META_KEY = "_population"
 """Key in ``Persona.attributes`` holding generation metadata (index, cell, attempt, revisions)."""
@@ -256,6 +256,24 @@ def to_personas(
         fields["description"] = " ".join(text.split())
         out.append(_trusted(Persona, fields))
     return out
+
+
+_PERSONA_FIELDS = tuple(Persona.model_fields)
+_JSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_SUBCLASS
+
+
+def persona_json(persona: Persona) -> str:
+    """``persona.model_dump_json()``, by orjson where the attributes hold only JSON types
+    (strings, numbers, booleans, null, lists and string-keyed objects of them), which it
+    writes the same way; anything else goes through pydantic."""
+    data = persona.__dict__
+    fields = {k: data[k] for k in _PERSONA_FIELDS}
+    if fields["big_five"] is not None:
+        fields["big_five"] = fields["big_five"].__dict__
+    try:
+        return orjson.dumps(fields, option=_JSON_OPTIONS).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        return persona.model_dump_json()
 
 
 _M = TypeVar("_M", bound=BaseModel)
