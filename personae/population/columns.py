@@ -41,7 +41,9 @@ CHUNK = 32768
 
 _STREAM_TAG = 0xC01
 _MISS = object()
+_TAKEN = object()  # a window's persona already handed out
 _CACHE_LIMIT = 200_000
+_WINDOW = 1024  # personas decoded to dicts together
 _RESTARTS = 8  # vectorised redraws of a dead-end persona before the scalar sampler takes over
 
 
@@ -248,12 +250,40 @@ class _Chunk(Sequence):
                     self.where[pos] = (block, row)
             todo = [pos for row, pos in enumerate(todo) if row in dead]
 
+        self._window: tuple[int, list[Any]] = (-1, [])
+
     def __len__(self) -> int:
         return len(self.where)
 
     def __getitem__(self, pos: int) -> dict[str, Any] | None:  # type: ignore[override]
-        hit = self.where[pos]
-        return None if hit is None else hit[0][hit[1]]
+        """Persona ``pos``: its window of :data:`_WINDOW` personas is decoded at once (and kept
+        until another window is read), so reading a chunk in order decodes each persona once."""
+        if not 0 <= pos < len(self.where):
+            raise IndexError(pos)
+        start = pos - pos % _WINDOW
+        if self._window[0] != start:
+            self._window = (start, self._decode(range(start, min(len(self.where), start + _WINDOW))))
+        window = self._window[1]
+        got = window[pos - start]
+        if got is _TAKEN:  # read before: decode it afresh (the caller may have changed the first copy)
+            hit = self.where[pos]
+            return None if hit is None else hit[0][hit[1]]
+        window[pos - start] = _TAKEN
+        return got
+
+    def _decode(self, positions: range) -> list[dict[str, Any] | None]:
+        out: list[dict[str, Any] | None] = [None] * len(positions)
+        by_block: dict[int, tuple[_Decoded, list[int], list[int]]] = {}
+        for k, pos in enumerate(positions):
+            hit = self.where[pos]
+            if hit is not None:
+                entry = by_block.setdefault(id(hit[0]), (hit[0], [], []))
+                entry[1].append(k)
+                entry[2].append(hit[1])
+        for block, ks, rows in by_block.values():
+            for k, attrs in zip(ks, block.decode(np.asarray(rows, dtype=np.int64))):
+                out[k] = attrs
+        return out
 
 
 class _Decoded(Sequence):
@@ -266,29 +296,78 @@ class _Decoded(Sequence):
         return self.store.n
 
     def __getitem__(self, row: int) -> dict[str, Any] | None:  # type: ignore[override]
-        if not self.alive[row]:
-            return None
-        info = self.owner._info
-        deep_paths = self.owner._deep_paths
-        store = self.store
-        cat, num = store.cat[row], store.num[row]
-        attrs: dict[str, Any] = {}
-        for path in (*self.order_fixed[row], *self.core, *(deep_paths[j] for j in self.steps[row].tolist() if j >= 0)):
-            if path in attrs:
-                continue
-            kind, slot, values = info[path]
-            if kind == "cat":
-                code = int(cat[slot])
-                if code >= 0:
-                    attrs[path] = values[code]
-            elif kind == "multi":
-                if store.present[path][row]:
-                    attrs[path] = [values[c] for c in store.cols[path][row].tolist() if c >= 0]
-            else:
-                x = float(num[slot])
-                if x == x:
-                    attrs[path] = int(x) if kind == "int" else x
-        return attrs
+        return self.decode(np.array([row], dtype=np.int64))[0]
+
+    def decode(self, rows: np.ndarray) -> list[dict[str, Any] | None]:
+        """The attribute dicts of ``rows`` (``None`` for a dead row), decoded column-wise.
+
+        Each persona's attributes come in the order they were set: its fixed values, the
+        core attributes, then its deep attributes in the order they were picked.
+        """
+        owner, store = self.owner, self.store
+        alive = self.alive[rows]
+        live = rows[alive]
+        m = len(live)
+        out: list[dict[str, Any] | None] = [None] * len(rows)
+        if not m:
+            return out
+        leaf_id = owner._leaf_id
+        fixed_lists = [[leaf_id[p] for p in self.order_fixed[r]] for r in live.tolist()]
+        width = max(map(len, fixed_lists))
+        fixed = np.full((m, width), -1, dtype=np.int64)
+        for i, ids in enumerate(fixed_lists):
+            fixed[i, : len(ids)] = ids
+        core = np.broadcast_to(np.array([leaf_id[p] for p in self.core], dtype=np.int64), (m, len(self.core)))
+        steps = self.steps[live].astype(np.int64)
+        deep = np.where(steps >= 0, owner._deep_ids[np.maximum(steps, 0)], -1)
+        rest = np.concatenate([core, deep], axis=1)
+        for f in range(width):  # a fixed value comes first and once
+            rest = np.where((rest == fixed[:, f : f + 1]) & (fixed[:, f : f + 1] >= 0), -1, rest)
+        seq = np.concatenate([fixed, rest], axis=1)
+        row_of = np.broadcast_to(np.arange(m)[:, None], seq.shape)
+        valid = seq >= 0
+        leaf = np.where(valid, seq, 0)
+        kind, slot = owner._leaf_kind[leaf], owner._leaf_slot[leaf]
+        srow = live[row_of]
+        is_cat, is_multi = kind == 0, kind == 2
+        is_num = (kind == 1) | (kind == 3)
+        code = np.where(is_cat, store.cat[srow, np.where(is_cat, slot, 0)], -1) if store.cat.shape[1] else np.full(seq.shape, -1)
+        x = np.where(is_num, store.num[srow, np.where(is_num, slot, 0)], np.nan) if store.num.shape[1] else np.full(seq.shape, np.nan)
+        present = valid & ((is_cat & (code >= 0)) | (is_num & ~np.isnan(x)))
+        multi_at = np.flatnonzero((valid & is_multi).ravel())
+        multi_lists: list[list[str]] = []
+        multi_keep = np.zeros(len(multi_at), dtype=bool)
+        paths = owner._leaf_paths
+        for j, flat in enumerate(multi_at.tolist()):
+            i, c = divmod(flat, seq.shape[1])
+            path = paths[int(seq[i, c])]
+            r = int(live[i])
+            if path in store.present and store.present[path][r]:
+                values = owner._info[path][2]
+                multi_lists.append([values[v] for v in store.cols[path][r].tolist() if v >= 0])
+                multi_keep[j] = True
+        present_flat = present.ravel()
+        present_flat[multi_at[multi_keep]] = True
+        keep = np.flatnonzero(present_flat)
+        vals = np.empty(len(keep), dtype=object)
+        kind_k = kind.ravel()[keep]
+        cat_k = kind_k == 0
+        vals[cat_k] = owner._value_table[owner._value_offset[leaf.ravel()[keep][cat_k]] + code.ravel()[keep][cat_k]]
+        float_k = kind_k == 1
+        vals[float_k] = x.ravel()[keep][float_k]
+        int_k = kind_k == 3
+        vals[int_k] = x.ravel()[keep][int_k].astype(np.int64)
+        for pos, value in zip(np.searchsorted(keep, multi_at[multi_keep]).tolist(), multi_lists):
+            vals[pos] = value
+        keys = owner._path_table[leaf.ravel()[keep]].tolist()
+        values_list = vals.tolist()
+        counts = present_flat.reshape(m, -1).sum(axis=1)
+        ends = np.cumsum(counts).tolist()
+        starts = [0, *ends[:-1]]
+        dicts = [dict(zip(keys[a:b], values_list[a:b])) for a, b in zip(starts, ends)]
+        for k, attrs in zip(np.flatnonzero(alive).tolist(), dicts):
+            out[k] = attrs
+        return out
 
 
 # ---- the sampler -----------------------------------------------------------------------
@@ -319,6 +398,20 @@ class ColumnSampler:
         for j, e in enumerate(lists):
             expand[j, : len(e)] = e
         self._expand_table = (expand, np.array([len(e) for e in lists], dtype=np.int64))
+        # per leaf, for decoding: kind (0 categorical, 1 float, 2 multi, 3 int), slot, path, and
+        # every categorical value in one table (value of leaf l, code c: _value_table[_value_offset[l] + c])
+        leaves = self.taxonomy.leaves
+        self._leaf_paths = [leaf.path for leaf in leaves]
+        self._leaf_id = {p: i for i, p in enumerate(self._leaf_paths)}
+        self._path_table = np.array(self._leaf_paths, dtype=object)
+        self._leaf_kind = np.array([3 if leaf.type == "int" else {"cat": 0, "num": 1, "multi": 2}[self.encs[leaf.path].kind] for leaf in leaves], dtype=np.int8)
+        self._leaf_slot = np.array([self.slots[leaf.path] for leaf in leaves], dtype=np.int64)
+        sizes = [len(self.encs[leaf.path].values) if self.encs[leaf.path].kind == "cat" else 0 for leaf in leaves]
+        self._value_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if leaves else np.zeros(0, np.int64)
+        table = [v for leaf in leaves if self.encs[leaf.path].kind == "cat" for v in self.encs[leaf.path].values]
+        self._value_table = np.empty(len(table), dtype=object)
+        self._value_table[:] = table
+        self._deep_ids = np.array([self._leaf_id[p] for p in self._deep_paths], dtype=np.int64)
         self._cache: dict[tuple, Any] = {}
         self._static_deep: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 

@@ -159,6 +159,10 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
     return len(seen) / total if total else 0.0
 
 
+def _pair(a: str, b: str) -> str:
+    return f"{a} {b}"
+
+
 class ReportBuilder:
     """Accumulates report statistics one persona (and reject) at a time."""
 
@@ -240,8 +244,8 @@ class ReportBuilder:
         unigrams, bigrams = self._grams[1], self._grams[2]
         for description in (p.description for p in personas):
             words = list(map(str.lower, _WORD.findall(description)))
-            unigrams.update(words)  # distinct words: only the set's size is reported
-            bigrams.update(zip(words, words[1:]))
+            unigrams.update(words)  # distinct words and word pairs (as "a b", strings: no garbage-collector work); only the sets' sizes are reported
+            bigrams.update(map(_pair, words, words[1:]))
             self._gram_totals[1] += len(words)
             self._gram_totals[2] += max(len(words) - 1, 0)
 
