@@ -477,16 +477,20 @@ class ColumnSampler:
         static, static_codes, static_cum = self._static_table()
         slot = self._deep_slots
         n, d = len(rows), len(deep)
-        core_near = np.asarray(s._core_near, dtype=np.int16)
-        width = len(core_near) + min(target, 8) * self._max_expand + 1
-        near = np.full((n, width), -1, dtype=np.int16)
-        near[:, : len(core_near)] = core_near
-        near_len = np.full(n, len(core_near), dtype=np.int64)
+        # A row's "near" list is the core neighbourhood, then the expansion of each deep leaf it
+        # won, in order. It is kept implicit: ``near_ends[r, k]`` is where the k-th won leaf's expansion
+        # ends (past the core part; unset: larger than any position) and ``won_leaf[r, k]`` that leaf.
+        core_near = np.asarray(s._core_near, dtype=np.int64)
+        n_core = len(core_near)
+        near_ends = np.full((n, target + 1), np.iinfo(np.int64).max, dtype=np.int64)
+        near_ends[:, 0] = 0
+        won_leaf = np.zeros((n, target), dtype=np.int64)
+        near_len = np.full(n, n_core, dtype=np.int64)
         tried = np.zeros((n, d), dtype=bool)
         tried_n = np.zeros(n, dtype=np.int64)
         got = np.zeros(n, dtype=np.int64)
         budget = np.full(n, 3 * target + 10, dtype=np.int64)
-        expand, expand_len = self._expand_table
+        expand_len = self._expand_table[1]
         while True:
             act = np.flatnonzero((got < target) & (budget > 0) & (tried_n < d))
             if not len(act):
@@ -502,7 +506,7 @@ class ColumnSampler:
                 nl = near_len[r]
                 use_near = (nl > 0) & (u1 < s.near_share)
                 pos = np.minimum((u2 * nl).astype(np.int64), np.maximum(nl - 1, 0))
-                j = np.where(use_near, near[r, pos], np.minimum((u2 * d).astype(np.int64), d - 1))
+                j = np.where(use_near, self._near_at(core_near, near_ends, won_leaf, r, pos), np.minimum((u2 * d).astype(np.int64), d - 1))
                 fresh = ~tried[r, j]
                 pick[pend[fresh]] = j[fresh]
                 pend = pend[~fresh]
@@ -544,16 +548,29 @@ class ColumnSampler:
             if not len(won):
                 continue
             steps[rows[won], got[won]] = j
-            got[won] += 1
             lens = expand_len[j]
-            need = int((near_len[won] + lens).max())
-            if need > near.shape[1]:
-                near = np.pad(near, ((0, 0), (0, max(need - near.shape[1], near.shape[1] // 2))), constant_values=-1)
-            cols = near_len[won][:, None] + np.arange(expand.shape[1])
-            keep = np.arange(expand.shape[1]) < lens[:, None]
-            near[np.broadcast_to(won[:, None], cols.shape)[keep], cols[keep]] = expand[j][keep]
+            won_leaf[won, got[won]] = j
+            near_ends[won, got[won] + 1] = near_ends[won, got[won]] + lens
+            got[won] += 1
             near_len[won] += lens
         return steps
+
+    def _near_at(self, core_near: np.ndarray, ends: np.ndarray, won_leaf: np.ndarray, r: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Entry ``pos`` of each row ``r``'s near list (-1 where ``pos`` is past its end)."""
+        out = np.full(len(r), -1, dtype=np.int64)
+        n_core = len(core_near)
+        in_core = pos < n_core
+        out[in_core] = core_near[pos[in_core]]
+        rest = np.flatnonzero(~in_core)
+        if len(rest):
+            rr, p = r[rest], pos[rest] - n_core
+            k = (ends[rr, 1:] <= p[:, None]).sum(axis=1)  # the won leaf whose expansion holds p
+            ok = k < won_leaf.shape[1]
+            k = np.minimum(k, won_leaf.shape[1] - 1)
+            expand = self._expand_table[0]
+            offset = np.minimum(p - ends[rr, k], expand.shape[1] - 1)
+            out[rest] = np.where(ok, expand[won_leaf[rr, k], offset], -1)
+        return out
 
     def _has_deep(self, store: _Store, rows: np.ndarray, pick: np.ndarray) -> np.ndarray:
         """Whether each row already has its picked deep leaf."""
