@@ -237,51 +237,53 @@ class _Chunk(Sequence):
     """The personas of one chunk: blocks drawn on fresh streams until every persona has one."""
 
     def __init__(self, owner: ColumnSampler, fixed: Sequence[Mapping[str, Any]], chunk: int) -> None:
-        self.where: list[tuple[_Decoded, int] | None] = [None] * len(fixed)
-        todo = list(range(len(fixed)))
+        # persona pos is row row_of[pos] of blocks[block_of[pos]] (block -1: none); arrays, not
+        # tuples, so a chunk adds no objects for the garbage collector to walk
+        self.blocks: list[_Decoded] = []
+        self.block_of = np.full(len(fixed), -1, dtype=np.int64)
+        self.row_of = np.zeros(len(fixed), dtype=np.int64)
+        todo = np.arange(len(fixed))
         for sub in range(min(owner.sampler.max_restarts, _RESTARTS)):
-            if not todo:
+            if not len(todo):
                 break
             rng = np.random.default_rng([owner.sampler.seed, int(chunk), sub, _STREAM_TAG])
-            block = owner._block([fixed[i] for i in todo], rng)
-            dead = set(np.flatnonzero(~block.alive).tolist())
-            for row, pos in enumerate(todo):
-                if row not in dead:
-                    self.where[pos] = (block, row)
-            todo = [pos for row, pos in enumerate(todo) if row in dead]
-
+            block = owner._block([fixed[i] for i in todo.tolist()], rng)
+            self.block_of[todo[block.alive]] = len(self.blocks)
+            self.row_of[todo] = np.arange(len(todo))
+            self.blocks.append(block)
+            todo = todo[~block.alive]
         self._window: tuple[int, list[Any]] = (-1, [])
 
+    @property
+    def where(self) -> list[tuple[_Decoded, int] | None]:
+        """Where each persona is: ``(block, row)``, or ``None``."""
+        return [None if b < 0 else (self.blocks[b], r) for b, r in zip(self.block_of.tolist(), self.row_of.tolist())]
+
     def __len__(self) -> int:
-        return len(self.where)
+        return len(self.block_of)
 
     def __getitem__(self, pos: int) -> dict[str, Any] | None:  # type: ignore[override]
         """Persona ``pos``: its window of :data:`_WINDOW` personas is decoded at once (and kept
         until another window is read), so reading a chunk in order decodes each persona once."""
-        if not 0 <= pos < len(self.where):
+        if not 0 <= pos < len(self.block_of):
             raise IndexError(pos)
         start = pos - pos % _WINDOW
         if self._window[0] != start:
-            self._window = (start, self._decode(range(start, min(len(self.where), start + _WINDOW))))
+            self._window = (start, self._decode(start, min(len(self.block_of), start + _WINDOW)))
         window = self._window[1]
         got = window[pos - start]
         if got is _TAKEN:  # read before: decode it afresh (the caller may have changed the first copy)
-            hit = self.where[pos]
-            return None if hit is None else hit[0][hit[1]]
+            b = int(self.block_of[pos])
+            return None if b < 0 else self.blocks[b][int(self.row_of[pos])]
         window[pos - start] = _TAKEN
         return got
 
-    def _decode(self, positions: range) -> list[dict[str, Any] | None]:
-        out: list[dict[str, Any] | None] = [None] * len(positions)
-        by_block: dict[int, tuple[_Decoded, list[int], list[int]]] = {}
-        for k, pos in enumerate(positions):
-            hit = self.where[pos]
-            if hit is not None:
-                entry = by_block.setdefault(id(hit[0]), (hit[0], [], []))
-                entry[1].append(k)
-                entry[2].append(hit[1])
-        for block, ks, rows in by_block.values():
-            for k, attrs in zip(ks, block.decode(np.asarray(rows, dtype=np.int64))):
+    def _decode(self, start: int, stop: int) -> list[dict[str, Any] | None]:
+        out: list[dict[str, Any] | None] = [None] * (stop - start)
+        blocks, rows = self.block_of[start:stop], self.row_of[start:stop]
+        for b in np.unique(blocks[blocks >= 0]).tolist():
+            at = np.flatnonzero(blocks == b)
+            for k, attrs in zip(at.tolist(), self.blocks[b].decode(rows[at])):
                 out[k] = attrs
         return out
 
