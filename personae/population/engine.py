@@ -60,6 +60,7 @@ REPORT_FILE = "population_report.json"
 PLOT_FILE = "population_marginals.png"
 
 ProgressFn = Callable[[int, int], None]
+_MAP_GROUP = 256  # first attempts mapped to personas together
 
 
 class PopulationError(PersonaeError):
@@ -193,14 +194,17 @@ class _Pipeline:
         one batch (``None`` where the scalar path must build: no chunk row, validators, or a model)."""
         if self.columns is None or self.validators:
             return [None] * len(indices)
-        hits = [(index, self._from_columns(index)) for index in indices]
-        rows = [(index, hit[0]) for index, hit in hits if hit is not None]
-        metas = []
-        for index, attrs in rows:
-            cell_index = self.plan.cell_of(index)
-            metas.append(self._meta(index, 0, ReviseOutcome(attrs=attrs, accepted=True, history=[[]]), cell_index, unresolved=False))
-        personas = iter(to_personas([a for _, a in rows], self.plan.taxonomy, seed=self.spec.seed, indices=[i for i, _ in rows], metas=metas, prompts=self.prompts))
-        return [_Built(next(personas), 0, []) if hit is not None else None for _, hit in hits]
+        out: list[_Built | None] = []
+        for start in range(0, len(indices), _MAP_GROUP):  # in groups, so attribute dicts live briefly
+            hits = [(index, self._from_columns(index)) for index in indices[start : start + _MAP_GROUP]]
+            rows = [(index, hit[0]) for index, hit in hits if hit is not None]
+            metas = []
+            for index, attrs in rows:
+                cell_index = self.plan.cell_of(index)
+                metas.append(self._meta(index, 0, ReviseOutcome(attrs=attrs, accepted=True, history=[[]]), cell_index, unresolved=False))
+            personas = iter(to_personas([a for _, a in rows], self.plan.taxonomy, seed=self.spec.seed, indices=[i for i, _ in rows], metas=metas, prompts=self.prompts))
+            out.extend(_Built(next(personas), 0, []) if hit is not None else None for _, hit in hits)
+        return out
 
     async def _persona(self, index: int, attempt: int, outcome: ReviseOutcome, cell_index: int, *, unresolved: bool, fallback: int = 0) -> Persona:
         meta = self._meta(index, attempt, outcome, cell_index, unresolved=unresolved, fallback=fallback)

@@ -31,6 +31,7 @@ _STYLE_GROUP = "communication"
 _INTEREST_GROUP = "interests"
 _STRONG_INTEREST = {"keen", "passionate"}
 _DETAILS = 8
+_GROUP = 64  # personas mapped together by to_personas
 
 
 def format_value(value: Any) -> str:
@@ -246,15 +247,18 @@ def to_personas(
     """
     if not (len(attrs) == len(indices) == len(metas)):
         raise ValueError("attrs, indices and metas differ in length")
-    built = [_fields(a, taxonomy, i) for a, i in zip(attrs, indices)]
-    descriptions = render_many_with(prompts, "population_describe", [b[0] for b in built])
-    out = []
-    for a, index, meta, (_, fields, plain), text in zip(attrs, indices, metas, built, descriptions):
-        digest = _fast_hash(a) if plain else None
-        fields = {"id": stable_id("persona", seed, index, digest or content_hash(a, length=16)), **fields}
-        fields["attributes"] = _with_meta(a, meta)
-        fields["description"] = " ".join(text.split())
-        out.append(_trusted(Persona, fields))
+    out: list[Persona] = []
+    # in groups: a group's template values die young, before the garbage collector promotes them
+    for start in range(0, len(attrs), _GROUP):
+        group = slice(start, start + _GROUP)
+        built = [_fields(a, taxonomy, i) for a, i in zip(attrs[group], indices[group])]
+        descriptions = render_many_with(prompts, "population_describe", [b[0] for b in built])
+        for a, index, meta, (_, fields, plain), text in zip(attrs[group], indices[group], metas[group], built, descriptions):
+            digest = _fast_hash(a) if plain else None
+            fields = {"id": stable_id("persona", seed, index, digest or content_hash(a, length=16)), **fields}
+            fields["attributes"] = _with_meta(a, meta)
+            fields["description"] = " ".join(text.split())
+            out.append(_trusted(Persona, fields))
     return out
 
 
