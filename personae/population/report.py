@@ -159,10 +159,6 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
     return len(seen) / total if total else 0.0
 
 
-def _pair(a: str, b: str) -> str:
-    return f"{a} {b}"
-
-
 class ReportBuilder:
     """Accumulates report statistics one persona (and reject) at a time."""
 
@@ -220,14 +216,14 @@ class ReportBuilder:
         self.attr_total += sum(map(len, every)) - with_meta
         seen = self.values_seen
         for attrs in every:
-            for path, value in attrs.items():
-                kind = type(value)
-                if kind is str:
-                    seen.add((path, value))
-                elif kind is list or isinstance(value, list):
-                    seen.update((path, str(v)) for v in value)
+            for item in attrs.items():  # (path, value)
+                value = item[1]
+                if type(value) is str:
+                    seen.add(item)
+                elif isinstance(value, list):
+                    seen.update((item[0], str(v)) for v in value)
                 elif isinstance(value, str):
-                    seen.add((path, value))
+                    seen.add(item)
         for meta in metas:
             revised = meta.get("revised") or []
             rounds = int(meta.get("revision_rounds", 0) or 0)
@@ -245,7 +241,7 @@ class ReportBuilder:
         for description in (p.description for p in personas):
             words = list(map(str.lower, _WORD.findall(description)))
             unigrams.update(words)  # distinct words and word pairs (as "a b", strings: no garbage-collector work); only the sets' sizes are reported
-            bigrams.update(map(_pair, words, words[1:]))
+            bigrams.update(map(" ".join, zip(words, words[1:])))
             self._gram_totals[1] += len(words)
             self._gram_totals[2] += max(len(words) - 1, 0)
 
