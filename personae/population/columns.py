@@ -321,7 +321,7 @@ class _Decoded(Sequence):
             fixed[i, : len(ids)] = ids
         core = np.broadcast_to(np.array([leaf_id[p] for p in self.core], dtype=np.int64), (m, len(self.core)))
         steps = self.steps[live].astype(np.int64)
-        deep = np.where(steps >= 0, owner._deep_ids[np.maximum(steps, 0)], -1)
+        deep = np.where(steps >= 0, owner._deep_ids[np.maximum(steps, 0)], -1) if len(owner._deep_ids) else np.full(steps.shape, -1, dtype=np.int64)
         rest = np.concatenate([core, deep], axis=1)
         for f in range(width):  # a fixed value comes first and once
             rest = np.where((rest == fixed[:, f : f + 1]) & (fixed[:, f : f + 1] >= 0), -1, rest)
