@@ -7,6 +7,7 @@ against the reference one-persona-at-a-time code on a real sampled chunk.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import enum
 import json
@@ -144,3 +145,16 @@ def test_report_batch_counts_equal_one_by_one(chunk):
     assert a == b
     assert a["produced"] == 500 and a["distinct_2"] > 0 and a["mean_attributes"] > 30
     assert np.array_equal(one.cell_counts, batch.cell_counts) and one.cell_counts.sum() == 500
+
+
+def test_big_five_mapped_in_any_order_or_in_part(chunk):
+    """A taxonomy may map the traits in another order, or only some: the Big Five is what validation makes."""
+    plan, _, people = chunk
+    traits = dict(plan.taxonomy.persona_fields["big_five"])
+    for mapping in (dict(reversed(traits.items())), {"openness": traits["openness"]}):
+        taxonomy = copy.copy(plan.taxonomy)
+        taxonomy.persona_fields = {**plan.taxonomy.persona_fields, "big_five": mapping}
+        for i, (persona, attrs) in enumerate(zip(to_personas(people[:20], taxonomy, seed=0, indices=range(20), metas=[None] * 20), people)):
+            expected = BigFive(**{k: min(1.0, max(0.0, float(attrs[p]))) for k, p in mapping.items()})
+            assert persona.big_five == expected and list(persona.big_five.__dict__) == list(BigFive.model_fields)
+            assert persona == to_persona(attrs, taxonomy, seed=0, index=i)

@@ -32,6 +32,7 @@ _INTEREST_GROUP = "interests"
 _STRONG_INTEREST = {"keen", "passionate"}
 _DETAILS = 8
 _GROUP = 64  # personas mapped together by to_personas
+_BIG_FIVE = dict.fromkeys(BigFive.model_fields)
 
 
 def format_value(value: Any) -> str:
@@ -139,7 +140,9 @@ def _fields(attrs: Mapping[str, Any], taxonomy: Taxonomy, index: int) -> tuple[d
     if layout.big_five is not None:
         scores = {trait: attrs.get(path) for trait, path in layout.big_five.items()}
         if scores and all(isinstance(v, (int, float)) for v in scores.values()):
-            big_five = _trusted(BigFive, {k: min(1.0, max(0.0, float(v))) for k, v in scores.items()})
+            clamped = {k: min(1.0, max(0.0, float(v))) for k, v in scores.items()}
+            # all five traits: built in field order, unchecked (clamped above); otherwise validated as before
+            big_five = _trusted(BigFive, {k: clamped[k] for k in _BIG_FIVE}) if clamped.keys() == _BIG_FIVE.keys() else BigFive(**clamped)
     layers: list[list[str]] = [[] for _ in LAYERS]
     style: list[str] = []
     interests: list[str] = []
