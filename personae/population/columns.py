@@ -41,7 +41,9 @@ CHUNK = 32768
 
 _STREAM_TAG = 0xC01
 _MISS = object()
+_TAKEN = object()  # a window's persona already handed out
 _CACHE_LIMIT = 200_000
+_WINDOW = 1024  # personas decoded to dicts together
 _RESTARTS = 8  # vectorised redraws of a dead-end persona before the scalar sampler takes over
 
 
@@ -235,25 +237,55 @@ class _Chunk(Sequence):
     """The personas of one chunk: blocks drawn on fresh streams until every persona has one."""
 
     def __init__(self, owner: ColumnSampler, fixed: Sequence[Mapping[str, Any]], chunk: int) -> None:
-        self.where: list[tuple[_Decoded, int] | None] = [None] * len(fixed)
-        todo = list(range(len(fixed)))
+        # persona pos is row row_of[pos] of blocks[block_of[pos]] (block -1: none); arrays, not
+        # tuples, so a chunk adds no objects for the garbage collector to walk
+        self.blocks: list[_Decoded] = []
+        self.block_of = np.full(len(fixed), -1, dtype=np.int64)
+        self.row_of = np.zeros(len(fixed), dtype=np.int64)
+        todo = np.arange(len(fixed))
         for sub in range(min(owner.sampler.max_restarts, _RESTARTS)):
-            if not todo:
+            if not len(todo):
                 break
             rng = np.random.default_rng([owner.sampler.seed, int(chunk), sub, _STREAM_TAG])
-            block = owner._block([fixed[i] for i in todo], rng)
-            dead = set(np.flatnonzero(~block.alive).tolist())
-            for row, pos in enumerate(todo):
-                if row not in dead:
-                    self.where[pos] = (block, row)
-            todo = [pos for row, pos in enumerate(todo) if row in dead]
+            block = owner._block([fixed[i] for i in todo.tolist()], rng)
+            self.block_of[todo[block.alive]] = len(self.blocks)
+            self.row_of[todo] = np.arange(len(todo))
+            self.blocks.append(block)
+            todo = todo[~block.alive]
+        self._window: tuple[int, list[Any]] = (-1, [])
+
+    @property
+    def where(self) -> list[tuple[_Decoded, int] | None]:
+        """Where each persona is: ``(block, row)``, or ``None``."""
+        return [None if b < 0 else (self.blocks[b], r) for b, r in zip(self.block_of.tolist(), self.row_of.tolist())]
 
     def __len__(self) -> int:
-        return len(self.where)
+        return len(self.block_of)
 
     def __getitem__(self, pos: int) -> dict[str, Any] | None:  # type: ignore[override]
-        hit = self.where[pos]
-        return None if hit is None else hit[0][hit[1]]
+        """Persona ``pos``: its window of :data:`_WINDOW` personas is decoded at once (and kept
+        until another window is read), so reading a chunk in order decodes each persona once."""
+        if not 0 <= pos < len(self.block_of):
+            raise IndexError(pos)
+        start = pos - pos % _WINDOW
+        if self._window[0] != start:
+            self._window = (start, self._decode(start, min(len(self.block_of), start + _WINDOW)))
+        window = self._window[1]
+        got = window[pos - start]
+        if got is _TAKEN:  # read before: decode it afresh (the caller may have changed the first copy)
+            b = int(self.block_of[pos])
+            return None if b < 0 else self.blocks[b][int(self.row_of[pos])]
+        window[pos - start] = _TAKEN
+        return got
+
+    def _decode(self, start: int, stop: int) -> list[dict[str, Any] | None]:
+        out: list[dict[str, Any] | None] = [None] * (stop - start)
+        blocks, rows = self.block_of[start:stop], self.row_of[start:stop]
+        for b in np.unique(blocks[blocks >= 0]).tolist():
+            at = np.flatnonzero(blocks == b)
+            for k, attrs in zip(at.tolist(), self.blocks[b].decode(rows[at])):
+                out[k] = attrs
+        return out
 
 
 class _Decoded(Sequence):
@@ -266,29 +298,78 @@ class _Decoded(Sequence):
         return self.store.n
 
     def __getitem__(self, row: int) -> dict[str, Any] | None:  # type: ignore[override]
-        if not self.alive[row]:
-            return None
-        info = self.owner._info
-        deep_paths = self.owner._deep_paths
-        store = self.store
-        cat, num = store.cat[row], store.num[row]
-        attrs: dict[str, Any] = {}
-        for path in (*self.order_fixed[row], *self.core, *(deep_paths[j] for j in self.steps[row].tolist() if j >= 0)):
-            if path in attrs:
-                continue
-            kind, slot, values = info[path]
-            if kind == "cat":
-                code = int(cat[slot])
-                if code >= 0:
-                    attrs[path] = values[code]
-            elif kind == "multi":
-                if store.present[path][row]:
-                    attrs[path] = [values[c] for c in store.cols[path][row].tolist() if c >= 0]
-            else:
-                x = float(num[slot])
-                if x == x:
-                    attrs[path] = int(x) if kind == "int" else x
-        return attrs
+        return self.decode(np.array([row], dtype=np.int64))[0]
+
+    def decode(self, rows: np.ndarray) -> list[dict[str, Any] | None]:
+        """The attribute dicts of ``rows`` (``None`` for a dead row), decoded column-wise.
+
+        Each persona's attributes come in the order they were set: its fixed values, the
+        core attributes, then its deep attributes in the order they were picked.
+        """
+        owner, store = self.owner, self.store
+        alive = self.alive[rows]
+        live = rows[alive]
+        m = len(live)
+        out: list[dict[str, Any] | None] = [None] * len(rows)
+        if not m:
+            return out
+        leaf_id = owner._leaf_id
+        fixed_lists = [[leaf_id[p] for p in self.order_fixed[r]] for r in live.tolist()]
+        width = max(map(len, fixed_lists))
+        fixed = np.full((m, width), -1, dtype=np.int64)
+        for i, ids in enumerate(fixed_lists):
+            fixed[i, : len(ids)] = ids
+        core = np.broadcast_to(np.array([leaf_id[p] for p in self.core], dtype=np.int64), (m, len(self.core)))
+        steps = self.steps[live].astype(np.int64)
+        deep = np.where(steps >= 0, owner._deep_ids[np.maximum(steps, 0)], -1) if len(owner._deep_ids) else np.full(steps.shape, -1, dtype=np.int64)
+        rest = np.concatenate([core, deep], axis=1)
+        for f in range(width):  # a fixed value comes first and once
+            rest = np.where((rest == fixed[:, f : f + 1]) & (fixed[:, f : f + 1] >= 0), -1, rest)
+        seq = np.concatenate([fixed, rest], axis=1)
+        row_of = np.broadcast_to(np.arange(m)[:, None], seq.shape)
+        valid = seq >= 0
+        leaf = np.where(valid, seq, 0)
+        kind, slot = owner._leaf_kind[leaf], owner._leaf_slot[leaf]
+        srow = live[row_of]
+        is_cat, is_multi = kind == 0, kind == 2
+        is_num = (kind == 1) | (kind == 3)
+        code = np.where(is_cat, store.cat[srow, np.where(is_cat, slot, 0)], -1) if store.cat.shape[1] else np.full(seq.shape, -1)
+        x = np.where(is_num, store.num[srow, np.where(is_num, slot, 0)], np.nan) if store.num.shape[1] else np.full(seq.shape, np.nan)
+        present = valid & ((is_cat & (code >= 0)) | (is_num & ~np.isnan(x)))
+        multi_at = np.flatnonzero((valid & is_multi).ravel())
+        multi_lists: list[list[str]] = []
+        multi_keep = np.zeros(len(multi_at), dtype=bool)
+        paths = owner._leaf_paths
+        for j, flat in enumerate(multi_at.tolist()):
+            i, c = divmod(flat, seq.shape[1])
+            path = paths[int(seq[i, c])]
+            r = int(live[i])
+            if path in store.present and store.present[path][r]:
+                values = owner._info[path][2]
+                multi_lists.append([values[v] for v in store.cols[path][r].tolist() if v >= 0])
+                multi_keep[j] = True
+        present_flat = present.ravel()
+        present_flat[multi_at[multi_keep]] = True
+        keep = np.flatnonzero(present_flat)
+        vals = np.empty(len(keep), dtype=object)
+        kind_k = kind.ravel()[keep]
+        cat_k = kind_k == 0
+        vals[cat_k] = owner._value_table[owner._value_offset[leaf.ravel()[keep][cat_k]] + code.ravel()[keep][cat_k]]
+        float_k = kind_k == 1
+        vals[float_k] = x.ravel()[keep][float_k]
+        int_k = kind_k == 3
+        vals[int_k] = x.ravel()[keep][int_k].astype(np.int64)
+        for pos, value in zip(np.searchsorted(keep, multi_at[multi_keep]).tolist(), multi_lists):
+            vals[pos] = value
+        keys = owner._path_table[leaf.ravel()[keep]].tolist()
+        values_list = vals.tolist()
+        counts = present_flat.reshape(m, -1).sum(axis=1)
+        ends = np.cumsum(counts).tolist()
+        starts = [0, *ends[:-1]]
+        dicts = [dict(zip(keys[a:b], values_list[a:b])) for a, b in zip(starts, ends)]
+        for k, attrs in zip(np.flatnonzero(alive).tolist(), dicts):
+            out[k] = attrs
+        return out
 
 
 # ---- the sampler -----------------------------------------------------------------------
@@ -319,6 +400,20 @@ class ColumnSampler:
         for j, e in enumerate(lists):
             expand[j, : len(e)] = e
         self._expand_table = (expand, np.array([len(e) for e in lists], dtype=np.int64))
+        # per leaf, for decoding: kind (0 categorical, 1 float, 2 multi, 3 int), slot, path, and
+        # every categorical value in one table (value of leaf l, code c: _value_table[_value_offset[l] + c])
+        leaves = self.taxonomy.leaves
+        self._leaf_paths = [leaf.path for leaf in leaves]
+        self._leaf_id = {p: i for i, p in enumerate(self._leaf_paths)}
+        self._path_table = np.array(self._leaf_paths, dtype=object)
+        self._leaf_kind = np.array([3 if leaf.type == "int" else {"cat": 0, "num": 1, "multi": 2}[self.encs[leaf.path].kind] for leaf in leaves], dtype=np.int8)
+        self._leaf_slot = np.array([self.slots[leaf.path] for leaf in leaves], dtype=np.int64)
+        sizes = [len(self.encs[leaf.path].values) if self.encs[leaf.path].kind == "cat" else 0 for leaf in leaves]
+        self._value_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64) if leaves else np.zeros(0, np.int64)
+        table = [v for leaf in leaves if self.encs[leaf.path].kind == "cat" for v in self.encs[leaf.path].values]
+        self._value_table = np.empty(len(table), dtype=object)
+        self._value_table[:] = table
+        self._deep_ids = np.array([self._leaf_id[p] for p in self._deep_paths], dtype=np.int64)
         self._cache: dict[tuple, Any] = {}
         self._static_deep: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
@@ -384,16 +479,20 @@ class ColumnSampler:
         static, static_codes, static_cum = self._static_table()
         slot = self._deep_slots
         n, d = len(rows), len(deep)
-        core_near = np.asarray(s._core_near, dtype=np.int16)
-        width = len(core_near) + min(target, 8) * self._max_expand + 1
-        near = np.full((n, width), -1, dtype=np.int16)
-        near[:, : len(core_near)] = core_near
-        near_len = np.full(n, len(core_near), dtype=np.int64)
+        # A row's "near" list is the core neighbourhood, then the expansion of each deep leaf it
+        # won, in order. It is kept implicit: ``near_ends[r, k]`` is where the k-th won leaf's expansion
+        # ends (past the core part; unset: larger than any position) and ``won_leaf[r, k]`` that leaf.
+        core_near = np.asarray(s._core_near, dtype=np.int64)
+        n_core = len(core_near)
+        near_ends = np.full((n, target + 1), np.iinfo(np.int64).max, dtype=np.int64)
+        near_ends[:, 0] = 0
+        won_leaf = np.zeros((n, target), dtype=np.int64)
+        near_len = np.full(n, n_core, dtype=np.int64)
         tried = np.zeros((n, d), dtype=bool)
         tried_n = np.zeros(n, dtype=np.int64)
         got = np.zeros(n, dtype=np.int64)
         budget = np.full(n, 3 * target + 10, dtype=np.int64)
-        expand, expand_len = self._expand_table
+        expand_len = self._expand_table[1]
         while True:
             act = np.flatnonzero((got < target) & (budget > 0) & (tried_n < d))
             if not len(act):
@@ -409,7 +508,7 @@ class ColumnSampler:
                 nl = near_len[r]
                 use_near = (nl > 0) & (u1 < s.near_share)
                 pos = np.minimum((u2 * nl).astype(np.int64), np.maximum(nl - 1, 0))
-                j = np.where(use_near, near[r, pos], np.minimum((u2 * d).astype(np.int64), d - 1))
+                j = np.where(use_near, self._near_at(core_near, near_ends, won_leaf, r, pos), np.minimum((u2 * d).astype(np.int64), d - 1))
                 fresh = ~tried[r, j]
                 pick[pend[fresh]] = j[fresh]
                 pend = pend[~fresh]
@@ -451,16 +550,29 @@ class ColumnSampler:
             if not len(won):
                 continue
             steps[rows[won], got[won]] = j
-            got[won] += 1
             lens = expand_len[j]
-            need = int((near_len[won] + lens).max())
-            if need > near.shape[1]:
-                near = np.pad(near, ((0, 0), (0, max(need - near.shape[1], near.shape[1] // 2))), constant_values=-1)
-            cols = near_len[won][:, None] + np.arange(expand.shape[1])
-            keep = np.arange(expand.shape[1]) < lens[:, None]
-            near[np.broadcast_to(won[:, None], cols.shape)[keep], cols[keep]] = expand[j][keep]
+            won_leaf[won, got[won]] = j
+            near_ends[won, got[won] + 1] = near_ends[won, got[won]] + lens
+            got[won] += 1
             near_len[won] += lens
         return steps
+
+    def _near_at(self, core_near: np.ndarray, ends: np.ndarray, won_leaf: np.ndarray, r: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Entry ``pos`` of each row ``r``'s near list (-1 where ``pos`` is past its end)."""
+        out = np.full(len(r), -1, dtype=np.int64)
+        n_core = len(core_near)
+        in_core = pos < n_core
+        out[in_core] = core_near[pos[in_core]]
+        rest = np.flatnonzero(~in_core)
+        if len(rest):
+            rr, p = r[rest], pos[rest] - n_core
+            k = (ends[rr, 1:] <= p[:, None]).sum(axis=1)  # the won leaf whose expansion holds p
+            ok = k < won_leaf.shape[1]
+            k = np.minimum(k, won_leaf.shape[1] - 1)
+            expand = self._expand_table[0]
+            offset = np.minimum(p - ends[rr, k], expand.shape[1] - 1)
+            out[rest] = np.where(ok, expand[won_leaf[rr, k], offset], -1)
+        return out
 
     def _has_deep(self, store: _Store, rows: np.ndarray, pick: np.ndarray) -> np.ndarray:
         """Whether each row already has its picked deep leaf."""

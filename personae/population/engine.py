@@ -30,7 +30,7 @@ import numpy as np
 
 from personae.embeddings.base import Embedder
 from personae.errors import ConfigError, ModelCallError, ModelOutputError, PersonaeError
-from personae.jsonl import append_jsonl, iter_jsonl, read_jsonl_dicts, write_json, write_jsonl
+from personae.jsonl import append_jsonl, append_lines, iter_jsonl, read_jsonl_dicts, write_json, write_jsonl
 from personae.llm.gateway import Gateway
 from personae.memory.qdrant import QdrantHandle
 from personae.models import Persona
@@ -39,7 +39,7 @@ from personae.population.conditions import Rule
 from personae.population.coverage import CoveragePlan, plan_coverage
 from personae.population.craft import craft_persona
 from personae.population.dedup import DedupIndex, persona_text
-from personae.population.mapping import META_KEY, persona_meta, to_persona
+from personae.population.mapping import META_KEY, persona_json, persona_meta, to_persona, to_personas
 from personae.population.quotas import QuotaPlan, plan_quotas
 from personae.population.report import PopulationReport, ReportBuilder, plot_marginals
 from personae.population.sampling import PersonaSampler, SamplingError
@@ -60,6 +60,7 @@ REPORT_FILE = "population_report.json"
 PLOT_FILE = "population_marginals.png"
 
 ProgressFn = Callable[[int, int], None]
+_MAP_GROUP = 256  # first attempts mapped to personas together
 
 
 class PopulationError(PersonaeError):
@@ -170,7 +171,7 @@ class _Pipeline:
         )
         return outcome, cell_index, dropped
 
-    async def _persona(self, index: int, attempt: int, outcome: ReviseOutcome, cell_index: int, *, unresolved: bool, fallback: int = 0) -> Persona:
+    def _meta(self, index: int, attempt: int, outcome: ReviseOutcome, cell_index: int, *, unresolved: bool, fallback: int = 0) -> dict[str, Any]:
         meta: dict[str, Any] = {
             "population": self.spec.name,
             "index": index,
@@ -186,6 +187,27 @@ class _Pipeline:
             meta["llm_failed"] = True
         if fallback:
             meta["coverage_fallback"] = fallback
+        return meta
+
+    def first_attempts(self, indices: Sequence[int]) -> list[_Built | None]:
+        """First attempts of ``indices`` straight from their vectorised chunks, mapped to personas in
+        one batch (``None`` where the scalar path must build: no chunk row, validators, or a model)."""
+        if self.columns is None or self.validators:
+            return [None] * len(indices)
+        out: list[_Built | None] = []
+        for start in range(0, len(indices), _MAP_GROUP):  # in groups, so attribute dicts live briefly
+            hits = [(index, self._from_columns(index)) for index in indices[start : start + _MAP_GROUP]]
+            rows = [(index, hit[0]) for index, hit in hits if hit is not None]
+            metas = []
+            for index, attrs in rows:
+                cell_index = self.plan.cell_of(index)
+                metas.append(self._meta(index, 0, ReviseOutcome(attrs=attrs, accepted=True, history=[[]]), cell_index, unresolved=False))
+            personas = iter(to_personas([a for _, a in rows], self.plan.taxonomy, seed=self.spec.seed, indices=[i for i, _ in rows], metas=metas, prompts=self.prompts))
+            out.extend(_Built(next(personas), 0, []) if hit is not None else None for _, hit in hits)
+        return out
+
+    async def _persona(self, index: int, attempt: int, outcome: ReviseOutcome, cell_index: int, *, unresolved: bool, fallback: int = 0) -> Persona:
+        meta = self._meta(index, attempt, outcome, cell_index, unresolved=unresolved, fallback=fallback)
         persona = to_persona(outcome.attrs, self.plan.taxonomy, seed=self.spec.seed, index=index, meta=meta, prompts=self.prompts)
         if self.gateway is not None:
             try:
@@ -305,8 +327,8 @@ class _Run:
             rejects = [r for r in every if isinstance(r.get("index"), int) and r["index"] < len(done)]
             if len(rejects) != len(every):  # proposals of personas that were never written
                 write_jsonl(rejects_path, rejects)
+        self.report.add_many(done)
         for persona in done:
-            self.report.add(persona)
             self._keep(persona)
         self.report.add_rejects(rejects)
         self._load_work()
@@ -336,7 +358,7 @@ class _Run:
             return
         # rejects first: a crash in between leaves rejects of unwritten personas, which resume drops
         append_jsonl(self.out_dir / REJECTS_FILE, rejects)
-        append_jsonl(self.out_dir / PERSONAS_FILE, personas)
+        append_lines(self.out_dir / PERSONAS_FILE, [persona_json(p) for p in personas])
 
     def _usage(self) -> dict[str, float]:
         """The gateway's counters so far (empty when this run makes no model call)."""
@@ -373,13 +395,14 @@ class _Run:
             if self.llm_used:
                 built = list(await asyncio.gather(*(self.pipeline.build(i) for i in indices)))
             else:
-                built = [await self.pipeline.build(i) for i in indices]
+                first = self.pipeline.first_attempts(indices)
+                built = [b if b is not None else await self.pipeline.build(i) for i, b in zip(indices, first)]
             personas, rejects, vectors, scan, replaced = await self._dedup(list(indices), built)
             self._write(personas, rejects)
             if self.index is not None:
                 self.index.add(vectors, [p.id for p in personas], scan=None if replaced else scan, payloads=[{"index": persona_meta(p)["index"], "name": p.name} for p in personas])
+            self.report.add_many(personas)
             for persona in personas:
-                self.report.add(persona)
                 self._keep(persona)
             self.report.add_rejects(rejects)
             self._record_work(start, len(personas), started, usage_before)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -188,45 +189,61 @@ class ReportBuilder:
 
     def add(self, persona: Persona) -> None:
         """Count one accepted persona."""
-        meta = persona_meta(persona)
-        self.produced += 1
-        cell = meta.get("cell_index")
-        if isinstance(cell, int) and 0 <= cell < len(self.cell_counts):
-            self.cell_counts[cell] += 1
-        attrs = persona.attributes
+        self.add_many([persona])
+
+    def add_many(self, personas: Sequence[Persona]) -> None:
+        """Count accepted personas (as :meth:`add` one by one, with the counting done per batch)."""
+        if not personas:
+            return
+        metas = [persona_meta(p) for p in personas]
+        every = [p.attributes for p in personas]
+        self.produced += len(personas)
+        n_cells = len(self.cell_counts)
+        cells = [c for c in (m.get("cell_index") for m in metas) if type(c) is int and 0 <= c < n_cells]
+        if cells:
+            np.add.at(self.cell_counts, np.asarray(cells, dtype=np.int64), 1)
         if self.coverage is not None:
-            grid_cell = self.coverage.cell_of(attrs)
-            if grid_cell is not None:
-                self.coverage_cells[grid_cell] += 1
-            self.coverage_fallbacks += int(bool(meta.get("coverage_fallback")))
+            for meta, attrs in zip(metas, every):
+                grid_cell = self.coverage.cell_of(attrs)
+                if grid_cell is not None:
+                    self.coverage_cells[grid_cell] += 1
+                self.coverage_fallbacks += int(bool(meta.get("coverage_fallback")))
         for path, counter in self.margins.items():
-            counter[str(attrs.get(path))] += 1
-        for path, value in attrs.items():
-            if path == META_KEY:
-                continue
-            self.attr_total += 1
-            self.path_counts[path] += 1
-            if isinstance(value, list):
-                self.values_seen.update((path, str(v)) for v in value)
-            elif isinstance(value, str):
-                self.values_seen.add((path, value))
-        revised = meta.get("revised") or []
-        rounds = int(meta.get("revision_rounds", 0) or 0)
-        self.revision_rounds += rounds
-        if revised:
-            self.revised_personas += 1
-            self.revised_attributes.update(revised)
-        if rounds == 0 and not meta.get("unresolved"):
-            self.valid_first_try += 1
-        if meta.get("unresolved"):
-            self.unresolved += 1
-        if meta.get("llm_failed"):
-            self.llm_failures += 1
-        words = [w.lower() for w in _WORD.findall(persona.description)]
-        for n in (1, 2):
-            grams = list(zip(*(words[i:] for i in range(n))))
-            self._gram_totals[n] += len(grams)
-            self._grams[n].update(grams)
+            counter.update([str(attrs.get(path)) for attrs in every])
+        path_counts = self.path_counts
+        path_counts.update(chain.from_iterable(every))  # counted in C; the metadata key is taken out below
+        with_meta = path_counts.pop(META_KEY, 0)
+        self.attr_total += sum(map(len, every)) - with_meta
+        seen = self.values_seen
+        for attrs in every:
+            for item in attrs.items():  # (path, value)
+                value = item[1]
+                if type(value) is str:
+                    seen.add(item)
+                elif isinstance(value, list):
+                    seen.update((item[0], str(v)) for v in value)
+                elif isinstance(value, str):
+                    seen.add(item)
+        for meta in metas:
+            revised = meta.get("revised") or []
+            rounds = int(meta.get("revision_rounds", 0) or 0)
+            self.revision_rounds += rounds
+            if revised:
+                self.revised_personas += 1
+                self.revised_attributes.update(revised)
+            if rounds == 0 and not meta.get("unresolved"):
+                self.valid_first_try += 1
+            if meta.get("unresolved"):
+                self.unresolved += 1
+            if meta.get("llm_failed"):
+                self.llm_failures += 1
+        unigrams, bigrams = self._grams[1], self._grams[2]
+        for description in (p.description for p in personas):
+            words = list(map(str.lower, _WORD.findall(description)))
+            unigrams.update(words)  # distinct words and word pairs (as "a b", strings: no garbage-collector work); only the sets' sizes are reported
+            bigrams.update(map(" ".join, zip(words, words[1:])))
+            self._gram_totals[1] += len(words)
+            self._gram_totals[2] += max(len(words) - 1, 0)
 
     def add_rejects(self, records: Iterable[Mapping[str, Any]]) -> None:
         """Count rejected proposals (records as written to rejects.jsonl)."""
