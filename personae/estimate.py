@@ -113,7 +113,10 @@ async def _sample_simulate(experiment: Experiment, settings: Settings, embedder,
     from personae.graphs.runner import make_jobs, simulate_batch
 
     total = experiment.simulation.n_conversations
-    jobs = make_jobs(personas, experiment.scenarios, experiment.graph, n_conversations=min(n, total), seed=experiment.seed)
+    # the run's own conversations (ids and seeds), n of them spread evenly over the run: the first
+    # n alone share their scenarios and seeds' neighbourhood, and can miss what later ones do
+    every = make_jobs(personas, experiment.scenarios, experiment.graph, n_conversations=total, seed=experiment.seed)
+    jobs = [every[i * total // min(n, total)] for i in range(min(n, total))]
     memory, handle = None, None
     if experiment.memory_enabled:
         from personae.memory import AgentMemory, open_qdrant

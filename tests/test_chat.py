@@ -26,6 +26,7 @@ def _simulate(exp_path, data_dir):
     """The run: personas written as the generate stage writes them, then the simulate stage's own shard code."""
     from personae.experiment import load_experiment, settings_for
     from personae.flows.simulate import _simulate_shard
+    from personae.llm import Limits
     from personae.graphs import make_jobs
     from personae.jsonl import read_jsonl, write_jsonl
     from personae.models import Persona
@@ -37,7 +38,9 @@ def _simulate(exp_path, data_dir):
     personas = read_jsonl(exp.personas_file, Persona, unique="id")
     write_jsonl(root / "personas.jsonl", personas)
     jobs = make_jobs(personas, exp.scenarios, exp.graph, n_conversations=exp.simulation.n_conversations, seed=exp.seed)
-    result = asyncio.run(_simulate_shard(exp, {"data_dir": str(data_dir)}, jobs, 0, 1))
+    # a shard of this process (limits given): not a Dask shard, which would lease Prefect's global
+    # limits when an earlier test left a Prefect server configured
+    result = asyncio.run(_simulate_shard(exp, {"data_dir": str(data_dir)}, jobs, 0, 1, limits=Limits()))
     assert result.metrics["conversations.completed_new"] == len(jobs)
     return exp, settings, root, personas
 
