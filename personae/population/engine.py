@@ -51,6 +51,7 @@ from personae.prompts import PromptSet
 __all__ = ["PopulationPlan", "PopulationError", "plan_population", "generate_population", "sample_population", "PERSONAS_FILE", "REJECTS_FILE"]
 
 log = logging.getLogger(__name__)
+_DEDUP_BLOCK = 1024  # personas checked against the index at once; they join it before the next block
 
 PERSONAS_FILE = "personas.jsonl"
 REJECTS_FILE = "rejects.jsonl"
@@ -374,10 +375,10 @@ class _Run:
                 built = list(await asyncio.gather(*(self.pipeline.build(i) for i in indices)))
             else:
                 built = [await self.pipeline.build(i) for i in indices]
-            personas, rejects, vectors, scan, replaced = await self._dedup(list(indices), built)
+            personas, rejects, vectors = await self._dedup(list(indices), built)
             self._write(personas, rejects)
             if self.index is not None:
-                self.index.add(vectors, [p.id for p in personas], scan=None if replaced else scan, payloads=[{"index": persona_meta(p)["index"], "name": p.name} for p in personas])
+                self.index.persist(vectors, [p.id for p in personas], payloads=[{"index": persona_meta(p)["index"], "name": p.name} for p in personas])
             for persona in personas:
                 self.report.add(persona)
                 self._keep(persona)
@@ -399,46 +400,54 @@ class _Run:
             plot_marginals(report, self.out_dir / PLOT_FILE)
         return report
 
-    async def _dedup(self, indices: list[int], built: list[_Built]) -> tuple[list[Persona], list[dict[str, Any]], np.ndarray, Any, bool]:
-        """Accept the batch in index order, resampling near-duplicates of earlier personas."""
+    async def _dedup(self, indices: list[int], built: list[_Built]) -> tuple[list[Persona], list[dict[str, Any]], np.ndarray]:
+        """Accept the batch in index order, resampling near-duplicates of earlier personas.
+
+        Checked in blocks of the batch: the index answers a block at once, earlier personas
+        of the block are compared exactly, the accepted ones join the index before the next block, so a
+        persona is compared with every persona accepted before it. A rejected one is
+        rebuilt and checked again at once. Returns the personas, the rejects, and the
+        accepted vectors (already in the index, not yet persisted).
+        """
         rejects = [r for b in built for r in b.rejects]
         personas = [b.persona for b in built]
         if self.index is None:
-            return personas, rejects, np.zeros((0, 0), np.float32), None, False
+            return personas, rejects, np.zeros((0, 0), np.float32)
         index = self.index
         vectors = index.embed([self._text(p) for p in personas])
-        scan = index.scan(vectors)
-        accepted = np.zeros_like(vectors)
-        replaced = False
-        for j, i in enumerate(indices):
-            current, vec, best, arg = built[j], vectors[j], float(scan.col_max[j]), int(scan.col_arg[j])
-            while True:
-                other_id = index.ids[arg] if arg >= 0 else None
-                if j:
-                    inner = accepted[:j] @ vec
-                    k = int(inner.argmax())
-                    if float(inner[k]) > best:
-                        best, other_id = float(inner[k]), personas[k].id
-                if not index.is_duplicate(best):
-                    break
-                replaced = True
-                rejects.append({
-                    "index": i,
-                    "attempt": current.attempt,
-                    "cell_index": self.plan.cell_of(i),
-                    "source": "dedup",
-                    "reason": f"near-duplicate of {other_id} (cosine {best:.3f} >= {index.threshold})",
-                    "attributes": [],
-                    "revision_rounds": persona_meta(current.persona).get("revision_rounds", 0),
-                })
-                current = await self.pipeline.build(i, current.attempt + 1)
-                rejects.extend(current.rejects)
-                vec = index.embed([self._text(current.persona)])[0]
-                one = index.scan(vec[None, :])
-                best, arg = float(one.col_max[0]), int(one.col_arg[0])
-            personas[j] = current.persona
-            accepted[j] = vec
-        return personas, rejects, accepted, scan, replaced
+        for start in range(0, len(personas), _DEDUP_BLOCK):
+            block = range(start, min(len(personas), start + _DEDUP_BLOCK))
+            scan = index.scan(vectors[block.start : block.stop])
+            for j in block:
+                current, vec = built[j], vectors[j]
+                best, arg = float(scan.col_max[j - start]), int(scan.col_arg[j - start])
+                while True:
+                    other_id = index.ids[arg] if arg >= 0 else None
+                    if j > start:  # the block's earlier personas, all accepted by now
+                        inner = vectors[start:j] @ vec
+                        k = int(inner.argmax())
+                        if float(inner[k]) > best:
+                            best, other_id = float(inner[k]), personas[start + k].id
+                    if not index.is_duplicate(best):
+                        break
+                    rejects.append({
+                        "index": indices[j],
+                        "attempt": current.attempt,
+                        "cell_index": self.plan.cell_of(indices[j]),
+                        "source": "dedup",
+                        "reason": f"near-duplicate of {other_id} (cosine {best:.3f} >= {index.threshold})",
+                        "attributes": [],
+                        "revision_rounds": persona_meta(current.persona).get("revision_rounds", 0),
+                    })
+                    current = await self.pipeline.build(indices[j], current.attempt + 1)
+                    rejects.extend(current.rejects)
+                    vec = index.embed([self._text(current.persona)])[0]
+                    one = index.scan(vec[None, :])
+                    best, arg = float(one.col_max[0]), int(one.col_arg[0])
+                personas[j] = current.persona
+                vectors[j] = vec
+            index.add(vectors[block.start : block.stop], [p.id for p in personas[block.start : block.stop]], persist=False)
+        return personas, rejects, vectors
 
 
 async def generate_population(
