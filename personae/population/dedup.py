@@ -47,12 +47,12 @@ _UPSERT_CHUNK = 512
 _QUERY_CHUNK = 1024
 _BLOCK = 1024
 _DENSE, _LSH = "dense", "lsh"
-_LSH_BITS = 16  # bits per hash table; a random pair (cosine ~0.1) shares a bucket with probability ~2e-5
+_LSH_BITS = 24  # bits per hash table: few random pairs share a bucket, even among skewed vectors
 _LSH_RECALL = 0.99  # chance that a pair exactly at the threshold shares a bucket in some table (closer pairs: more)
 _LSH_MAX_TABLES = 128
-_CANDIDATES = 16  # points sharing the most buckets with a query, which the engine then scores exactly
+_CANDIDATES = 8  # points sharing the most buckets with a query, which the engine then scores exactly
 _LSH_SEED = 0x17D
-_NN_SAMPLE = 2048
+_NN_SAMPLE = 1024
 
 
 def persona_text(persona: Persona, *, include_description: bool = True) -> str:
@@ -78,13 +78,13 @@ class Scan:
     col_arg: np.ndarray  # position in the index of that best match (-1 if none found)
 
 
-def lsh_tables(threshold: float, bits: int = _LSH_BITS, recall: float = _LSH_RECALL) -> int:
+def lsh_tables(threshold: float, bits: int | None = None, recall: float = _LSH_RECALL) -> int:
     """How many sign-random-projection tables of ``bits`` bits make a pair at ``threshold`` collide with ``recall``.
 
     A pair at cosine ``s`` agrees on one random hyperplane with probability
     ``1 - arccos(s) / pi``, so on a whole table with that to the power ``bits``.
     """
-    agree = (1.0 - math.acos(min(1.0, max(-1.0, threshold))) / math.pi) ** bits
+    agree = (1.0 - math.acos(min(1.0, max(-1.0, threshold))) / math.pi) ** (bits or _LSH_BITS)
     if agree >= 1.0:
         return 1
     return int(min(_LSH_MAX_TABLES, max(1, math.ceil(math.log(1.0 - recall) / math.log(1.0 - agree)))))
@@ -96,6 +96,7 @@ def _shard_config(dim: int) -> qe.EdgeConfig:
         sparse_vectors={_LSH: qe.EdgeSparseVectorParams()},  # one dimension per (table, bucket): an inverted index
         # the dense vectors only rescore candidates, so no HNSW graph is built (that cost more than the whole check)
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=2**30, default_segment_number=1),
+        max_search_threads=1,  # one query at a time is faster than a pool on a busy machine (bench/dedup.py)
         wal_enabled=False,  # scratch data, rebuilt from the personas on resume
     )
 
@@ -151,6 +152,7 @@ class DedupIndex:
         rng = np.random.default_rng(_LSH_SEED)
         self._planes = rng.standard_normal((self.dim, self.tables * _LSH_BITS)).astype(np.float32)
         self._ones = [1.0] * self.tables
+        self._offsets = np.arange(self.tables, dtype=np.int64) << _LSH_BITS
         self._sample = np.zeros((nn_sample, self.dim), dtype=np.float32)
         self._sample_nn = np.full(nn_sample, -1.0, dtype=np.float32)
         if qdrant is not None:
@@ -192,8 +194,9 @@ class DedupIndex:
     def buckets(self, vectors: np.ndarray) -> list[list[int]]:
         """Each vector's hash bucket in every table, as sparse dimensions (table * 2**16 + bucket)."""
         signs = (np.asarray(vectors, dtype=np.float32) @ self._planes > 0).reshape(len(vectors), self.tables, _LSH_BITS)
-        keys = signs.astype(np.int64) @ (np.int64(1) << np.arange(_LSH_BITS, dtype=np.int64))
-        return (keys + (np.arange(self.tables, dtype=np.int64) << _LSH_BITS)).tolist()
+        packed = np.packbits(signs, axis=-1, bitorder="little").astype(np.int64)  # (n, tables, bytes)
+        keys = (packed << (8 * np.arange(packed.shape[-1], dtype=np.int64))).sum(axis=-1)
+        return (keys + self._offsets).tolist()
 
     # ---- checks -----------------------------------------------------------------------
     def scan(self, batch: np.ndarray) -> Scan:
@@ -236,11 +239,10 @@ class DedupIndex:
         keep = scan.col_max < self.threshold
         pairs: dict[int, list[int]] = {}
         for start in range(0, len(vectors), _BLOCK):
-            block = vectors[start : start + _BLOCK] @ vectors[: start + _BLOCK].T
-            rows, cols = np.nonzero(block >= self.threshold)
+            block = vectors[start : start + _BLOCK] @ vectors[: start + _BLOCK].T  # rows: this block, cols: up to its end
+            rows, cols = np.nonzero(np.tril(block >= self.threshold, k=start - 1))  # only earlier vectors
             for r, c in zip((rows + start).tolist(), cols.tolist()):
-                if c < r:
-                    pairs.setdefault(r, []).append(c)
+                pairs.setdefault(r, []).append(c)
         for later in sorted(pairs):
             if keep[later] and any(keep[earlier] for earlier in pairs[later]):
                 keep[later] = False
