@@ -19,7 +19,7 @@ from personae.llm.testing import ScriptedLLM, fake_from_schema
 from personae.memory.qdrant import open_qdrant
 from personae.models import Persona
 from personae.population import DedupIndex, PopulationError, PopulationSpec, generate_population, persona_meta, persona_text, sample_population
-from personae.population.dedup import lsh_tables
+from personae.population.dedup import lsh_shape, lsh_tables
 
 SMALL_TAXONOMY = """
 extends: none
@@ -80,7 +80,8 @@ def test_dedup_index_checks_in_the_engine_like_the_exact_check(tmp_path):
     words = "rain coffee music train office garden city river bread lamp paper window family money plan dream router price help nurse".split()
     base = [" ".join(rng.choice(words) for _ in range(12)) + f" person {i}" for i in range(60)]
     engine = DedupIndex(HashingEmbedder(128), threshold=0.9, workdir=tmp_path, nn_sample=8)
-    assert engine.tables == lsh_tables(0.9) > lsh_tables(0.97) > 1
+    assert (engine.bits, engine.tables) == lsh_shape(0.9) == (16, lsh_tables(0.9, 16)) and lsh_shape(0.97)[0] == 24
+    assert lsh_tables(0.9, 16) > lsh_tables(0.97, 16) > lsh_tables(0.99, 16) >= 1
     for start in range(0, 60, 7):
         engine.add(engine.embed(base[start : start + 7]), [f"p{i}" for i in range(start, min(60, start + 7))])
     assert len(engine) == 60 and any(tmp_path.iterdir())  # the shard lives under workdir

@@ -40,14 +40,15 @@ from personae.memory.qdrant import QdrantHandle
 from personae.models import Persona
 from personae.population.mapping import META_KEY, format_value
 
-__all__ = ["DedupIndex", "Scan", "lsh_tables", "persona_text", "point_id"]
+__all__ = ["DedupIndex", "Scan", "lsh_shape", "lsh_tables", "persona_text", "point_id"]
 
 log = logging.getLogger(__name__)
 _UPSERT_CHUNK = 512
 _QUERY_CHUNK = 1024
 _BLOCK = 1024
 _DENSE, _LSH = "dense", "lsh"
-_LSH_BITS = 24  # bits per hash table: few random pairs share a bucket, even among skewed vectors
+_LSH_BITS = (24, 20, 16)  # bits per hash table, most first: fewer random pairs share a bucket, even among skewed vectors
+_LSH_TABLES = 64  # ... unless that needs more tables than this (each table is a posting per vector in the engine's memory)
 _LSH_RECALL = 0.99  # chance that a pair exactly at the threshold shares a bucket in some table (closer pairs: more)
 _LSH_MAX_TABLES = 128
 _CANDIDATES = 8  # points sharing the most buckets with a query, which the engine then scores exactly
@@ -78,13 +79,22 @@ class Scan:
     col_arg: np.ndarray  # position in the index of that best match (-1 if none found)
 
 
-def lsh_tables(threshold: float, bits: int | None = None, recall: float = _LSH_RECALL) -> int:
+def lsh_shape(threshold: float) -> tuple[int, int]:
+    """Bits per table and number of tables for ``threshold``: the most bits that need at most 64 tables."""
+    for bits in _LSH_BITS:
+        tables = lsh_tables(threshold, bits)
+        if tables <= _LSH_TABLES:
+            return bits, tables
+    return _LSH_BITS[-1], lsh_tables(threshold, _LSH_BITS[-1])
+
+
+def lsh_tables(threshold: float, bits: int, recall: float = _LSH_RECALL) -> int:
     """How many sign-random-projection tables of ``bits`` bits make a pair at ``threshold`` collide with ``recall``.
 
     A pair at cosine ``s`` agrees on one random hyperplane with probability
     ``1 - arccos(s) / pi``, so on a whole table with that to the power ``bits``.
     """
-    agree = (1.0 - math.acos(min(1.0, max(-1.0, threshold))) / math.pi) ** (bits or _LSH_BITS)
+    agree = (1.0 - math.acos(min(1.0, max(-1.0, threshold))) / math.pi) ** bits
     if agree >= 1.0:
         return 1
     return int(min(_LSH_MAX_TABLES, max(1, math.ceil(math.log(1.0 - recall) / math.log(1.0 - agree)))))
@@ -105,8 +115,8 @@ class DedupIndex:
     """Accepted personas' vectors in an embedded Qdrant engine, with near-duplicate checks.
 
     Each accepted vector is stored in a Qdrant Edge shard twice: as a dense vector, and
-    as a sparse vector of its locality-sensitive hash buckets (``lsh_tables(threshold)``
-    tables of 16 random-hyperplane sign bits; one sparse dimension per table and
+    as a sparse vector of its locality-sensitive hash buckets (``lsh_shape(threshold)``:
+    tables of 16 to 24 random-hyperplane sign bits; one sparse dimension per table and
     bucket). A check is one engine query per candidate: the engine's inverted index
     finds the accepted points that share the most buckets with it (a prefetch), and
     scores those exactly by cosine. Pairs at or above the threshold share a bucket with
@@ -148,11 +158,11 @@ class DedupIndex:
         self.population = population
         self.dim = int(embedder.dim)
         self.ids: list[str] = []
-        self.tables = lsh_tables(self.threshold)
+        self.bits, self.tables = lsh_shape(self.threshold)
         rng = np.random.default_rng(_LSH_SEED)
-        self._planes = rng.standard_normal((self.dim, self.tables * _LSH_BITS)).astype(np.float32)
+        self._planes = rng.standard_normal((self.dim, self.tables * self.bits)).astype(np.float32)
         self._ones = [1.0] * self.tables
-        self._offsets = np.arange(self.tables, dtype=np.int64) << _LSH_BITS
+        self._offsets = np.arange(self.tables, dtype=np.int64) << self.bits
         self._sample = np.zeros((nn_sample, self.dim), dtype=np.float32)
         self._sample_nn = np.full(nn_sample, -1.0, dtype=np.float32)
         if qdrant is not None:
@@ -192,8 +202,8 @@ class DedupIndex:
         return self._shard
 
     def buckets(self, vectors: np.ndarray) -> list[list[int]]:
-        """Each vector's hash bucket in every table, as sparse dimensions (table * 2**16 + bucket)."""
-        signs = (np.asarray(vectors, dtype=np.float32) @ self._planes > 0).reshape(len(vectors), self.tables, _LSH_BITS)
+        """Each vector's hash bucket in every table, as sparse dimensions (table * 2**bits + bucket)."""
+        signs = (np.asarray(vectors, dtype=np.float32) @ self._planes > 0).reshape(len(vectors), self.tables, self.bits)
         packed = np.packbits(signs, axis=-1, bitorder="little").astype(np.int64)  # (n, tables, bytes)
         keys = (packed << (8 * np.arange(packed.shape[-1], dtype=np.int64))).sum(axis=-1)
         return (keys + self._offsets).tolist()
