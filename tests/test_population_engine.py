@@ -115,8 +115,9 @@ def test_dedup_check_keeps_the_first_of_near_duplicates_in_a_batch():
     index.close()
 
 
-def test_population_has_no_near_duplicates_and_keeps_quotas(small_taxonomy, tmp_path):
-    spec = PopulationSpec(size=24, seed=2, taxonomy=small_taxonomy, deep_attributes=0, dedup_threshold=0.999, batch_size=5, max_attempts=60,
+@pytest.mark.parametrize("batch_size", [5, 24])  # 24: one block, rebuilt personas checked against the block's later ones
+def test_population_has_no_near_duplicates_and_keeps_quotas(small_taxonomy, tmp_path, batch_size):
+    spec = PopulationSpec(size=24, seed=2, taxonomy=small_taxonomy, deep_attributes=0, dedup_threshold=0.999, batch_size=batch_size, max_attempts=60,
                           quotas={"marginals": {"name": {"Ann": 0.25, "Bob": 0.375, "Cy": 0.375}}})
     embedder = HashingEmbedder(256)
     report = _run(spec, embedder, tmp_path / "out")

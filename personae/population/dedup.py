@@ -40,7 +40,7 @@ from personae.memory.qdrant import QdrantHandle
 from personae.models import Persona
 from personae.population.mapping import META_KEY, format_value
 
-__all__ = ["DedupIndex", "Scan", "lsh_shape", "lsh_tables", "persona_text", "point_id"]
+__all__ = ["DedupIndex", "Scan", "best_earlier", "lsh_shape", "lsh_tables", "persona_text", "point_id"]
 
 log = logging.getLogger(__name__)
 _UPSERT_CHUNK = 512
@@ -375,6 +375,21 @@ class DedupIndex:
         for start in range(0, len(ids), 4096):
             chunk = list(ids[start : start + 4096])
             self.add(normalize(np.stack([found[pid] for pid in chunk])), chunk, persist=False)
+
+
+def best_earlier(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's highest dot product with an earlier vector of ``vectors``, and that one's position (-1, -1 for the first)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    best = np.full(len(vectors), -1.0, dtype=np.float32)
+    arg = np.full(len(vectors), -1, dtype=np.int64)
+    for start in range(0, len(vectors), _BLOCK):
+        block = vectors[start : start + _BLOCK] @ vectors[: start + _BLOCK].T  # rows: this block, cols: up to its end
+        block[np.triu_indices(len(block), k=start, m=block.shape[1])] = -np.inf  # only earlier vectors
+        arg[start : start + len(block)] = block.argmax(axis=1)
+        best[start : start + len(block)] = block.max(axis=1)
+    first = np.isneginf(best)
+    best[first], arg[first] = -1.0, -1
+    return best, arg
 
 
 def _remove(shard: qe.EdgeShard | None, folder: Path) -> None:

@@ -38,7 +38,7 @@ from personae.population.columns import CHUNK, ColumnSampler
 from personae.population.conditions import Rule
 from personae.population.coverage import CoveragePlan, plan_coverage
 from personae.population.craft import craft_persona
-from personae.population.dedup import DedupIndex, persona_text
+from personae.population.dedup import DedupIndex, best_earlier, persona_text
 from personae.population.mapping import META_KEY, persona_meta, to_persona
 from personae.population.quotas import QuotaPlan, plan_quotas
 from personae.population.report import PopulationReport, ReportBuilder, plot_marginals
@@ -418,16 +418,26 @@ class _Run:
         for start in range(0, len(personas), _DEDUP_BLOCK):
             block = range(start, min(len(personas), start + _DEDUP_BLOCK))
             scan = index.scan(vectors[block.start : block.stop])
+            inner_max, inner_arg = best_earlier(vectors[block.start : block.stop])  # among the block's first proposals
+            replaced: list[int] = []  # positions in the block whose proposal was rebuilt
             for j in block:
-                current, vec = built[j], vectors[j]
+                current, vec, original = built[j], vectors[j], True
                 best, arg = float(scan.col_max[j - start]), int(scan.col_arg[j - start])
                 while True:
                     other_id = index.ids[arg] if arg >= 0 else None
                     if j > start:  # the block's earlier personas, all accepted by now
-                        inner = vectors[start:j] @ vec
-                        k = int(inner.argmax())
-                        if float(inner[k]) > best:
-                            best, other_id = float(inner[k]), personas[start + k].id
+                        k = int(inner_arg[j - start])
+                        if original and start + k not in replaced:  # its best earlier proposal is still accepted
+                            sim, k = float(inner_max[j - start]), start + k
+                            if replaced:  # and the rebuilt ones
+                                rebuilt = vectors[replaced] @ vec
+                                if float(rebuilt.max()) > sim:
+                                    sim, k = float(rebuilt.max()), replaced[int(rebuilt.argmax())]
+                        else:
+                            inner = vectors[start:j] @ vec
+                            sim, k = float(inner.max()), start + int(inner.argmax())
+                        if sim > best:
+                            best, other_id = sim, personas[k].id
                     if not index.is_duplicate(best):
                         break
                     rejects.append({
@@ -443,7 +453,9 @@ class _Run:
                     rejects.extend(current.rejects)
                     vec = index.embed([self._text(current.persona)])[0]
                     one = index.scan(vec[None, :])
-                    best, arg = float(one.col_max[0]), int(one.col_arg[0])
+                    best, arg, original = float(one.col_max[0]), int(one.col_arg[0]), False
+                if not original:
+                    replaced.append(j)
                 personas[j] = current.persona
                 vectors[j] = vec
             index.add(vectors[block.start : block.stop], [p.id for p in personas[block.start : block.stop]], persist=False)
