@@ -19,6 +19,7 @@ from personae.llm.testing import ScriptedLLM, fake_from_schema
 from personae.memory.qdrant import open_qdrant
 from personae.models import Persona
 from personae.population import DedupIndex, PopulationError, PopulationSpec, generate_population, persona_meta, persona_text, sample_population
+from personae.population.dedup import lsh_shape, lsh_tables
 
 SMALL_TAXONOMY = """
 extends: none
@@ -74,38 +75,49 @@ def test_dedup_index_flags_planted_near_duplicates():
 
 
 def test_dedup_index_checks_in_the_engine_like_the_exact_check(tmp_path):
-    # exact_tail=4: all but the last few accepted vectors live in the Qdrant Edge shard (HNSW)
+    # the engine finds candidates by hash buckets in its inverted index and scores them; compare with brute force
     rng = random.Random(5)
     words = "rain coffee music train office garden city river bread lamp paper window family money plan dream router price help nurse".split()
     base = [" ".join(rng.choice(words) for _ in range(12)) + f" person {i}" for i in range(60)]
-    engine = DedupIndex(HashingEmbedder(128), threshold=0.9, workdir=tmp_path, exact_tail=4)
-    exact = DedupIndex(HashingEmbedder(128), threshold=0.9, exact_tail=10_000)
-    for index in (engine, exact):
-        for start in range(0, 60, 7):
-            index.add(index.embed(base[start : start + 7]), [f"p{i}" for i in range(start, min(60, start + 7))])
-    assert len(engine) == 60 and engine._indexed >= 56  # noqa: SLF001 - the engine answers, not the tail
-    assert any(tmp_path.iterdir())  # the shard lives under workdir
-    near = [base[3] + " too", base[41].replace("person 41", "person 41 again")]  # planted near-duplicates
+    engine = DedupIndex(HashingEmbedder(128), threshold=0.9, workdir=tmp_path, nn_sample=8)
+    assert (engine.bits, engine.tables) == lsh_shape(0.9) == (16, lsh_tables(0.9, 16)) and lsh_shape(0.97)[0] == 20
+    assert lsh_tables(0.9, 16) > lsh_tables(0.97, 16) > lsh_tables(0.99, 16) >= 1
+    for start in range(0, 60, 7):
+        engine.add(engine.embed(base[start : start + 7]), [f"p{i}" for i in range(start, min(60, start + 7))])
+    assert len(engine) == 60 and any(tmp_path.iterdir())  # the shard lives under workdir
+    near = [base[3] + " too", base[41].replace("person 41", "person 41 again"), base[59] + " x"]  # planted near-duplicates
     far = ["Liam Walsh drives a delivery van in Dublin and supports his local hurling team"]
-    scan = engine.scan(engine.embed(near + far))
-    assert [engine.ids[int(a)] for a in scan.col_arg[:2]] == ["p3", "p41"]
-    assert [engine.is_duplicate(float(s)) for s in scan.col_max] == [True, True, False]
-    reference = exact.scan(exact.embed(near + far))
-    assert np.allclose(scan.col_max, reference.col_max, atol=1e-5) and list(scan.col_arg) == list(reference.col_arg)
-    vecs = exact.embed(base)
+    probes = engine.embed(near + far)
+    scan = engine.scan(probes)
+    vecs = engine.embed(base)
+    exact = probes @ vecs.T
+    assert [engine.ids[int(a)] for a in scan.col_arg[:3]] == ["p3", "p41", "p59"] == [f"p{k}" for k in exact[:3].argmax(axis=1)]
+    assert np.allclose(scan.col_max[:3], exact[:3].max(axis=1), atol=1e-5)
+    assert [engine.is_duplicate(float(s)) for s in scan.col_max] == [True, True, True, False]
     sims = vecs @ vecs.T
     np.fill_diagonal(sims, -1.0)
-    assert np.allclose(exact.nearest_similarity(), sims.max(axis=1), atol=1e-5)
-    nn = engine.nearest_similarity()  # exact within the tail, else from the engine's top hits: never above the truth
-    assert np.all(nn <= sims.max(axis=1) + 1e-5) and np.isclose(nn, sims.max(axis=1), atol=1e-5).mean() >= 0.9
-    assert engine.uniqueness() == pytest.approx(exact.uniqueness(), abs=0.01)
+    nn = engine.nearest_similarity()  # the first 8 personas, exact over all 60
+    assert nn.shape == (8,) and np.allclose(nn, sims.max(axis=1)[:8], atol=1e-5)
+    assert engine.uniqueness() == pytest.approx(float(np.mean(1.0 - sims.max(axis=1)[:8])), abs=1e-5)
     engine.close()
-    exact.close()
     assert not any(tmp_path.iterdir())  # closing removes the scratch shard
 
 
-def test_population_has_no_near_duplicates_and_keeps_quotas(small_taxonomy, tmp_path):
-    spec = PopulationSpec(size=24, seed=2, taxonomy=small_taxonomy, deep_attributes=0, dedup_threshold=0.999, batch_size=5, max_attempts=60,
+def test_dedup_check_keeps_the_first_of_near_duplicates_in_a_batch():
+    index = DedupIndex(HashingEmbedder(128), threshold=0.9)
+    texts = ["alpha beta gamma delta epsilon zeta eta theta", "one two three four five six seven", "alpha beta gamma delta epsilon zeta eta theta iota"]
+    index.add(index.embed(texts[1:2]), ["old"])
+    batch = index.embed([texts[0], texts[1] + " eight", texts[2], "completely different words here now"])
+    keep, scan = index.check(batch)
+    # 0 kept (first of its pair), 1 a duplicate of the accepted "old", 2 a duplicate of kept 0, 3 kept
+    assert keep.tolist() == [True, False, False, True]
+    assert index.ids[int(scan.col_arg[1])] == "old" and len(index) == 1  # checking adds nothing
+    index.close()
+
+
+@pytest.mark.parametrize("batch_size", [5, 24])  # 24: one block, rebuilt personas checked against the block's later ones
+def test_population_has_no_near_duplicates_and_keeps_quotas(small_taxonomy, tmp_path, batch_size):
+    spec = PopulationSpec(size=24, seed=2, taxonomy=small_taxonomy, deep_attributes=0, dedup_threshold=0.999, batch_size=batch_size, max_attempts=60,
                           quotas={"marginals": {"name": {"Ann": 0.25, "Bob": 0.375, "Cy": 0.375}}})
     embedder = HashingEmbedder(256)
     report = _run(spec, embedder, tmp_path / "out")

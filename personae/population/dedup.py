@@ -1,4 +1,4 @@
-"""Semantic de-duplication of personas: nearest-neighbour checks in the embedded Qdrant engine.
+"""Semantic de-duplication of personas: near-duplicate checks in the embedded Qdrant engine.
 
 Each persona is embedded (injected :class:`~personae.embeddings.Embedder`) from
 :func:`persona_text`. A candidate whose cosine similarity to any accepted persona
@@ -6,22 +6,22 @@ is at or above the threshold is a near-duplicate.
 
 Accepted vectors go to a Qdrant Edge shard in a temporary folder (under
 ``workdir`` when given, e.g. the run's output folder; removed by :meth:`DedupIndex.close`),
-which answers each candidate's nearest neighbour from its HNSW index in batched
-queries. The most recent ``exact_tail`` accepted vectors, not yet indexed, are
-checked exactly with a float32 matrix product; every ``exact_tail`` acceptances
-they move into the shard, which then indexes them. Memory stays bounded: the
-process holds the tail, the ids and one float per persona, the shard holds the
-vectors on disk. Below ``exact_tail`` personas every check is exact.
+with their locality-sensitive hash buckets as a sparse vector: the engine finds each
+candidate's accepted points that share buckets with it in its inverted index and
+scores them exactly (see :class:`DedupIndex`). Checks go in batched queries; a batch's
+own near-duplicates are found with a matrix product, first accepted wins. Memory
+stays bounded: the process holds the ids and a fixed sample, the shard the vectors.
 
 Qdrant (an optional handle, a dedicated collection) is the persistent store that a
 resumed run reloads vectors from, and that other parts can search. The index also
-gives, for every accepted persona, its highest similarity to any other one, which
-gives the population's uniqueness (mean nearest-neighbour distance).
+gives, for a sample of accepted personas, the exact highest similarity to any other
+one, which gives the population's uniqueness (mean nearest-neighbour distance).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import shutil
 import tempfile
 import uuid
@@ -40,18 +40,20 @@ from personae.memory.qdrant import QdrantHandle
 from personae.models import Persona
 from personae.population.mapping import META_KEY, format_value
 
-__all__ = ["DedupIndex", "Scan", "persona_text", "point_id"]
+__all__ = ["DedupIndex", "Scan", "best_earlier", "lsh_shape", "lsh_tables", "persona_text", "point_id"]
 
 log = logging.getLogger(__name__)
 _UPSERT_CHUNK = 512
 _QUERY_CHUNK = 1024
-_SCROLL_PAGE = 4096
 _BLOCK = 1024
-_NN_HITS = 8
-_ROW_CHUNK = 8192
-_HNSW_EF = 64
-_M = 16  # m=8 / ef_construct=16 built 2.5x faster but missed 16 % of the planted near-duplicates at 100k (bench/dedup.py)
-_EF_CONSTRUCT = 32
+_DENSE, _LSH = "dense", "lsh"
+_LSH_BITS = (20, 16)  # bits per hash table, most first: fewer random pairs share a bucket (24 cost as much CPU, with more tables)
+_LSH_TABLES = 64  # ... unless that needs more tables than this (each table is a posting per vector in the engine's memory)
+_LSH_RECALL = 0.99  # chance that a pair exactly at the threshold shares a bucket in some table (closer pairs: more)
+_LSH_MAX_TABLES = 128
+_CANDIDATES = 8  # points sharing the most buckets with a query, which the engine then scores exactly
+_LSH_SEED = 0x17D
+_NN_SAMPLE = 1024
 
 
 def persona_text(persona: Persona, *, include_description: bool = True) -> str:
@@ -73,24 +75,58 @@ def point_id(persona_id: str) -> str:
 class Scan:
     """Similarities of a batch of vectors to the index at scan time."""
 
-    col_max: np.ndarray  # best similarity of each batch vector to the index (-1 if empty)
-    col_arg: np.ndarray  # position in the index of that best match (-1 if empty)
-    row_max: np.ndarray | None = None  # best similarity of each exact-tail vector to the batch
-    hits: list[list[tuple[int, float]]] | None = None  # each batch vector's nearest indexed points (the engine's)
+    col_max: np.ndarray  # best similarity of each batch vector to the index (-1 if none found)
+    col_arg: np.ndarray  # position in the index of that best match (-1 if none found)
 
 
-def _shard_config(dim: int, exact_tail: int) -> qe.EdgeConfig:
+def lsh_shape(threshold: float) -> tuple[int, int]:
+    """Bits per table and number of tables for ``threshold``: the most bits that need at most 64 tables."""
+    for bits in _LSH_BITS:
+        tables = lsh_tables(threshold, bits)
+        if tables <= _LSH_TABLES:
+            return bits, tables
+    return _LSH_BITS[-1], lsh_tables(threshold, _LSH_BITS[-1])
+
+
+def lsh_tables(threshold: float, bits: int, recall: float = _LSH_RECALL) -> int:
+    """How many sign-random-projection tables of ``bits`` bits make a pair at ``threshold`` collide with ``recall``.
+
+    A pair at cosine ``s`` agrees on one random hyperplane with probability
+    ``1 - arccos(s) / pi``, so on a whole table with that to the power ``bits``.
+    """
+    agree = (1.0 - math.acos(min(1.0, max(-1.0, threshold))) / math.pi) ** bits
+    if agree >= 1.0:
+        return 1
+    return int(min(_LSH_MAX_TABLES, max(1, math.ceil(math.log(1.0 - recall) / math.log(1.0 - agree)))))
+
+
+def _shard_config(dim: int) -> qe.EdgeConfig:
     return qe.EdgeConfig(
-        vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot),  # vectors are normalised: dot = cosine
-        hnsw_config=qe.HnswIndexConfig(m=_M, ef_construct=_EF_CONSTRUCT, full_scan_threshold=1),
-        # index every flushed tail as its own segment; no merges, so nothing is indexed twice
-        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=1, default_segment_number=64, max_segment_size=max(1, exact_tail * dim * 4 // 1024)),
+        vectors={_DENSE: qe.EdgeVectorParams(size=dim, distance=qe.Distance.Dot)},  # vectors are normalised: dot = cosine
+        sparse_vectors={_LSH: qe.EdgeSparseVectorParams()},  # one dimension per (table, bucket): an inverted index
+        # the dense vectors only rescore candidates, so no HNSW graph is built (that cost more than the whole check)
+        optimizers=qe.EdgeOptimizersConfig(indexing_threshold=2**30, default_segment_number=1),
+        max_search_threads=1,  # one query at a time is faster than a pool on a busy machine (bench/dedup.py)
         wal_enabled=False,  # scratch data, rebuilt from the personas on resume
     )
 
 
 class DedupIndex:
     """Accepted personas' vectors in an embedded Qdrant engine, with near-duplicate checks.
+
+    Each accepted vector is stored in a Qdrant Edge shard twice: as a dense vector, and
+    as a sparse vector of its locality-sensitive hash buckets (``lsh_shape(threshold)``:
+    tables of 16 or 20 random-hyperplane sign bits; one sparse dimension per table and
+    bucket). A check is one engine query per candidate: the engine's inverted index
+    finds the accepted points that share the most buckets with it (a prefetch), and
+    scores those exactly by cosine. Pairs at or above the threshold share a bucket with
+    probability >= 99 % (closer pairs: more), random pairs almost never, so the answer
+    agrees with an exact check on near-duplicates without a graph to build.
+
+    The process holds the ids and ``nn_sample`` vectors; the shard holds the rest.
+    For the uniqueness metric, the first ``nn_sample`` accepted personas keep their exact
+    nearest-neighbour similarity over the whole population (every later batch is compared
+    with them); see :meth:`nearest_similarity`.
 
     Args:
         embedder: turns persona texts into L2-normalised vectors.
@@ -99,7 +135,7 @@ class DedupIndex:
         collection: the dedicated Qdrant collection.
         population: a tag stored with each point (e.g. the spec fingerprint).
         workdir: folder for the engine's temporary shard (default: the system's temp folder).
-        exact_tail: how many recent acceptances are checked exactly before the engine indexes them.
+        nn_sample: how many personas (the first accepted) get an exact nearest-neighbour similarity.
     """
 
     def __init__(
@@ -111,27 +147,30 @@ class DedupIndex:
         collection: str = "personae_population",
         population: str = "",
         workdir: Path | None = None,
-        exact_tail: int = 16384,
+        nn_sample: int = _NN_SAMPLE,
     ) -> None:
-        if exact_tail < 1:
-            raise ConfigError("bad exact tail", field="exact_tail", expected="an integer >= 1", got=exact_tail)
+        if nn_sample < 2:
+            raise ConfigError("bad nearest-neighbour sample", field="nn_sample", expected="an integer >= 2", got=nn_sample)
         self.embedder = embedder
         self.threshold = float(threshold)
         self.qdrant = qdrant
         self.collection = collection
         self.population = population
         self.dim = int(embedder.dim)
-        self.exact_tail = exact_tail
         self.ids: list[str] = []
-        self._tail = np.zeros((exact_tail, self.dim), dtype=np.float32)
-        self._indexed = 0  # positions [0, _indexed) are in the shard, the rest in _tail
-        self._nn = np.zeros(0, dtype=np.float32)
+        self.bits, self.tables = lsh_shape(self.threshold)
+        rng = np.random.default_rng(_LSH_SEED)
+        self._planes = rng.standard_normal((self.dim, self.tables * self.bits)).astype(np.float32)
+        self._ones = [1.0] * self.tables
+        self._offsets = np.arange(self.tables, dtype=np.int64) << self.bits
+        self._sample = np.zeros((nn_sample, self.dim), dtype=np.float32)
+        self._sample_nn = np.full(nn_sample, -1.0, dtype=np.float32)
         if qdrant is not None:
             self._ensure_collection()
         if workdir is not None:
             Path(workdir).mkdir(parents=True, exist_ok=True)
         self._dir = Path(tempfile.mkdtemp(prefix="personae-dedup-", dir=workdir))
-        self._shard: qe.EdgeShard | None = qe.EdgeShard.create(str(self._dir / "shard"), _shard_config(self.dim, exact_tail))
+        self._shard: qe.EdgeShard | None = qe.EdgeShard.create(str(self._dir / "shard"), _shard_config(self.dim))
         self._cleanup = weakref.finalize(self, _remove, self._shard, self._dir)
 
     def __len__(self) -> int:
@@ -162,103 +201,110 @@ class DedupIndex:
             raise RuntimeError("the de-duplication index is closed")
         return self._shard
 
-    # ---- checks -----------------------------------------------------------------------
-    def _engine_best(self, batch: np.ndarray, limit: int = 1) -> list[list[tuple[int, float]]]:
-        """Each vector's ``limit`` nearest indexed points as ``(position, similarity)``."""
-        if not self._indexed or not len(batch):
-            return [[] for _ in range(len(batch))]
-        params = qe.SearchParams(hnsw_ef=max(_HNSW_EF, limit))
-        out: list[list[tuple[int, float]]] = []
-        rows = batch.tolist()
-        for start in range(0, len(rows), _QUERY_CHUNK):
-            requests = [qe.QueryRequest(limit=limit, query=qe.Query.Nearest(v), params=params) for v in rows[start : start + _QUERY_CHUNK]]
-            out.extend([(int(p.id), float(p.score)) for p in hits] for hits in self._engine().query_batch(qe.QueryBatchRequest(requests)))
-        return out
+    def buckets(self, vectors: np.ndarray) -> list[list[int]]:
+        """Each vector's hash bucket in every table, as sparse dimensions (table * 2**bits + bucket)."""
+        signs = (np.asarray(vectors, dtype=np.float32) @ self._planes > 0).reshape(len(vectors), self.tables, self.bits)
+        packed = np.packbits(signs, axis=-1, bitorder="little").astype(np.int64)  # (n, tables, bytes)
+        keys = (packed << (8 * np.arange(packed.shape[-1], dtype=np.int64))).sum(axis=-1)
+        return (keys + self._offsets).tolist()
 
+    # ---- checks -----------------------------------------------------------------------
     def scan(self, batch: np.ndarray) -> Scan:
-        """Each vector's best match among the accepted ones: the engine's, or an exact one among the recent."""
+        """Each vector's best match among the accepted ones, found and scored by the engine."""
         batch = np.asarray(batch, dtype=np.float32)
         m = len(batch)
         col_max = np.full(m, -1.0, dtype=np.float32)
         col_arg = np.full(m, -1, dtype=np.int64)
-        hits = self._engine_best(batch, limit=_NN_HITS)
-        for j, found in enumerate(hits):
-            if found:
-                col_arg[j], col_max[j] = found[0]
-        recent = len(self.ids) - self._indexed
-        row_max = np.full(recent, -1.0, dtype=np.float32)
-        for start in range(0, recent if m else 0, _ROW_CHUNK):
-            block = self._tail[start : min(recent, start + _ROW_CHUNK)] @ batch.T  # rows: recent, cols: batch
-            arg = block.argmax(axis=0)
-            best = block[arg, np.arange(m)]
-            better = best > col_max
-            col_max[better] = best[better]
-            col_arg[better] = arg[better] + self._indexed + start
-            row_max[start : start + len(block)] = block.max(axis=1)
-        return Scan(col_max, col_arg, row_max, hits)
+        if not self.ids or not m:
+            return Scan(col_max, col_arg)
+        engine, ones = self._engine(), self._ones
+        rows, keys = batch.tolist(), self.buckets(batch)
+        for start in range(0, m, _QUERY_CHUNK):
+            requests = [
+                qe.QueryRequest(
+                    limit=1,
+                    query=qe.Query.Nearest(row, using=_DENSE),
+                    prefetches=[qe.Prefetch(limit=_CANDIDATES, query=qe.Query.Nearest(qe.SparseVector(key, ones), using=_LSH))],
+                )
+                for row, key in zip(rows[start : start + _QUERY_CHUNK], keys[start : start + _QUERY_CHUNK])
+            ]
+            for j, hits in enumerate(engine.query_batch(qe.QueryBatchRequest(requests)), start):
+                if hits:
+                    col_arg[j], col_max[j] = int(hits[0].id), float(hits[0].score)
+        return Scan(col_max, col_arg)
 
     def is_duplicate(self, similarity: float) -> bool:
         """Whether a similarity counts as a near-duplicate."""
         return similarity >= self.threshold
 
-    # ---- adding -------------------------------------------------------------------------
-    def add(self, vectors: np.ndarray, ids: Sequence[str], *, scan: Scan | None = None, payloads: Sequence[dict] | None = None, persist: bool = True) -> None:
-        """Accept ``vectors`` (with persona ``ids``); ``scan`` must be of exactly these vectors.
+    def check(self, vectors: np.ndarray) -> tuple[np.ndarray, Scan]:
+        """Which of ``vectors`` are not near-duplicates, first accepted wins (nothing is added).
 
-        Updates every persona's nearest-neighbour similarity and, if a Qdrant handle
-        was given and ``persist``, upserts the points.
+        A vector is rejected if it is a near-duplicate of an accepted persona (the
+        engine's answer) or of an earlier vector of the batch that is itself kept
+        (exact, one matrix product per block of the batch).
         """
+        vectors = np.asarray(vectors, dtype=np.float32)
+        scan = self.scan(vectors)
+        keep = scan.col_max < self.threshold
+        pairs: dict[int, list[int]] = {}
+        for start in range(0, len(vectors), _BLOCK):
+            block = vectors[start : start + _BLOCK] @ vectors[: start + _BLOCK].T  # rows: this block, cols: up to its end
+            rows, cols = np.nonzero(np.tril(block >= self.threshold, k=start - 1))  # only earlier vectors
+            for r, c in zip((rows + start).tolist(), cols.tolist()):
+                pairs.setdefault(r, []).append(c)
+        for later in sorted(pairs):
+            if keep[later] and any(keep[earlier] for earlier in pairs[later]):
+                keep[later] = False
+        return keep, scan
+
+    # ---- adding -------------------------------------------------------------------------
+    def add(self, vectors: np.ndarray, ids: Sequence[str], *, payloads: Sequence[dict] | None = None, persist: bool = True) -> None:
+        """Accept ``vectors`` (with persona ``ids``): into the engine, and Qdrant if a handle was given and ``persist``."""
         vectors = np.asarray(vectors, dtype=np.float32)
         if len(vectors) != len(ids):
             raise ValueError("vectors and ids differ in length")
         if not len(vectors):
             return
-        recent = len(self.ids) - self._indexed
-        if scan is None or scan.hits is None or scan.row_max is None or len(scan.col_max) != len(vectors) or len(scan.row_max) != recent:
-            scan = self.scan(vectors)
-        for found in scan.hits or []:  # the new vectors are neighbours of their nearest indexed points too
-            for pos, similarity in found:
-                self._nn[pos] = max(self._nn[pos], similarity)
-        tail_nn = self._nn[self._indexed : self._indexed + recent]
-        np.maximum(tail_nn, scan.row_max, out=tail_nn)
-        nn_new = np.maximum(scan.col_max, _best_rows(vectors, vectors, skip_diagonal=True))
-        self._nn = np.concatenate([self._nn, nn_new])
-        done = 0
-        while done < len(vectors):
-            recent = len(self.ids) - self._indexed
-            take = min(len(vectors) - done, self.exact_tail - recent)
-            self._tail[recent : recent + take] = vectors[done : done + take]
-            self.ids.extend(ids[done : done + take])
-            done += take
-            if recent + take == self.exact_tail:
-                self._flush()
+        self._track_sample(vectors)
+        engine, ones, first = self._engine(), self._ones, len(self.ids)
+        rows, keys = vectors.tolist(), self.buckets(vectors)
+        for start in range(0, len(rows), _UPSERT_CHUNK):
+            engine.update(qe.UpdateOperation.upsert_points([
+                qe.Point(first + i, {_DENSE: row, _LSH: qe.SparseVector(key, ones)})
+                for i, (row, key) in enumerate(zip(rows[start : start + _UPSERT_CHUNK], keys[start : start + _UPSERT_CHUNK]), start)
+            ]))
+        self.ids.extend(ids)
         if persist:
             self.persist(vectors, ids, payloads)
 
-    def _flush(self) -> None:
-        """Move the exact tail into the shard and let the engine index it."""
-        recent = len(self.ids) - self._indexed
-        if not recent:
-            return
-        engine = self._engine()
-        rows = self._tail[:recent].tolist()
-        for start in range(0, recent, _UPSERT_CHUNK):
-            chunk = rows[start : start + _UPSERT_CHUNK]
-            engine.update(qe.UpdateOperation.upsert_points([qe.Point(self._indexed + start + i, v) for i, v in enumerate(chunk)]))
-        engine.optimize()
-        self._indexed += recent
+    def _track_sample(self, vectors: np.ndarray) -> None:
+        """Update the sampled personas' exact nearest-neighbour similarity with ``vectors`` (about to be accepted)."""
+        size = len(self._sample)
+        held = min(len(self.ids), size)
+        joining = min(size - held, len(vectors))
+        self._sample[held : held + joining] = vectors[:joining]
+        sample = self._sample[: held + joining]
+        for start in range(0, len(vectors), _BLOCK):
+            block = vectors[start : start + _BLOCK] @ sample.T  # rows: new vectors, cols: sample
+            own = np.arange(start, min(start + _BLOCK, joining))
+            block[own - start, held + own] = -1.0  # a joining vector is not its own neighbour
+            np.maximum(self._sample_nn[: held + joining], block.max(axis=0), out=self._sample_nn[: held + joining])
+            if start < joining:  # a joining vector's neighbours among earlier accepted ones are all in the sample
+                inside = min(len(block), joining - start)
+                np.maximum(self._sample_nn[held + start : held + start + inside], block[:inside].max(axis=1), out=self._sample_nn[held + start : held + start + inside])
 
     def nearest_similarity(self) -> np.ndarray:
-        """For each accepted persona, its highest cosine similarity to another one (-1 if alone).
+        """Highest cosine similarity of each sampled persona to any other accepted one (-1 if alone).
 
-        Exact among personas accepted within ``exact_tail`` of each other; otherwise an
-        older persona learns of a newer neighbour when it is among the newer one's
-        nearest indexed points (the engine's top hits), so a value can only fall short.
+        The sample is the first ``nn_sample`` accepted personas (all of them below that),
+        and each value is exact over the whole population: the new vectors of every
+        batch are compared with the sample. Its mean estimates the population's mean.
         """
-        return self._nn.copy()
+        return self._sample_nn[: min(len(self.ids), len(self._sample))].copy()
 
     def uniqueness(self) -> float | None:
-        """Mean nearest-neighbour cosine distance (``1 - similarity``); ``None`` below two personas."""
+        """Mean nearest-neighbour cosine distance (``1 - similarity``) over the sample; ``None`` below two personas."""
         if len(self.ids) < 2:
             return None
         return float(np.mean(1.0 - self.nearest_similarity()))
@@ -331,16 +377,19 @@ class DedupIndex:
             self.add(normalize(np.stack([found[pid] for pid in chunk])), chunk, persist=False)
 
 
-def _best_rows(rows: np.ndarray, cols: np.ndarray, *, skip_diagonal: bool = False) -> np.ndarray:
-    """Each row's highest dot product with ``cols`` (block by block, so memory stays small)."""
-    best = np.full(len(rows), -1.0, dtype=np.float32)
-    for start in range(0, len(rows), _BLOCK):
-        block = rows[start : start + _BLOCK] @ cols.T
-        if skip_diagonal:
-            idx = np.arange(len(block))
-            block[idx, idx + start] = -1.0
+def best_earlier(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each vector's highest dot product with an earlier vector of ``vectors``, and that one's position (-1, -1 for the first)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    best = np.full(len(vectors), -1.0, dtype=np.float32)
+    arg = np.full(len(vectors), -1, dtype=np.int64)
+    for start in range(0, len(vectors), _BLOCK):
+        block = vectors[start : start + _BLOCK] @ vectors[: start + _BLOCK].T  # rows: this block, cols: up to its end
+        block[np.triu_indices(len(block), k=start, m=block.shape[1])] = -np.inf  # only earlier vectors
+        arg[start : start + len(block)] = block.argmax(axis=1)
         best[start : start + len(block)] = block.max(axis=1)
-    return best
+    first = np.isneginf(best)
+    best[first], arg[first] = -1.0, -1
+    return best, arg
 
 
 def _remove(shard: qe.EdgeShard | None, folder: Path) -> None:

@@ -38,7 +38,7 @@ from personae.population.columns import CHUNK, ColumnSampler
 from personae.population.conditions import Rule
 from personae.population.coverage import CoveragePlan, plan_coverage
 from personae.population.craft import craft_persona
-from personae.population.dedup import DedupIndex, persona_text
+from personae.population.dedup import DedupIndex, best_earlier, persona_text
 from personae.population.mapping import META_KEY, persona_json, persona_meta, to_persona, to_personas
 from personae.population.quotas import QuotaPlan, plan_quotas
 from personae.population.report import PopulationReport, ReportBuilder, plot_marginals
@@ -51,6 +51,7 @@ from personae.prompts import PromptSet
 __all__ = ["PopulationPlan", "PopulationError", "plan_population", "generate_population", "sample_population", "PERSONAS_FILE", "REJECTS_FILE"]
 
 log = logging.getLogger(__name__)
+_DEDUP_BLOCK = 1024  # personas checked against the index at once; they join it before the next block
 
 PERSONAS_FILE = "personas.jsonl"
 REJECTS_FILE = "rejects.jsonl"
@@ -397,10 +398,10 @@ class _Run:
             else:
                 first = self.pipeline.first_attempts(indices)
                 built = [b if b is not None else await self.pipeline.build(i) for i, b in zip(indices, first)]
-            personas, rejects, vectors, scan, replaced = await self._dedup(list(indices), built)
+            personas, rejects, vectors = await self._dedup(list(indices), built)
             self._write(personas, rejects)
             if self.index is not None:
-                self.index.add(vectors, [p.id for p in personas], scan=None if replaced else scan, payloads=[{"index": persona_meta(p)["index"], "name": p.name} for p in personas])
+                self.index.persist(vectors, [p.id for p in personas], payloads=[{"index": persona_meta(p)["index"], "name": p.name} for p in personas])
             self.report.add_many(personas)
             for persona in personas:
                 self._keep(persona)
@@ -422,46 +423,66 @@ class _Run:
             plot_marginals(report, self.out_dir / PLOT_FILE)
         return report
 
-    async def _dedup(self, indices: list[int], built: list[_Built]) -> tuple[list[Persona], list[dict[str, Any]], np.ndarray, Any, bool]:
-        """Accept the batch in index order, resampling near-duplicates of earlier personas."""
+    async def _dedup(self, indices: list[int], built: list[_Built]) -> tuple[list[Persona], list[dict[str, Any]], np.ndarray]:
+        """Accept the batch in index order, resampling near-duplicates of earlier personas.
+
+        Checked in blocks of the batch: the index answers a block at once, earlier personas
+        of the block are compared exactly, the accepted ones join the index before the next block, so a
+        persona is compared with every persona accepted before it. A rejected one is
+        rebuilt and checked again at once. Returns the personas, the rejects, and the
+        accepted vectors (already in the index, not yet persisted).
+        """
         rejects = [r for b in built for r in b.rejects]
         personas = [b.persona for b in built]
         if self.index is None:
-            return personas, rejects, np.zeros((0, 0), np.float32), None, False
+            return personas, rejects, np.zeros((0, 0), np.float32)
         index = self.index
         vectors = index.embed([self._text(p) for p in personas])
-        scan = index.scan(vectors)
-        accepted = np.zeros_like(vectors)
-        replaced = False
-        for j, i in enumerate(indices):
-            current, vec, best, arg = built[j], vectors[j], float(scan.col_max[j]), int(scan.col_arg[j])
-            while True:
-                other_id = index.ids[arg] if arg >= 0 else None
-                if j:
-                    inner = accepted[:j] @ vec
-                    k = int(inner.argmax())
-                    if float(inner[k]) > best:
-                        best, other_id = float(inner[k]), personas[k].id
-                if not index.is_duplicate(best):
-                    break
-                replaced = True
-                rejects.append({
-                    "index": i,
-                    "attempt": current.attempt,
-                    "cell_index": self.plan.cell_of(i),
-                    "source": "dedup",
-                    "reason": f"near-duplicate of {other_id} (cosine {best:.3f} >= {index.threshold})",
-                    "attributes": [],
-                    "revision_rounds": persona_meta(current.persona).get("revision_rounds", 0),
-                })
-                current = await self.pipeline.build(i, current.attempt + 1)
-                rejects.extend(current.rejects)
-                vec = index.embed([self._text(current.persona)])[0]
-                one = index.scan(vec[None, :])
-                best, arg = float(one.col_max[0]), int(one.col_arg[0])
-            personas[j] = current.persona
-            accepted[j] = vec
-        return personas, rejects, accepted, scan, replaced
+        for start in range(0, len(personas), _DEDUP_BLOCK):
+            block = range(start, min(len(personas), start + _DEDUP_BLOCK))
+            scan = index.scan(vectors[block.start : block.stop])
+            inner_max, inner_arg = best_earlier(vectors[block.start : block.stop])  # among the block's first proposals
+            replaced: list[int] = []  # positions in the block whose proposal was rebuilt
+            for j in block:
+                current, vec, original = built[j], vectors[j], True
+                best, arg = float(scan.col_max[j - start]), int(scan.col_arg[j - start])
+                while True:
+                    other_id = index.ids[arg] if arg >= 0 else None
+                    if j > start:  # the block's earlier personas, all accepted by now
+                        k = int(inner_arg[j - start])
+                        if original and start + k not in replaced:  # its best earlier proposal is still accepted
+                            sim, k = float(inner_max[j - start]), start + k
+                            if replaced:  # and the rebuilt ones
+                                rebuilt = vectors[replaced] @ vec
+                                if float(rebuilt.max()) > sim:
+                                    sim, k = float(rebuilt.max()), replaced[int(rebuilt.argmax())]
+                        else:
+                            inner = vectors[start:j] @ vec
+                            sim, k = float(inner.max()), start + int(inner.argmax())
+                        if sim > best:
+                            best, other_id = sim, personas[k].id
+                    if not index.is_duplicate(best):
+                        break
+                    rejects.append({
+                        "index": indices[j],
+                        "attempt": current.attempt,
+                        "cell_index": self.plan.cell_of(indices[j]),
+                        "source": "dedup",
+                        "reason": f"near-duplicate of {other_id} (cosine {best:.3f} >= {index.threshold})",
+                        "attributes": [],
+                        "revision_rounds": persona_meta(current.persona).get("revision_rounds", 0),
+                    })
+                    current = await self.pipeline.build(indices[j], current.attempt + 1)
+                    rejects.extend(current.rejects)
+                    vec = index.embed([self._text(current.persona)])[0]
+                    one = index.scan(vec[None, :])
+                    best, arg, original = float(one.col_max[0]), int(one.col_arg[0]), False
+                if not original:
+                    replaced.append(j)
+                personas[j] = current.persona
+                vectors[j] = vec
+            index.add(vectors[block.start : block.stop], [p.id for p in personas[block.start : block.stop]], persist=False)
+        return personas, rejects, vectors
 
 
 async def generate_population(
