@@ -99,15 +99,18 @@ def graph_config(
 
 
 class AgreeableFakeLLM(FakeLLM):
-    """FakeLLM whose critic always accepts and whose end detector never ends the
+    """FakeLLM whose critic always accepts and whose end detector (alone or folded into the critic's call) never ends the
     conversation, so a benchmark conversation runs its full length with every
     model call of a real run (one critic and, every few turns, one detector call)."""
 
     async def complete(self, request: LLMRequest):  # noqa: D102
-        if request.response_format is not ResponseFormat.TEXT and request.schema_name in ("CriticJudgement", "EndDetection"):
+        if request.response_format is not ResponseFormat.TEXT and request.schema_name in ("CriticJudgement", "CriticJudgementWithEnd", "EndDetection"):
             self.requests.append(request)
+            accept = {"in_character": True, "role_consistent": True, "follows_constraints": True, "issues": [], "feedback": ""}
             if request.schema_name == "CriticJudgement":
-                text = json.dumps({"in_character": True, "role_consistent": True, "follows_constraints": True, "issues": [], "feedback": ""})
+                text = json.dumps(accept)
+            elif request.schema_name == "CriticJudgementWithEnd":  # the end question folded into the critic's call
+                text = json.dumps({**accept, "ended": False, "end_reason": "still going"})
             else:
                 text = json.dumps({"ended": False, "reason": "still going"})
             return self._response(request, text)
