@@ -945,8 +945,8 @@ alive at once, measured as VmHWM above the warmed-up baseline in a fresh process
 ## 3. Model calls and prompt tokens (`bench/tokens.py`)
 
 30-turn conversations with the default graph settings (critic on, accepting every draft it judges and
-judging only drafts at risk plus a 5 % audit sample; LLM end-detector on closing cues and every 12
-turns, never ending; window moving in blocks of 12; the group's moderator model picks each speaker)
+judging only drafts at risk plus a 4 % audit sample; LLM end-detector on closing cues and every 12
+turns, never ending, its question asked in the critic's call when the critic judges that turn; window moving in blocks of 12; the group's moderator model picks each speaker)
 against the fake model answering ~40 words per turn. Tokens are the persona call's prompt tokens (≈ 4 characters
 per token) at the 2nd, 10th and 30th utterance, averaged over 3 conversations; calls per utterance
 count every model call (persona, critic, detector, moderator, memory reflection).
