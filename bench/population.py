@@ -2,7 +2,7 @@
 
 Generates ``--size`` personas (default 100,000) with quotas on age band × gender ×
 region (raked marginals), the packaged taxonomy and rules, ``--deep`` deep
-attributes each, and exact semantic de-duplication, writing personas.jsonl like a
+attributes each, and semantic de-duplication (in the embedded Qdrant engine), writing personas.jsonl like a
 real run. Each row runs in its own process (so peak RSS, ``resource.getrusage`` max
 RSS, is the row's own):
 

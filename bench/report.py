@@ -348,8 +348,8 @@ def _population_rows(p: dict[str, Any]) -> str:
         if not met and bare is not None:
             key, unit = ("cpu_s", "CPU s") if "cpu_s" in main and "cpu_s" in bare else ("wall_s", "s")
             dedup_s = main[key] - bare[key]
-            line += (f" Without de-duplication the same population takes {bare[key]:.1f} {unit}; exact de-duplication "
-                     f"(brute force in `dedup.py`, {main['size']:,}² similarities) adds {dedup_s:.1f} {unit}"
+            line += (f" Without de-duplication the same population takes {bare[key]:.1f} {unit}; de-duplication "
+                     f"(embedding the persona texts and checking them in the engine, section 4b) adds {dedup_s:.1f} {unit}"
                      + (", the largest share" if dedup_s > bare[key] else "") + ".")
             if bare.get("personas_per_cpu_s", target) < target:
                 line += f" Even without it the path makes {bare['personas_per_cpu_s']:,.0f} personas per CPU second ({1e6 / bare['personas_per_cpu_s']:,.0f} µs each"
@@ -988,7 +988,7 @@ n² (its rate falls 2–4× from 25k to 100k), the engine's check does not grow 
 
 100,000 personas on the non-LLM path: quota planning over age band × gender × region, vectorised
 taxonomy sampling with rules (chunks of 32,768 personas drawn column by column), 40 deep attributes
-each, exact semantic de-duplication, personas.jsonl written as in a real run. Each row runs in its own
+each, semantic de-duplication in the embedded Qdrant engine (section 4b), personas.jsonl written as in a real run. Each row runs in its own
 process; peak memory is that process's max RSS. Rerun: `python bench/population.py` (all rows).
 
 {_population(population)}
