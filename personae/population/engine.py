@@ -281,7 +281,8 @@ class _Run:
             gateway.describe() if (gateway is not None and self.llm_used) else None,
             [v.__qualname__ if hasattr(v, "__qualname__") else type(v).__name__ for v in validators],
         )
-        self.index = DedupIndex(embedder, threshold=self.spec.dedup_threshold, qdrant=qdrant, collection=self.spec.dedup_collection, population=self.fingerprint) if (embedder is not None and self.spec.dedup) else None
+        self.index = DedupIndex(embedder, threshold=self.spec.dedup_threshold, qdrant=qdrant, collection=self.spec.dedup_collection, population=self.fingerprint,
+                                 workdir=out_dir) if (embedder is not None and self.spec.dedup) else None
         self.report = ReportBuilder(plan.taxonomy, plan.quotas, coverage=plan.coverage)
         self.kept: list[Persona] = []
         self._with_description = self.pipeline.gateway is not None
